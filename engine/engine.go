@@ -1,0 +1,406 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+)
+
+// FieldManager is the server-side apply field manager of the provider.
+const FieldManager = "paperclip-k8s"
+
+// Engine performs the generic operations on any spec of a catalog.
+type Engine struct {
+	Catalog *Catalog
+	Dynamic dynamic.Interface
+	// Mapper resolves kinds to resources through discovery. When it can be
+	// reset (a deferred discovery mapper), a miss resets it once, so an API
+	// installed after start is found.
+	Mapper meta.RESTMapper
+	// REST reads subresources that return plain bytes (pod logs). Optional.
+	REST rest.Interface
+	Log  *slog.Logger
+
+	mu       sync.Mutex
+	resolved map[string]Resolved
+}
+
+// New returns an engine over a catalog.
+func New(c *Catalog, dyn dynamic.Interface, mapper meta.RESTMapper, restClient rest.Interface, log *slog.Logger) *Engine {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Engine{Catalog: c, Dynamic: dyn, Mapper: mapper, REST: restClient, Log: log}
+}
+
+// Resolved is a spec's API as the server serves it.
+type Resolved struct {
+	GVR        schema.GroupVersionResource
+	GVK        schema.GroupVersionKind
+	Namespaced bool
+}
+
+// APIMissingError says that the server serves none of a spec's versions.
+type APIMissingError struct {
+	Spec *Spec
+}
+
+func (e *APIMissingError) Error() string {
+	a := e.Spec.API
+	msg := fmt.Sprintf("the cluster does not serve %s (group %q, versions %v) needed by %s", a.Kind, a.Group, a.Versions, e.Spec.File)
+	if a.Missing != "" {
+		msg += ": " + a.Missing
+	}
+	return msg
+}
+
+// Resolve finds the first version of the spec's API that the server serves.
+func (e *Engine) Resolve(s *Spec) (Resolved, error) {
+	if s.API == nil {
+		return Resolved{}, &FileError{File: s.File, Pointer: "/api", Problem: "has no api"}
+	}
+	e.mu.Lock()
+	r, ok := e.resolved[s.Name]
+	e.mu.Unlock()
+	if ok {
+		return r, nil
+	}
+	r, err := e.resolve(s)
+	if err != nil {
+		var missing *APIMissingError
+		if errors.As(err, &missing) {
+			if rm, ok := e.Mapper.(meta.ResettableRESTMapper); ok {
+				rm.Reset()
+				r, err = e.resolve(s)
+			}
+		}
+		if err != nil {
+			return Resolved{}, err
+		}
+	}
+	e.mu.Lock()
+	if e.resolved == nil {
+		e.resolved = map[string]Resolved{}
+	}
+	e.resolved[s.Name] = r
+	e.mu.Unlock()
+	return r, nil
+}
+
+func (e *Engine) resolve(s *Spec) (Resolved, error) {
+	gk := schema.GroupKind{Group: s.API.Group, Kind: s.API.Kind}
+	for _, v := range s.API.Versions {
+		m, err := e.Mapper.RESTMapping(gk, v)
+		if err != nil {
+			if meta.IsNoMatchError(err) {
+				continue
+			}
+			return Resolved{}, fmt.Errorf("resolving %s %s/%s: %w", s.API.Kind, s.API.Group, v, err)
+		}
+		if m.Resource.Resource != s.API.Resource {
+			return Resolved{}, &FileError{File: s.File, Pointer: "/api/resource",
+				Problem: fmt.Sprintf("is %q but the server calls %s %q; fix the file", s.API.Resource, s.API.Kind, m.Resource.Resource)}
+		}
+		return Resolved{GVR: m.Resource, GVK: m.GroupVersionKind, Namespaced: m.Scope.Name() == meta.RESTScopeNameNamespace}, nil
+	}
+	return Resolved{}, &APIMissingError{Spec: s}
+}
+
+// Ref names one object.
+type Ref struct {
+	Spec      *Spec
+	Namespace string
+	Name      string
+	UID       types.UID
+}
+
+func (r Ref) String() string {
+	kind := "object"
+	if r.Spec != nil && r.Spec.API != nil {
+		kind = r.Spec.API.Kind
+	}
+	if r.Namespace == "" {
+		return kind + " " + r.Name
+	}
+	return kind + " " + r.Namespace + "/" + r.Name
+}
+
+// RefOf returns the reference of an object of this spec.
+func RefOf(s *Spec, o *unstructured.Unstructured) Ref {
+	return Ref{Spec: s, Namespace: o.GetNamespace(), Name: o.GetName(), UID: o.GetUID()}
+}
+
+func (e *Engine) client(s *Spec, namespace string) (dynamic.ResourceInterface, Resolved, error) {
+	r, err := e.Resolve(s)
+	if err != nil {
+		return nil, r, err
+	}
+	if !r.Namespaced {
+		return e.Dynamic.Resource(r.GVR), r, nil
+	}
+	if namespace == "" {
+		return nil, r, fmt.Errorf("%s: %s is namespaced but no namespace was given", s.File, s.API.Kind)
+	}
+	return e.Dynamic.Resource(r.GVR).Namespace(namespace), r, nil
+}
+
+// Build renders a spec into an object for a namespace, with apiVersion,
+// kind and namespace set from the resolved API.
+func (e *Engine) Build(s *Spec, namespace string, values map[string]any) (*unstructured.Unstructured, bool, Resolved, error) {
+	r, err := e.Resolve(s)
+	if err != nil {
+		return nil, false, r, err
+	}
+	m, wanted, err := s.Render(values)
+	if err != nil {
+		return nil, wanted, r, err
+	}
+	o := &unstructured.Unstructured{Object: m}
+	o.SetAPIVersion(r.GVK.GroupVersion().String())
+	o.SetKind(r.GVK.Kind)
+	if r.Namespaced {
+		o.SetNamespace(namespace)
+	}
+	if o.GetName() == "" {
+		return nil, wanted, r, &FileError{File: s.File, Pointer: "/template/metadata/name", Problem: "renders an empty name"}
+	}
+	return o, wanted, r, nil
+}
+
+// Applied reports what Apply did with one spec.
+type Applied struct {
+	Spec   *Spec
+	Object *unstructured.Unstructured // nil when pruned or absent
+	Pruned bool
+}
+
+// Apply server-side applies every spec whose conditions hold and prunes
+// the objects of those whose conditions do not (only objects this field
+// manager owns fields of). Cluster-scoped objects go first, so a namespace
+// exists before what lives in it.
+func (e *Engine) Apply(ctx context.Context, specs []*Spec, namespace string, values map[string]any) ([]Applied, error) {
+	type item struct {
+		spec   *Spec
+		obj    *unstructured.Unstructured
+		wanted bool
+		res    Resolved
+	}
+	var items []item
+	for _, s := range specs {
+		o, wanted, r, err := e.Build(s, namespace, values)
+		if err != nil {
+			var missing *APIMissingError
+			if errors.As(err, &missing) && !e.wantedOnly(s, values) {
+				continue // not wanted and not served: nothing to apply or prune
+			}
+			return nil, err
+		}
+		items = append(items, item{s, o, wanted, r})
+	}
+	sort.SliceStable(items, func(i, j int) bool { return !items[i].res.Namespaced && items[j].res.Namespaced })
+	var out []Applied
+	for _, it := range items {
+		if !it.wanted {
+			pruned, err := e.prune(ctx, it.spec, it.obj)
+			if err != nil {
+				return out, err
+			}
+			out = append(out, Applied{Spec: it.spec, Pruned: pruned})
+			continue
+		}
+		c, _, err := e.client(it.spec, it.obj.GetNamespace())
+		if err != nil {
+			return out, err
+		}
+		got, err := c.Apply(ctx, it.obj.GetName(), it.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+		if err != nil {
+			return out, fmt.Errorf("applying %s from %s: %w", RefOf(it.spec, it.obj), it.spec.File, err)
+		}
+		e.Log.Debug("applied", "object", RefOf(it.spec, got).String(), "resourceVersion", got.GetResourceVersion())
+		out = append(out, Applied{Spec: it.spec, Object: got})
+	}
+	return out, nil
+}
+
+func (e *Engine) wantedOnly(s *Spec, values map[string]any) bool {
+	norm, err := Normalize(values)
+	if err != nil {
+		return true
+	}
+	ok, err := matchAll(s.When, mustJSON(norm))
+	return ok || err != nil
+}
+
+// prune deletes an unwanted object if this field manager owns part of it.
+func (e *Engine) prune(ctx context.Context, s *Spec, want *unstructured.Unstructured) (bool, error) {
+	c, _, err := e.client(s, want.GetNamespace())
+	if err != nil {
+		return false, err
+	}
+	cur, err := c.Get(ctx, want.GetName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading %s to prune it: %w", RefOf(s, want), err)
+	}
+	owned := false
+	for _, mf := range cur.GetManagedFields() {
+		if mf.Manager == FieldManager {
+			owned = true
+		}
+	}
+	if !owned {
+		e.Log.Info("not pruning an object this provider does not manage", "object", RefOf(s, cur).String())
+		return false, nil
+	}
+	uid := cur.GetUID()
+	err = c.Delete(ctx, cur.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return false, fmt.Errorf("pruning %s: %w", RefOf(s, cur), err)
+	}
+	e.Log.Info("pruned", "object", RefOf(s, cur).String(), "file", s.File)
+	return true, nil
+}
+
+// Create renders and creates one object (a claim: it fails if the name is
+// taken). When the spec has an owner block and owner is given, the object
+// gets an ownerReference to it.
+func (e *Engine) Create(ctx context.Context, s *Spec, namespace string, values map[string]any, owner *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	o, wanted, _, err := e.Build(s, namespace, values)
+	if err != nil {
+		return nil, err
+	}
+	if !wanted {
+		return nil, nil
+	}
+	if s.Owner != nil {
+		if owner == nil || owner.GetUID() == "" {
+			return nil, fmt.Errorf("%s: %s must be owned by the workload, but no workload with a UID was given", s.File, RefOf(s, o))
+		}
+		t := true
+		ctrl := s.Owner.Controller
+		o.SetOwnerReferences([]metav1.OwnerReference{{
+			APIVersion: owner.GetAPIVersion(), Kind: owner.GetKind(), Name: owner.GetName(), UID: owner.GetUID(),
+			Controller: &ctrl, BlockOwnerDeletion: boolPtr(ctrl && t),
+		}})
+	}
+	c, _, err := e.client(s, o.GetNamespace())
+	if err != nil {
+		return nil, err
+	}
+	got, err := c.Create(ctx, o, metav1.CreateOptions{FieldManager: FieldManager})
+	if err != nil {
+		return nil, fmt.Errorf("creating %s from %s: %w", RefOf(s, o), s.File, err)
+	}
+	if got.GetUID() == "" {
+		return nil, fmt.Errorf("creating %s: the server returned no UID", RefOf(s, o))
+	}
+	return got, nil
+}
+
+func boolPtr(b bool) *bool { return &b }
+
+// Get reads one object. A UID in the ref must match, else ErrReplaced.
+func (e *Engine) Get(ctx context.Context, ref Ref) (*unstructured.Unstructured, error) {
+	c, _, err := e.client(ref.Spec, ref.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	o, err := c.Get(ctx, ref.Name, metav1.GetOptions{})
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, &GoneError{Ref: ref}
+		}
+		return nil, fmt.Errorf("reading %s: %w", ref, err)
+	}
+	if ref.UID != "" && o.GetUID() != ref.UID {
+		return nil, &GoneError{Ref: ref, Replaced: true}
+	}
+	return o, nil
+}
+
+// GoneError says that an object no longer exists, or that another object
+// (another UID) now has its name.
+type GoneError struct {
+	Ref      Ref
+	Replaced bool
+}
+
+func (e *GoneError) Error() string {
+	if e.Replaced {
+		return fmt.Sprintf("%s was replaced by another object of the same name (UID %s is gone)", e.Ref, e.Ref.UID)
+	}
+	return fmt.Sprintf("%s no longer exists", e.Ref)
+}
+
+// IsGone reports whether err says the object is gone or replaced.
+func IsGone(err error) bool {
+	var g *GoneError
+	return errors.As(err, &g)
+}
+
+// Release deletes an object with the spec's propagation policy and, when
+// the ref has a UID, a UID precondition: an object that replaced ours is
+// left alone. It reports whether this call deleted something; an object
+// already gone is success.
+func (e *Engine) Release(ctx context.Context, ref Ref) (bool, error) {
+	c, _, err := e.client(ref.Spec, ref.Namespace)
+	if err != nil {
+		return false, err
+	}
+	opts := metav1.DeleteOptions{}
+	if ref.Spec.Release != nil && ref.Spec.Release.PropagationPolicy != "" {
+		p := metav1.DeletionPropagation(ref.Spec.Release.PropagationPolicy)
+		opts.PropagationPolicy = &p
+	}
+	if ref.UID != "" {
+		uid := ref.UID
+		opts.Preconditions = &metav1.Preconditions{UID: &uid}
+	}
+	err = c.Delete(ctx, ref.Name, opts)
+	switch {
+	case err == nil:
+		return true, nil
+	case apierrors.IsNotFound(err):
+		return false, nil
+	case apierrors.IsConflict(err) && ref.UID != "":
+		// The precondition failed: the name now belongs to another object.
+		return false, nil
+	}
+	return false, fmt.Errorf("deleting %s: %w", ref, err)
+}
+
+// List returns the objects of a spec matching a label selector.
+func (e *Engine) List(ctx context.Context, s *Spec, namespace, selector string) ([]unstructured.Unstructured, error) {
+	c, _, err := e.client(s, namespace)
+	if err != nil {
+		return nil, err
+	}
+	l, err := c.List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		return nil, fmt.Errorf("listing %s in %q (selector %q): %w", s.API.Kind, namespace, selector, err)
+	}
+	return l.Items, nil
+}
+
+// Status evaluates an object against its spec's readiness rules.
+func (e *Engine) Status(s *Spec, o *unstructured.Unstructured) Status {
+	b, err := o.MarshalJSON()
+	if err != nil {
+		return Status{State: Pending, Reason: "Unreadable", Message: err.Error(), Rule: -1}
+	}
+	return s.Evaluate(b)
+}

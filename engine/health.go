@@ -1,0 +1,179 @@
+package engine
+
+import (
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"strconv"
+
+	"github.com/tidwall/gjson"
+)
+
+// State is what the readiness rules make of an object.
+type State string
+
+const (
+	// Pending: not ready yet, nothing has failed.
+	Pending State = "Pending"
+	// Ready: usable (a pod to exec into, a running job).
+	Ready State = "Ready"
+	// Succeeded: finished well; terminal.
+	Succeeded State = "Succeeded"
+	// Failed: finished badly or cannot become ready; terminal.
+	Failed State = "Failed"
+	// Terminating: being deleted; terminal for a waiter.
+	Terminating State = "Terminating"
+)
+
+// Terminal reports whether an object in this state will not become Ready.
+func (s State) Terminal() bool { return s == Succeeded || s == Failed || s == Terminating }
+
+// Status is the evaluation of an object against its spec's rules.
+type Status struct {
+	State   State
+	Reason  string
+	Message string
+	// Rule is the index of the rule that matched, -1 when none did.
+	Rule int
+}
+
+func (s Status) String() string {
+	out := string(s.State)
+	if s.Reason != "" {
+		out += "/" + s.Reason
+	}
+	if s.Message != "" {
+		out += ": " + s.Message
+	}
+	return out
+}
+
+// Evaluate applies the spec's readiness rules to an object (as JSON).
+// A condition counts only when its observedGeneration, if any, is not older
+// than the object's metadata.generation.
+func (s *Spec) Evaluate(obj []byte) Status {
+	if s.Health == nil {
+		return Status{State: Ready, Reason: "NoRules", Rule: -1}
+	}
+	doc := gjson.ParseBytes(obj)
+	condPath := s.Health.ConditionsPath
+	if condPath == "" {
+		condPath = "status.conditions"
+	}
+	generation := doc.Get("metadata.generation")
+	for i, rule := range s.Health.Rules {
+		ok, _ := matchAll(rule.Match, obj)
+		if !ok {
+			continue
+		}
+		var cond gjson.Result
+		if rule.Condition != nil {
+			cond = findCondition(doc.Get(condPath), generation, *rule.Condition)
+			if !cond.Exists() {
+				continue
+			}
+		}
+		st := Status{State: rule.State, Rule: i}
+		st.Reason = first(doc.Get(rule.ReasonFrom).String(), rule.Reason, cond.Get("reason").String())
+		st.Message = first(doc.Get(rule.MessageFrom).String(), rule.Message, cond.Get("message").String())
+		return st
+	}
+	return Status{State: Pending, Reason: "NoRuleMatched", Rule: -1}
+}
+
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func findCondition(conds, generation gjson.Result, m ConditionMatch) gjson.Result {
+	var found gjson.Result
+	conds.ForEach(func(_, c gjson.Result) bool {
+		if c.Get("type").String() != m.Type {
+			return true
+		}
+		if og := c.Get("observedGeneration"); og.Exists() && generation.Exists() && og.Int() < generation.Int() {
+			return true // stale: written for an older spec
+		}
+		if m.Status != "" && c.Get("status").String() != m.Status {
+			return true
+		}
+		if len(m.Reason) > 0 && !contains(m.Reason, c.Get("reason").String()) {
+			return true
+		}
+		found = c
+		return false
+	})
+	return found
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// matchAll reports whether every test holds for the JSON document.
+func matchAll(tests []Match, doc []byte) (bool, error) {
+	for _, t := range tests {
+		ok, err := t.eval(gjson.GetBytes(doc, t.Path))
+		if err != nil || !ok {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+func (t Match) eval(r gjson.Result) (bool, error) {
+	switch {
+	case t.Exists != nil:
+		return r.Exists() == *t.Exists, nil
+	case t.Gt != nil:
+		return r.Exists() && r.Num > *t.Gt, nil
+	case t.Equals != nil:
+		return sameJSON(r, t.Equals)
+	case t.In != nil:
+		for _, x := range t.In {
+			if ok, err := sameJSON(r, x); ok || err != nil {
+				return ok, err
+			}
+		}
+		return false, nil
+	}
+	return r.Exists() && !empty(r.Value()) && r.Raw != "0", nil
+}
+
+func sameJSON(r gjson.Result, want any) (bool, error) {
+	if !r.Exists() {
+		return false, nil
+	}
+	b, err := json.Marshal(want)
+	if err != nil {
+		return false, fmt.Errorf("cannot compare with %v: %w", want, err)
+	}
+	w := gjson.ParseBytes(b)
+	if w.Type == gjson.Number && r.Type == gjson.String {
+		// "3100" and 3100 differ.
+		return false, nil
+	}
+	if w.Type == gjson.Number && r.Type == gjson.Number {
+		return w.Num == r.Num, nil
+	}
+	return reflect.DeepEqual(w.Value(), r.Value()), nil
+}
+
+// lookupString reads a gjson path as a string; numbers are formatted plainly.
+func lookupString(doc []byte, path string) string {
+	r := gjson.GetBytes(doc, path)
+	if r.Type == gjson.Number {
+		return strconv.FormatFloat(r.Num, 'f', -1, 64)
+	}
+	return r.String()
+}

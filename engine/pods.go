@@ -1,0 +1,192 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/tidwall/gjson"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// ErrNoPod says that a workload has no pod (yet).
+var ErrNoPod = errors.New("the workload has no pod yet")
+
+// FindPod finds the pod a workload owns, trying the spec's pod rules in
+// order. A pod counts only if it carries a controller ownerReference with
+// the workload's UID. Among the pods a rule yields, one that is not being
+// deleted and is running is preferred.
+func (e *Engine) FindPod(ctx context.Context, s *Spec, workload *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	if s.Pods == nil {
+		return nil, &FileError{File: s.File, Pointer: "/pods", Problem: "has no pod rules"}
+	}
+	podSpec, ok := e.Catalog.Pod()
+	if !ok {
+		return nil, errors.New("the catalog has no file with scope pod")
+	}
+	wjson, err := workload.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	ns := workload.GetNamespace()
+	for i, f := range s.Pods.Find {
+		var cands []unstructured.Unstructured
+		switch {
+		case f.Self:
+			if p, err := e.getPod(ctx, podSpec, ns, workload.GetName()); err != nil {
+				return nil, err
+			} else if p != nil && p.GetUID() == workload.GetUID() {
+				return p, nil
+			}
+			continue
+		case f.Annotation != "":
+			name := workload.GetAnnotations()[f.Annotation]
+			if name == "" {
+				continue
+			}
+			p, err := e.getPod(ctx, podSpec, ns, name)
+			if err != nil {
+				return nil, err
+			}
+			if p != nil {
+				cands = append(cands, *p)
+			}
+		case f.Name != "":
+			name, err := expandFrom(f.Name, wjson)
+			if err != nil {
+				return nil, &FileError{File: s.File, Pointer: fmt.Sprintf("/pods/find/%d/name", i), Problem: err.Error()}
+			}
+			p, err := e.getPod(ctx, podSpec, ns, name)
+			if err != nil {
+				return nil, err
+			}
+			if p != nil {
+				cands = append(cands, *p)
+			}
+		default:
+			sel := ""
+			if f.SelectorFrom != "" {
+				sel = gjson.GetBytes(wjson, f.SelectorFrom).String()
+			} else {
+				sel, err = expandFrom(f.Selector, wjson)
+				if err != nil {
+					return nil, &FileError{File: s.File, Pointer: fmt.Sprintf("/pods/find/%d/selector", i), Problem: err.Error()}
+				}
+			}
+			if sel == "" {
+				continue
+			}
+			cands, err = e.List(ctx, podSpec, ns, sel)
+			if err != nil {
+				return nil, err
+			}
+		}
+		if p := e.pickPod(podSpec, workload, cands); p != nil {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: %w", RefOf(s, workload), ErrNoPod)
+}
+
+func (e *Engine) getPod(ctx context.Context, podSpec *Spec, ns, name string) (*unstructured.Unstructured, error) {
+	c, _, err := e.client(podSpec, ns)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading pod %s/%s: %w", ns, name, err)
+	}
+	return p, nil
+}
+
+// pickPod keeps the pods controlled by the workload (by UID) and prefers a
+// live, ready one.
+func (e *Engine) pickPod(podSpec *Spec, workload *unstructured.Unstructured, pods []unstructured.Unstructured) *unstructured.Unstructured {
+	var best *unstructured.Unstructured
+	bestRank := -1
+	for i := range pods {
+		p := &pods[i]
+		if !ControlledBy(p, workload) {
+			continue
+		}
+		rank := 0
+		switch e.Status(podSpec, p).State {
+		case Ready:
+			rank = 3
+		case Pending:
+			rank = 2
+		case Succeeded, Failed:
+			rank = 1
+		}
+		if rank > bestRank {
+			best, bestRank = p, rank
+		}
+	}
+	return best
+}
+
+// ControlledBy reports whether o carries a controller ownerReference to
+// owner's UID.
+func ControlledBy(o, owner *unstructured.Unstructured) bool {
+	for _, r := range o.GetOwnerReferences() {
+		if r.Controller != nil && *r.Controller && r.UID == owner.GetUID() {
+			return true
+		}
+	}
+	return false
+}
+
+// expandFrom fills ${path} placeholders from a JSON document.
+func expandFrom(tmpl string, doc []byte) (string, error) {
+	var missing []string
+	out := placeholder.ReplaceAllStringFunc(tmpl, func(m string) string {
+		path := strings.TrimSpace(m[2 : len(m)-1])
+		v := lookupString(doc, path)
+		if v == "" {
+			missing = append(missing, path)
+		}
+		return v
+	})
+	if len(missing) > 0 {
+		return "", fmt.Errorf("the workload has no value at %s", strings.Join(missing, ", "))
+	}
+	return out, nil
+}
+
+// Logs returns a container's log through the pod spec's log subresource.
+func (e *Engine) Logs(ctx context.Context, pod *unstructured.Unstructured, container string) ([]byte, error) {
+	podSpec, ok := e.Catalog.Pod()
+	if !ok || podSpec.Logs == nil {
+		return nil, errors.New("the catalog's pod file declares no logs subresource")
+	}
+	if e.REST == nil {
+		return nil, errors.New("the engine has no REST client for logs")
+	}
+	r, err := e.Resolve(podSpec)
+	if err != nil {
+		return nil, err
+	}
+	prefix := []string{"/apis", r.GVR.Group, r.GVR.Version}
+	if r.GVR.Group == "" {
+		prefix = []string{"/api", r.GVR.Version}
+	}
+	segs := append(prefix, "namespaces", pod.GetNamespace(), r.GVR.Resource, pod.GetName(), podSpec.Logs.Subresource)
+	req := e.REST.Get().AbsPath(segs...)
+	if podSpec.Logs.ContainerParam != "" && container != "" {
+		req = req.Param(podSpec.Logs.ContainerParam, container)
+	}
+	rc, err := req.Stream(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the log of pod %s/%s container %q: %w", pod.GetNamespace(), pod.GetName(), container, err)
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}

@@ -1,0 +1,176 @@
+package engine_test
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/matryer/is"
+	"sigs.k8s.io/yaml"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/resources"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
+
+func catalog(t testing.TB) *engine.Catalog {
+	t.Helper()
+	c, err := engine.Load(resources.FS, ".")
+	if err != nil {
+		t.Fatalf("loading resources: %v", err)
+	}
+	return c
+}
+
+type valuesCase struct {
+	Backend string         `json:"backend"`
+	Values  map[string]any `json:"values"`
+}
+
+func loadValues(t testing.TB, name string) valuesCase {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "testdata", "values", name+".yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vc valuesCase
+	if err := yaml.Unmarshal(raw, &vc); err != nil {
+		t.Fatal(err)
+	}
+	return vc
+}
+
+// TestGoldenManifests renders every tenant, run and backend file under each
+// representative config and compares with testdata/golden (go test -update
+// rewrites them; review the diff).
+func TestGoldenManifests(t *testing.T) {
+	c := catalog(t)
+	for _, name := range []string{"standard-job", "cilium-sandbox", "standard-cidrs-sandbox"} {
+		t.Run(name, func(t *testing.T) {
+			is := is.New(t)
+			vc := loadValues(t, name)
+			var specs []*engine.Spec
+			specs = append(specs, c.Scoped(engine.ScopeTenant)...)
+			specs = append(specs, c.Scoped(engine.ScopeRun)...)
+			b, ok := c.Get(vc.Backend)
+			is.True(ok)
+			specs = append(specs, b)
+			for _, s := range specs {
+				obj, wanted, err := s.Render(vc.Values)
+				is.NoErr(err)
+				golden := filepath.Join("..", "testdata", "golden", name, s.Name+".yaml")
+				var got []byte
+				if wanted {
+					got, err = yaml.Marshal(obj)
+					is.NoErr(err)
+				} else {
+					got = []byte("# not wanted under this config\n")
+				}
+				if *update {
+					is.NoErr(os.MkdirAll(filepath.Dir(golden), 0o755))
+					is.NoErr(os.WriteFile(golden, got, 0o644))
+					continue
+				}
+				want, err := os.ReadFile(golden)
+				is.NoErr(err)
+				if string(want) != string(got) {
+					t.Errorf("%s differs from %s:\n%s", s.File, golden, got)
+				}
+			}
+		})
+	}
+}
+
+// The template keeps types: lists stay lists, numbers stay numbers, unset
+// optional fields disappear, and the public fallback follows the values.
+func TestRenderTypesAndOptionalFields(t *testing.T) {
+	is := is.New(t)
+	c := catalog(t)
+	vc := loadValues(t, "standard-job")
+	job, _ := c.Get("job")
+	obj, wanted, err := job.Render(vc.Values)
+	is.NoErr(err)
+	is.True(wanted)
+	spec := obj["spec"].(map[string]any)
+	is.Equal(spec["activeDeadlineSeconds"], int64(3600))
+	is.Equal(spec["ttlSecondsAfterFinished"], int64(900))
+	pod := spec["template"].(map[string]any)["spec"].(map[string]any)
+	_, hasRC := pod["runtimeClassName"]
+	is.True(!hasRC) // unset optional field is gone
+	_, hasIPS := pod["imagePullSecrets"]
+	is.True(!hasIPS) // empty list is gone
+	cmd := pod["containers"].([]any)[0].(map[string]any)["command"].([]any)
+	is.Equal(len(cmd), 3) // a list stays a list
+	labels := spec["template"].(map[string]any)["metadata"].(map[string]any)["labels"].(map[string]any)
+	is.Equal(labels["paperclip.io/role"], "agent")
+	is.Equal(labels["paperclip.io/run-id"], "2bdca326-e3db-453a-aa59-5f0be25df1f6")
+
+	egress, _ := c.Get("networkpolicy-egress")
+	np, wanted, err := egress.Render(vc.Values)
+	is.NoErr(err)
+	is.True(wanted)
+	rules := np["spec"].(map[string]any)["egress"].([]any)
+	is.Equal(len(rules), 3) // DNS, callback, public fallback (FQDNs, no CIDRs)
+	is.Equal(rules[1].(map[string]any)["ports"].([]any)[0].(map[string]any)["port"], int64(3100))
+
+	cilium, _ := c.Get("ciliumnetworkpolicy-egress")
+	_, wanted, err = cilium.Render(vc.Values)
+	is.NoErr(err)
+	is.True(!wanted) // standard mode: the CNP is not wanted
+
+	vc = loadValues(t, "cilium-sandbox")
+	cnp, wanted, err := cilium.Render(vc.Values)
+	is.NoErr(err)
+	is.True(wanted)
+	crules := cnp["spec"].(map[string]any)["egress"].([]any)
+	is.Equal(len(crules), 4) // DNS, FQDNs, callback, CIDRs
+	port := crules[2].(map[string]any)["toPorts"].([]any)[0].(map[string]any)["ports"].([]any)[0].(map[string]any)["port"]
+	is.Equal(port, "3100") // |string keeps Cilium's string port
+	fqdns := crules[1].(map[string]any)["toFQDNs"].([]any)
+	is.Equal(len(fqdns), 2)
+}
+
+func TestRenderMissingValueNamesFileAndPath(t *testing.T) {
+	is := is.New(t)
+	c := catalog(t)
+	vc := loadValues(t, "standard-job")
+	run := vc.Values["run"].(map[string]any)
+	delete(run, "image")
+	job, _ := c.Get("job")
+	_, _, err := job.Render(vc.Values)
+	is.True(err != nil)
+	msg := err.Error()
+	is.True(strings.Contains(msg, "agent-pod.yaml")) // the fragment's file
+	is.True(strings.Contains(msg, "/template/spec/containers/0/image"))
+	is.True(strings.Contains(msg, "run.image is not set"))
+}
+
+func TestMalformedFileNamesFilePathAndProblem(t *testing.T) {
+	is := is.New(t)
+	_, err := engine.Parse("resources/broken.yaml", []byte(`
+name: broken
+description: a backend with a typo in a rule
+scope: backend
+api: {group: batch, kind: Job, resource: jobs, versions: [v1]}
+backend: {mode: exec, deadline: seconds}
+template: {metadata: {name: x}}
+pods: {container: agent, find: [{name: x}]}
+health:
+  rules:
+    - state: Ready
+    - state: Redy
+`))
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "resources/broken.yaml: /health/rules/1/state:"))
+
+	_, err = engine.Parse("resources/nover.yaml", []byte("name: x\ndescription: d\nscope: tenant\napi: {group: g, kind: K, resource: ks, versions: []}\ntemplate: {}\n"))
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "resources/nover.yaml: /api/versions:"))
+
+	_, err = engine.Parse("resources/bad.yaml", []byte("name: [unclosed\n"))
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "resources/bad.yaml: not valid YAML"))
+}

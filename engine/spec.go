@@ -1,0 +1,379 @@
+// Package engine creates, waits for, inspects and removes Kubernetes objects
+// described by data files (see package resources). It works on unstructured
+// objects through the dynamic client and knows no kind: what an object looks
+// like, when it is ready, how its pods are found and how it is released all
+// come from the file.
+package engine
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/santhosh-tekuri/jsonschema/v5"
+	"sigs.k8s.io/yaml"
+
+	"github.com/paperclip-k8s/paperclip-k8s/schemas"
+)
+
+// Scope says when the provider uses an object.
+type Scope string
+
+const (
+	// ScopeTenant objects exist once per company and are server-side applied.
+	ScopeTenant Scope = "tenant"
+	// ScopeRun objects are created per run and owned by the workload.
+	ScopeRun Scope = "run"
+	// ScopeBackend objects are the workload of a run.
+	ScopeBackend Scope = "backend"
+	// ScopePod describes the pods workloads own; the provider only reads them.
+	ScopePod Scope = "pod"
+	// ScopeFragment is a template other files include with $use.
+	ScopeFragment Scope = "fragment"
+)
+
+// API names an object's API group, kind and plural, and the versions the
+// provider accepts, preferred first.
+type API struct {
+	Group    string   `json:"group"`
+	Kind     string   `json:"kind"`
+	Resource string   `json:"resource"`
+	Versions []string `json:"versions"`
+	Missing  string   `json:"missing,omitempty"`
+}
+
+// Match tests one gjson path of a JSON document.
+type Match struct {
+	Path   string   `json:"path"`
+	Equals any      `json:"equals,omitempty"`
+	In     []any    `json:"in,omitempty"`
+	Exists *bool    `json:"exists,omitempty"`
+	Gt     *float64 `json:"gt,omitempty"`
+}
+
+// ConditionMatch selects a status condition by type, status and reason.
+type ConditionMatch struct {
+	Type   string   `json:"type"`
+	Status string   `json:"status,omitempty"`
+	Reason []string `json:"reason,omitempty"`
+}
+
+// Rule maps an object that satisfies every test to a State.
+type Rule struct {
+	State       State           `json:"state"`
+	Match       []Match         `json:"match,omitempty"`
+	Condition   *ConditionMatch `json:"condition,omitempty"`
+	Reason      string          `json:"reason,omitempty"`
+	ReasonFrom  string          `json:"reasonFrom,omitempty"`
+	Message     string          `json:"message,omitempty"`
+	MessageFrom string          `json:"messageFrom,omitempty"`
+}
+
+// Health holds the readiness rules, evaluated in order; the first match wins.
+type Health struct {
+	ConditionsPath string `json:"conditionsPath,omitempty"`
+	Rules          []Rule `json:"rules"`
+}
+
+// PodFind is one way to find a workload's pod. Exactly one field is set.
+type PodFind struct {
+	// Self: the workload is itself the pod.
+	Self         bool   `json:"self,omitempty"`
+	Annotation   string `json:"annotation,omitempty"`
+	Name         string `json:"name,omitempty"`
+	SelectorFrom string `json:"selectorFrom,omitempty"`
+	Selector     string `json:"selector,omitempty"`
+}
+
+// Pods says which container to use and how to find the pod.
+type Pods struct {
+	Container string    `json:"container"`
+	Find      []PodFind `json:"find"`
+}
+
+// Backend says how the provider uses a workload.
+type Backend struct {
+	// Mode is "exec" (run commands in a long-lived pod) or "logs" (await
+	// completion and return the pod's log).
+	Mode string `json:"mode"`
+	// Deadline is the value the template takes: "seconds" or "time".
+	Deadline string `json:"deadline"`
+}
+
+// Subresource names a pod subresource such as log or exec.
+type Subresource struct {
+	Subresource    string `json:"subresource"`
+	ContainerParam string `json:"containerParam,omitempty"`
+}
+
+// Owner says that a run object is owned by the workload.
+type Owner struct {
+	Controller bool `json:"controller"`
+}
+
+// Release says how the object is deleted.
+type Release struct {
+	PropagationPolicy string `json:"propagationPolicy,omitempty"`
+}
+
+// Spec is one resource data file.
+type Spec struct {
+	Name        string         `json:"name"`
+	Description string         `json:"description"`
+	Aliases     []string       `json:"aliases,omitempty"`
+	Scope       Scope          `json:"scope"`
+	API         *API           `json:"api,omitempty"`
+	When        []Match        `json:"when,omitempty"`
+	Owner       *Owner         `json:"owner,omitempty"`
+	Template    map[string]any `json:"template,omitempty"`
+	Backend     *Backend       `json:"backend,omitempty"`
+	Health      *Health        `json:"health,omitempty"`
+	Pods        *Pods          `json:"pods,omitempty"`
+	Logs        *Subresource   `json:"logs,omitempty"`
+	Exec        *Subresource   `json:"exec,omitempty"`
+	Release     *Release       `json:"release,omitempty"`
+
+	// File is where the spec was read from.
+	File string `json:"-"`
+
+	catalog *Catalog
+}
+
+// Catalog is a set of specs loaded together; fragments resolve within it.
+type Catalog struct {
+	specs map[string]*Spec
+	alias map[string]string
+	order []string
+}
+
+// FileError names the data file and the place in it that is wrong.
+type FileError struct {
+	File    string
+	Pointer string // JSON pointer inside the file, "" for the whole file
+	Problem string
+}
+
+func (e *FileError) Error() string {
+	if e.Pointer == "" {
+		return fmt.Sprintf("%s: %s", e.File, e.Problem)
+	}
+	return fmt.Sprintf("%s: %s: %s", e.File, e.Pointer, e.Problem)
+}
+
+var resourceSchema = func() *jsonschema.Schema {
+	raw, err := schemas.FS.ReadFile("resource.schema.json")
+	if err != nil {
+		panic(err)
+	}
+	c := jsonschema.NewCompiler()
+	c.Draft = jsonschema.Draft2020
+	if err := c.AddResource("resource.schema.json", bytes.NewReader(raw)); err != nil {
+		panic(err)
+	}
+	return c.MustCompile("resource.schema.json")
+}()
+
+// Load reads every *.yaml file in dir of fsys, validates each against
+// schemas/resource.schema.json and checks the references between them.
+// All problems are returned together.
+func Load(fsys fs.FS, dir string, more ...fs.FS) (*Catalog, error) {
+	c := &Catalog{specs: map[string]*Spec{}, alias: map[string]string{}}
+	var errs []error
+	sources := append([]fs.FS{fsys}, more...)
+	for i, src := range sources {
+		d := dir
+		if i > 0 {
+			d = "."
+		}
+		names, err := fs.Glob(src, path.Join(d, "*.yaml"))
+		if err != nil {
+			return nil, err
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			raw, err := fs.ReadFile(src, n)
+			if err != nil {
+				return nil, err
+			}
+			s, err := Parse(n, raw)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if err := c.add(s); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	errs = append(errs, c.check()...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// Parse decodes and validates one data file.
+func Parse(file string, raw []byte) (*Spec, error) {
+	js, err := yaml.YAMLToJSON(raw)
+	if err != nil {
+		return nil, &FileError{File: file, Problem: "not valid YAML: " + err.Error()}
+	}
+	var doc any
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	if err := dec.Decode(&doc); err != nil {
+		return nil, &FileError{File: file, Problem: err.Error()}
+	}
+	if err := resourceSchema.Validate(doc); err != nil {
+		var ve *jsonschema.ValidationError
+		if errors.As(err, &ve) {
+			var all []error
+			for _, leaf := range leaves(ve) {
+				all = append(all, &FileError{File: file, Pointer: pointerOf(leaf.InstanceLocation), Problem: leaf.Message})
+			}
+			return nil, errors.Join(all...)
+		}
+		return nil, &FileError{File: file, Problem: err.Error()}
+	}
+	var s Spec
+	dec = json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	if err := dec.Decode(&s); err != nil {
+		return nil, &FileError{File: file, Problem: err.Error()}
+	}
+	if m, ok := fixNumbers(doc).(map[string]any)["template"].(map[string]any); ok {
+		s.Template = m
+	}
+	s.File = file
+	return &s, nil
+}
+
+func leaves(ve *jsonschema.ValidationError) []*jsonschema.ValidationError {
+	if len(ve.Causes) == 0 {
+		return []*jsonschema.ValidationError{ve}
+	}
+	var out []*jsonschema.ValidationError
+	for _, c := range ve.Causes {
+		out = append(out, leaves(c)...)
+	}
+	return out
+}
+
+func pointerOf(loc string) string {
+	if loc == "" {
+		return "/"
+	}
+	return loc
+}
+
+func (c *Catalog) add(s *Spec) error {
+	if old, ok := c.specs[s.Name]; ok {
+		return &FileError{File: s.File, Pointer: "/name", Problem: fmt.Sprintf("name %q is already used by %s", s.Name, old.File)}
+	}
+	for _, a := range s.Aliases {
+		if _, ok := c.alias[a]; ok {
+			return &FileError{File: s.File, Pointer: "/aliases", Problem: fmt.Sprintf("alias %q is already used", a)}
+		}
+		c.alias[a] = s.Name
+	}
+	s.catalog = c
+	c.specs[s.Name] = s
+	c.order = append(c.order, s.Name)
+	return nil
+}
+
+// check verifies what the schema cannot: $use names a fragment, and at most
+// one pod spec exists.
+func (c *Catalog) check() []error {
+	var errs []error
+	pods := 0
+	for _, n := range c.order {
+		s := c.specs[n]
+		if s.Scope == ScopePod {
+			pods++
+			if pods > 1 {
+				errs = append(errs, &FileError{File: s.File, Pointer: "/scope", Problem: "only one file may describe pods"})
+			}
+		}
+		walkUses(s.Template, "/template", func(ptr, name string) {
+			f, ok := c.specs[name]
+			if !ok || f.Scope != ScopeFragment {
+				errs = append(errs, &FileError{File: s.File, Pointer: ptr, Problem: fmt.Sprintf("$use names %q, which is not a fragment in the catalog", name)})
+			}
+		})
+	}
+	return errs
+}
+
+func walkUses(node any, ptr string, fn func(ptr, name string)) {
+	switch v := node.(type) {
+	case map[string]any:
+		if u, ok := v["$use"].(string); ok {
+			fn(ptr+"/$use", u)
+		}
+		for k, x := range v {
+			walkUses(x, ptr+"/"+escapePointer(k), fn)
+		}
+	case []any:
+		for i, x := range v {
+			walkUses(x, fmt.Sprintf("%s/%d", ptr, i), fn)
+		}
+	}
+}
+
+func escapePointer(s string) string {
+	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
+}
+
+// Get returns the spec with this name or alias.
+func (c *Catalog) Get(name string) (*Spec, bool) {
+	if a, ok := c.alias[name]; ok {
+		name = a
+	}
+	s, ok := c.specs[name]
+	return s, ok
+}
+
+// Scoped returns the specs of one scope in file-name order.
+func (c *Catalog) Scoped(scope Scope) []*Spec {
+	var out []*Spec
+	for _, n := range c.order {
+		if c.specs[n].Scope == scope {
+			out = append(out, c.specs[n])
+		}
+	}
+	return out
+}
+
+// All returns every spec in load order.
+func (c *Catalog) All() []*Spec {
+	out := make([]*Spec, 0, len(c.order))
+	for _, n := range c.order {
+		out = append(out, c.specs[n])
+	}
+	return out
+}
+
+// BackendNames lists the names (and aliases) a config may pick as backend.
+func (c *Catalog) BackendNames() []string {
+	var out []string
+	for _, s := range c.Scoped(ScopeBackend) {
+		out = append(out, s.Name)
+		out = append(out, s.Aliases...)
+	}
+	return out
+}
+
+// Pod returns the spec that describes pods.
+func (c *Catalog) Pod() (*Spec, bool) {
+	p := c.Scoped(ScopePod)
+	if len(p) == 0 {
+		return nil, false
+	}
+	return p[0], true
+}
