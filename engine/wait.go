@@ -80,7 +80,7 @@ func (e *Engine) Wait(ctx context.Context, s *Spec, o *unstructured.Unstructured
 			rv = "" // relist below
 		} else {
 			var stop bool
-			o, last, rv, stop, err = e.drain(w, ref, o, last, rv, check)
+			o, last, rv, stop, err = e.drain(ctx, w, ref, o, last, rv, check)
 			w.Stop()
 			if stop {
 				return o, last, err
@@ -105,9 +105,19 @@ func (e *Engine) Wait(ctx context.Context, s *Spec, o *unstructured.Unstructured
 // drain reads one watch until it ends. It returns the newest object and
 // status, the resourceVersion to resume from ("" to re-read the object), and
 // whether waiting is over.
-func (e *Engine) drain(w watch.Interface, ref Ref, o *unstructured.Unstructured, last Status, rv string,
+func (e *Engine) drain(ctx context.Context, w watch.Interface, ref Ref, o *unstructured.Unstructured, last Status, rv string,
 	check func(*unstructured.Unstructured) (Status, bool, error)) (*unstructured.Unstructured, Status, string, bool, error) {
-	for ev := range w.ResultChan() {
+	for {
+		var ev watch.Event
+		var open bool
+		select {
+		case <-ctx.Done():
+			return o, last, rv, false, nil
+		case ev, open = <-w.ResultChan():
+		}
+		if !open {
+			return o, last, rv, false, nil
+		}
 		switch ev.Type {
 		case watch.Added, watch.Modified:
 			cur, ok := ev.Object.(*unstructured.Unstructured)
@@ -141,5 +151,4 @@ func (e *Engine) drain(w watch.Interface, ref Ref, o *unstructured.Unstructured,
 			return o, last, "", false, nil
 		}
 	}
-	return o, last, rv, false, nil
 }

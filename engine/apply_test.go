@@ -1,0 +1,76 @@
+package engine_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/matryer/is"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+)
+
+// The tenant set applies the wanted objects, namespace first; objects whose
+// conditions no longer hold are pruned.
+func TestApplyTenantOrderAndPrune(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, dyn := fakeEngine(t, c)
+	ctx := context.Background()
+	vc := loadValues(t, "standard-job")
+	applied, err := e.Apply(ctx, c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	is.NoErr(err)
+	is.True(len(applied) > 0)
+	is.Equal(applied[0].Spec.Name, "namespace") // cluster-scoped first
+	kinds := map[string]int{}
+	for _, a := range applied {
+		if a.Object != nil {
+			kinds[a.Object.GetKind()]++
+		}
+	}
+	is.Equal(kinds["NetworkPolicy"], 2) // deny + standard egress
+	is.Equal(kinds["CiliumNetworkPolicy"], 0)
+	var applies int
+	for _, a := range dyn.Actions() {
+		if a.GetVerb() == "patch" {
+			applies++
+		}
+	}
+	is.True(applies >= 8) // server-side apply, not create
+
+	// Switch to cilium: the standard egress policy is pruned, the CNP applied.
+	cfg := vc.Values["config"].(map[string]any)
+	cfg["egressMode"] = "cilium"
+	applied, err = e.Apply(ctx, c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	is.NoErr(err)
+	var pruned, cnp bool
+	for _, a := range applied {
+		if a.Pruned && a.Spec.Name == "networkpolicy-egress" {
+			pruned = true
+		}
+		if a.Object != nil && a.Object.GetKind() == "CiliumNetworkPolicy" {
+			cnp = true
+		}
+	}
+	is.True(pruned)
+	is.True(cnp)
+	np, _ := c.Get("networkpolicy-egress")
+	_, err = e.Get(ctx, engine.Ref{Spec: np, Namespace: "paperclip-acme", Name: "paperclip-egress-allow"})
+	is.True(engine.IsGone(err))
+}
+
+// Without Cilium installed, standard mode still applies (the CNP is neither
+// wanted nor served), and cilium mode says what to install.
+func TestApplyWithoutCilium(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, _ := fakeEngine(t, c, "cilium.io")
+	ctx := context.Background()
+	vc := loadValues(t, "standard-job")
+	_, err := e.Apply(ctx, c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	is.NoErr(err)
+	vc.Values["config"].(map[string]any)["egressMode"] = "cilium"
+	_, err = e.Apply(ctx, c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "Install Cilium"))
+}

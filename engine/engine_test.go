@@ -1,0 +1,334 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	dynfake "k8s.io/client-go/dynamic/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/resources"
+)
+
+// fakeEngine is an engine over the fake dynamic client, with a RESTMapper
+// built from the catalog's own API blocks (cluster-scoped: the kinds named
+// in clusterScoped) and a reactor that gives created objects a UID, as the
+// API server does.
+func fakeEngine(t testing.TB, c *engine.Catalog, omit ...string) (*engine.Engine, *dynfake.FakeDynamicClient) {
+	t.Helper()
+	clusterScoped := map[string]bool{"Namespace": true}
+	omitted := map[string]bool{}
+	for _, o := range omit {
+		omitted[o] = true
+	}
+	var gvs []schema.GroupVersion
+	listKinds := map[schema.GroupVersionResource]string{}
+	for _, s := range c.All() {
+		if s.API == nil {
+			continue
+		}
+		for _, v := range s.API.Versions {
+			gvs = append(gvs, schema.GroupVersion{Group: s.API.Group, Version: v})
+		}
+	}
+	mapper := meta.NewDefaultRESTMapper(gvs)
+	for _, s := range c.All() {
+		if s.API == nil || omitted[s.API.Group] {
+			continue
+		}
+		v := s.API.Versions[0]
+		gvk := schema.GroupVersionKind{Group: s.API.Group, Version: v, Kind: s.API.Kind}
+		scope := meta.RESTScopeNamespace
+		if clusterScoped[s.API.Kind] {
+			scope = meta.RESTScopeRoot
+		}
+		mapper.AddSpecific(gvk, schema.GroupVersionResource{Group: s.API.Group, Version: v, Resource: s.API.Resource},
+			schema.GroupVersionResource{Group: s.API.Group, Version: v, Resource: strings.ToLower(s.API.Kind)}, scope)
+		listKinds[schema.GroupVersionResource{Group: s.API.Group, Version: v, Resource: s.API.Resource}] = s.API.Kind + "List"
+	}
+	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), listKinds)
+	var n atomic.Int64
+	dyn.PrependReactor("create", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		o := a.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured)
+		o.SetUID(types.UID(fmt.Sprintf("uid-%d", n.Add(1))))
+		o.SetGeneration(1)
+		return false, nil, nil
+	})
+	// The fake tracker cannot server-side apply an absent object; this
+	// reactor upserts the applied manifest. Field ownership and merge
+	// semantics are tested against a real API server (internal/devcluster).
+	dyn.PrependReactor("patch", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		p := a.(k8stesting.PatchAction)
+		if p.GetPatchType() != types.ApplyPatchType {
+			return false, nil, nil
+		}
+		o := &unstructured.Unstructured{}
+		if err := o.UnmarshalJSON(p.GetPatch()); err != nil {
+			return true, nil, err
+		}
+		o.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: engine.FieldManager, Operation: metav1.ManagedFieldsOperationApply}})
+		tr := dyn.Tracker()
+		if _, err := tr.Get(p.GetResource(), p.GetNamespace(), p.GetName()); err != nil {
+			o.SetUID(types.UID(fmt.Sprintf("uid-%d", n.Add(1))))
+			return true, o, tr.Create(p.GetResource(), o, p.GetNamespace())
+		}
+		return true, o, tr.Update(p.GetResource(), o, p.GetNamespace())
+	})
+	return engine.New(c, dyn, mapper, nil, nil), dyn
+}
+
+func testCatalog(t testing.TB) *engine.Catalog {
+	t.Helper()
+	c, err := engine.Load(resources.FS, ".", os.DirFS(filepath.Join("..", "testdata", "backends")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func setStatus(t testing.TB, e *engine.Engine, o *unstructured.Unstructured, spec *engine.Spec, status map[string]any) *unstructured.Unstructured {
+	t.Helper()
+	r, err := e.Resolve(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := e.Dynamic.Resource(r.GVR).Namespace(o.GetNamespace()).Get(context.Background(), o.GetName(), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Object["status"] = status
+	got, err := e.Dynamic.Resource(r.GVR).Namespace(o.GetNamespace()).Update(context.Background(), cur, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// A backend defined only in testdata is claimed, awaited, its pod found and
+// released by the engine, with no Go change.
+func TestTestdataOnlyBackendLifecycle(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, _ := fakeEngine(t, c)
+	ctx := context.Background()
+	vc := loadValues(t, "standard-job")
+	backend, ok := c.Get("barepod")
+	is.True(ok)
+	is.Equal(backend.Backend.Mode, "exec")
+
+	w, err := e.Create(ctx, backend, "ns1", vc.Values, nil)
+	is.NoErr(err)
+	is.Equal(w.GetKind(), "Pod")
+	is.Equal(w.GetAPIVersion(), "v1")
+	is.Equal(w.GetNamespace(), "ns1")
+	deadline, _, _ := unstructured.NestedInt64(w.Object, "spec", "activeDeadlineSeconds")
+	is.Equal(deadline, int64(3600))
+
+	secretSpec, _ := c.Get("secret")
+	sec, err := e.Create(ctx, secretSpec, "ns1", vc.Values, w)
+	is.NoErr(err)
+	refs := sec.GetOwnerReferences()
+	is.Equal(len(refs), 1)
+	is.Equal(refs[0].UID, w.GetUID())
+	is.Equal(refs[0].Kind, "Pod")
+	is.True(*refs[0].Controller)
+
+	// A second claim of the same name fails: Create is a claim.
+	_, err = e.Create(ctx, backend, "ns1", vc.Values, nil)
+	is.True(err != nil)
+
+	type result struct {
+		st  engine.Status
+		err error
+	}
+	done := make(chan result, 1)
+	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	started := make(chan struct{})
+	go func() {
+		close(started)
+		_, st, err := e.Wait(waitCtx, backend, w, engine.Ready)
+		done <- result{st, err}
+	}()
+	<-started
+	setStatus(t, e, w, backend, map[string]any{"phase": "Pending"})
+	setStatus(t, e, w, backend, map[string]any{"phase": "Running", "conditions": []any{map[string]any{"type": "Ready", "status": "True"}}})
+	r := <-done
+	is.NoErr(r.err)
+	is.Equal(r.st.State, engine.Ready)
+
+	pod, err := e.FindPod(ctx, backend, w)
+	is.NoErr(err)
+	is.Equal(pod.GetUID(), w.GetUID())
+
+	deleted, err := e.Release(ctx, engine.RefOf(backend, w))
+	is.NoErr(err)
+	is.True(deleted)
+	deleted, err = e.Release(ctx, engine.RefOf(backend, w))
+	is.NoErr(err) // already gone is done
+	is.True(!deleted)
+	_, err = e.Get(ctx, engine.RefOf(backend, w))
+	is.True(engine.IsGone(err))
+}
+
+// A terminal state ends the wait at once, with the rule's reason and message.
+func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, _ := fakeEngine(t, c)
+	ctx := context.Background()
+	vc := loadValues(t, "cilium-sandbox")
+	sb, _ := c.Get("sandbox")
+	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
+	is.NoErr(err)
+	is.Equal(w.GetAPIVersion(), "agents.x-k8s.io/v1beta1")
+
+	errc := make(chan error, 1)
+	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	go func() {
+		_, _, err := e.Wait(waitCtx, sb, w, engine.Ready)
+		errc <- err
+	}()
+	cond := func(typ, status, reason, msg string) map[string]any {
+		return map[string]any{"type": typ, "status": status, "reason": reason, "message": msg, "observedGeneration": int64(1)}
+	}
+	setStatus(t, e, w, sb, map[string]any{"conditions": []any{cond("Ready", "False", "DependenciesNotReady", "Pod exists with phase: Pending")}})
+	setStatus(t, e, w, sb, map[string]any{"conditions": []any{cond("Ready", "False", "PodFailed", "Pod failed"), cond("Finished", "True", "PodFailed", "Pod failed")}})
+	select {
+	case err := <-errc:
+		var te *engine.TerminalError
+		is.True(errors.As(err, &te))
+		is.Equal(te.Status.State, engine.Failed)
+		is.Equal(te.Status.Reason, "PodFailed")
+		is.True(strings.Contains(err.Error(), w.GetName()))
+	case <-time.After(30 * time.Second):
+		t.Fatal("the wait did not return on the failure event")
+	}
+}
+
+func TestWaitReportsDeletionAndContextEnd(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, _ := fakeEngine(t, c)
+	ctx := context.Background()
+	vc := loadValues(t, "standard-job")
+	job, _ := c.Get("job")
+	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
+	is.NoErr(err)
+
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := e.Wait(ctx, job, w, engine.Succeeded)
+		errc <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let the watch start; the fake tracker drops earlier events
+	_, err = e.Release(ctx, engine.RefOf(job, w))
+	is.NoErr(err)
+	is.True(engine.IsGone(<-errc))
+
+	w2, err := e.Create(ctx, job, "ns2", vc.Values, nil)
+	is.NoErr(err)
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	_, _, err = e.Wait(short, job, w2, engine.Succeeded)
+	var we *engine.WaitError
+	is.True(errors.As(err, &we))
+	is.True(errors.Is(err, context.DeadlineExceeded))
+	is.Equal(we.Last.State, engine.Pending)
+}
+
+// Pods are found by the file's rules and only when the workload controls
+// them (same UID); a pod with the right name but another owner is refused.
+func TestFindPodChecksTheOwnerUID(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, _ := fakeEngine(t, c)
+	ctx := context.Background()
+	vc := loadValues(t, "cilium-sandbox")
+	sb, _ := c.Get("sandbox")
+	podSpec, _ := c.Pod()
+	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
+	is.NoErr(err)
+	r, _ := e.Resolve(podSpec)
+	pods := e.Dynamic.Resource(r.GVR).Namespace("ns1")
+
+	_, err = e.FindPod(ctx, sb, w)
+	is.True(errors.Is(err, engine.ErrNoPod))
+
+	tru := true
+	impostor := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Pod",
+		"metadata": map[string]any{"name": w.GetName(), "namespace": "ns1"}}}
+	impostor.SetOwnerReferences([]metav1.OwnerReference{{APIVersion: "agents.x-k8s.io/v1beta1", Kind: "Sandbox", Name: w.GetName(), UID: "someone-else", Controller: &tru}})
+	_, err = pods.Create(ctx, impostor, metav1.CreateOptions{})
+	is.NoErr(err)
+	_, err = e.FindPod(ctx, sb, w)
+	is.True(errors.Is(err, engine.ErrNoPod)) // same name, wrong owner UID
+
+	real := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Pod",
+		"metadata": map[string]any{"name": "warm-pod-1", "namespace": "ns1"}}}
+	real.SetOwnerReferences([]metav1.OwnerReference{{APIVersion: "agents.x-k8s.io/v1beta1", Kind: "Sandbox", Name: w.GetName(), UID: w.GetUID(), Controller: &tru}})
+	_, err = pods.Create(ctx, real, metav1.CreateOptions{})
+	is.NoErr(err)
+	w.SetAnnotations(map[string]string{"agents.x-k8s.io/pod-name": "warm-pod-1"})
+	p, err := e.FindPod(ctx, sb, w)
+	is.NoErr(err)
+	is.Equal(p.GetName(), "warm-pod-1") // the annotation wins
+}
+
+// Release uses a UID precondition: an object that replaced ours keeps living.
+func TestReleaseLeavesAReplacementAlone(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, dyn := fakeEngine(t, c)
+	ctx := context.Background()
+	vc := loadValues(t, "standard-job")
+	job, _ := c.Get("job")
+	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
+	is.NoErr(err)
+	var sawPrecondition atomic.Bool
+	dyn.PrependReactor("delete", "jobs", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		d := a.(k8stesting.DeleteAction)
+		if p := d.GetDeleteOptions().Preconditions; p != nil && p.UID != nil {
+			sawPrecondition.Store(true)
+		}
+		if pp := d.GetDeleteOptions().PropagationPolicy; pp == nil || *pp != metav1.DeletePropagationForeground {
+			t.Errorf("propagation policy %v, want Foreground from job.yaml", pp)
+		}
+		return false, nil, nil
+	})
+	ref := engine.RefOf(job, w)
+	ref.UID = "an-older-uid"
+	_, err = e.Get(ctx, ref)
+	is.True(engine.IsGone(err)) // another UID under the name: replaced
+	_, err = e.Release(ctx, engine.RefOf(job, w))
+	is.NoErr(err)
+	is.True(sawPrecondition.Load())
+}
+
+func TestMissingAPINamesWhatToInstall(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, _ := fakeEngine(t, c, "agents.x-k8s.io")
+	sb, _ := c.Get("sandbox")
+	_, err := e.Resolve(sb)
+	var missing *engine.APIMissingError
+	is.True(errors.As(err, &missing))
+	is.True(strings.Contains(err.Error(), "agent-sandbox"))
+	is.True(strings.Contains(err.Error(), `set backend to "job"`))
+}
