@@ -1,0 +1,90 @@
+// Command paperclip-k8s is the Paperclip Kubernetes sandbox provider.
+//
+//	paperclip-k8s [worker]   serve the plugin protocol on stdin/stdout
+//	paperclip-k8s manifest   print the plugin manifest (JSON)
+//	paperclip-k8s rbac       print the ClusterRole the provider needs
+//	paperclip-k8s demo       acquire → exec → release on a local control plane
+//	paperclip-k8s version
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/paperclip-k8s/paperclip-k8s/plugin"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
+)
+
+func main() {
+	cmd := "worker"
+	if len(os.Args) > 1 {
+		cmd = os.Args[1]
+	}
+	var err error
+	switch cmd {
+	case "worker":
+		err = worker()
+	case "manifest":
+		err = printManifest()
+	case "rbac":
+		err = printRBAC(os.Stdout)
+	case "demo":
+		err = demo(os.Args[2:])
+	case "version":
+		fmt.Println(plugin.Version)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "paperclip-k8s: unknown command %q\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "paperclip-k8s:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: paperclip-k8s [command]
+  worker     serve the Paperclip plugin protocol on stdin/stdout (the default)
+  manifest   print the plugin manifest as JSON
+  rbac       print the ClusterRole the provider needs (YAML)
+  demo       acquire a lease, exec in it and release it; starts a local
+             control plane unless --kubeconfig is given (demo -h for flags)
+  version    print the version
+`
+
+// worker serves the protocol until stdin closes or the host says shutdown.
+// stdout carries the protocol only; logs go to stderr.
+func worker() error {
+	level := slog.LevelInfo
+	if os.Getenv("PAPERCLIP_K8S_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	p, err := plugin.New(log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	err = rpc.Serve(ctx, os.Stdin, os.Stdout, p.Methods(), rpc.Options{Logger: log})
+	if ctx.Err() != nil {
+		return nil // terminated by signal
+	}
+	return err
+}
+
+func printManifest() error {
+	m, err := plugin.Manifest()
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(m)
+}

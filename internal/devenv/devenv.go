@@ -1,0 +1,55 @@
+// Package devenv starts the local development environment: the test control
+// plane of package devcluster (etcd, kube-apiserver, controller-manager,
+// scheduler, kwok, the stand-in Sandbox controller) with its fake node's
+// kubelet endpoint served by an execnode, so pods run, exec and logs work
+// through the real API server. It is for tests and `paperclip-k8s demo`;
+// commands "in pods" run on this machine (see package execnode).
+package devenv
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/execnode"
+)
+
+// Env is a running development environment.
+type Env struct {
+	*devcluster.Cluster
+	Node *execnode.Node
+}
+
+// Options tune Start.
+type Options struct {
+	BinDir string
+	// Log receives the processes' output (nil: files in the cluster dir).
+	Log io.Writer
+	// NodeLog receives the exec node's log lines.
+	NodeLog io.Writer
+}
+
+// Start starts an exec node and a control plane whose fake node points at
+// it. Stop both with Env.Stop.
+func Start(ctx context.Context, opts Options) (*Env, error) {
+	node := execnode.New(execnode.Options{Log: opts.NodeLog})
+	port, err := node.Start(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("starting the exec node: %w", err)
+	}
+	c, err := devcluster.Start(ctx, devcluster.Options{
+		BinDir: opts.BinDir, Nodes: true, SandboxController: true, KubeletPort: port, Log: opts.Log,
+	})
+	if err != nil {
+		node.Close()
+		return nil, err
+	}
+	return &Env{Cluster: c, Node: node}, nil
+}
+
+// Stop stops the control plane, then the exec node.
+func (e *Env) Stop() {
+	e.Cluster.Stop()
+	e.Node.Close()
+}

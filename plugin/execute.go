@@ -1,0 +1,214 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
+)
+
+// ExecuteParams are environmentExecute's params. Env and Stdin are secret.
+type ExecuteParams struct {
+	BaseParams
+	Lease         Lease             `json:"lease"`
+	Command       string            `json:"command"`
+	Args          []string          `json:"args,omitempty"`
+	Cwd           string            `json:"cwd,omitempty"`
+	Env           map[string]string `json:"env,omitempty"`
+	Stdin         *string           `json:"stdin,omitempty"`
+	TimeoutMs     int64             `json:"timeoutMs,omitempty"`
+	BypassSession bool              `json:"bypassSession,omitempty"`
+}
+
+// ExecuteResult is environmentExecute's result.
+type ExecuteResult struct {
+	ExitCode *int           `json:"exitCode"`
+	Signal   *string        `json:"signal"`
+	TimedOut bool           `json:"timedOut"`
+	Stdout   string         `json:"stdout"`
+	Stderr   string         `json:"stderr"`
+	Metadata map[string]any `json:"metadata,omitempty"`
+}
+
+// leaseState is what the worker remembers of a lease between calls: the
+// pod it found ready, pinned by UID.
+type leaseState struct {
+	workloadUID string
+	podName     string
+	podUID      string
+}
+
+// Execute runs a command in the lease's pod (exec backends), or awaits the
+// workload and returns its log (logs backends).
+func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult, error) {
+	if in.Lease.ProviderLeaseID == nil || *in.Lease.ProviderLeaseID == "" {
+		one := 1
+		return ExecuteResult{ExitCode: &one, Stderr: "No provider lease ID available for execution."}, nil
+	}
+	id := *in.Lease.ProviderLeaseID
+	cfg, err := p.parseConfig(in.Config)
+	if err != nil {
+		return ExecuteResult{}, err
+	}
+	m := metadataFrom(in.Lease.Metadata)
+	ref, err := p.leaseTarget(cfg, in.CompanyID, id, m)
+	if err != nil {
+		return ExecuteResult{}, err
+	}
+	cl, err := p.cluster(cfg)
+	if err != nil {
+		return ExecuteResult{}, err
+	}
+	timeout := time.Duration(in.TimeoutMs) * time.Millisecond
+	if timeout <= 0 {
+		timeout = time.Duration(cfg.PodActivityDeadlineSec) * time.Second
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	meta := map[string]any{"provider": "kubernetes", "backend": ref.Spec.Name, "namespace": ref.Namespace, "workloadName": ref.Name}
+	if ref.Spec.Backend.Mode == "logs" {
+		return p.awaitLogs(ctx, cl, ref, meta)
+	}
+
+	st, err := p.readyPod(ctx, cl, ref, m)
+	if err != nil {
+		var we *engine.WaitError
+		if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
+			return ExecuteResult{TimedOut: true, Stderr: fmt.Sprintf("%s did not become ready within %s (last status: %s)", ref, timeout, we.Last), Metadata: meta}, nil
+		}
+		return ExecuteResult{}, err
+	}
+	meta["podName"] = st.podName
+	req := pexec.Request{
+		Namespace: ref.Namespace, Pod: st.podName, Container: ref.Spec.Pods.Container,
+		Command: in.Command, Args: in.Args, Env: in.Env, Cwd: in.Cwd,
+		Timeout:   timeout - time.Since(start),
+		MaxStdout: cfg.ExecMaxOutputBytes, MaxStderr: cfg.ExecMaxOutputBytes,
+		OnOutput: func(stream string, chunk []byte) {
+			_ = rpc.Notify(ctx, rpc.MethodExecuteLog, map[string]any{"stream": stream, "chunk": string(chunk)})
+		},
+	}
+	if in.Stdin != nil {
+		req.Stdin = strings.NewReader(*in.Stdin)
+	}
+	res, err := cl.exec.Run(ctx, req)
+	if err != nil {
+		var limit *pexec.OutputLimitError
+		if errors.As(err, &limit) {
+			one := 1
+			return ExecuteResult{ExitCode: &one, Stderr: err.Error() + " (raise execMaxOutputBytes in the provider config)", Metadata: meta}, nil
+		}
+		// The pod may be gone: say so rather than a bare transport error.
+		if _, gerr := p.checkPod(ctx, cl, ref, st); gerr != nil {
+			p.leases.Delete(id)
+			return ExecuteResult{}, gerr
+		}
+		return ExecuteResult{}, fmt.Errorf("running the command in pod %s/%s: %w", ref.Namespace, st.podName, err)
+	}
+	out := ExecuteResult{ExitCode: res.ExitCode, TimedOut: res.TimedOut, Stdout: string(res.Stdout), Stderr: string(res.Stderr), Metadata: meta}
+	if res.Signal != "" {
+		out.Signal = &res.Signal
+	}
+	out.Stderr = policy.AppendEgressDenyHint(out.Stderr, m.ScopedNetworkEgress)
+	return out, nil
+}
+
+// readyPod returns the lease's pod, waiting (by watch) for the workload and
+// its pod to be ready on the first call and remembering the pod by UID.
+// Later calls check that the same pod (same UID) is still there, so a
+// command never runs in a pod that replaced the lease's.
+func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, m LeaseMetadata) (*leaseState, error) {
+	if v, ok := p.leases.Load(ref.Name); ok {
+		st := v.(*leaseState)
+		return p.checkPod(ctx, cl, ref, st)
+	}
+	w, err := cl.engine.Get(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	w, _, err = cl.engine.Wait(ctx, ref.Spec, w, engine.Ready)
+	if err != nil {
+		return nil, err
+	}
+	pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
+	if err != nil {
+		return nil, err
+	}
+	if m.PodUID != "" && string(pod.GetUID()) != m.PodUID {
+		return nil, fmt.Errorf("the pod of %s was replaced (pod UID %s is gone, %s is a new pod); its workspace is lost, acquire a new lease", ref, m.PodUID, pod.GetName())
+	}
+	podSpec, _ := p.Catalog.Pod()
+	if pod, _, err = cl.engine.Wait(ctx, podSpec, pod, engine.Ready); err != nil {
+		return nil, err
+	}
+	st := &leaseState{workloadUID: string(w.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID())}
+	p.leases.Store(ref.Name, st)
+	return st, nil
+}
+
+// checkPod verifies that the remembered pod still exists with its UID and
+// is not terminating.
+func (p *Provider) checkPod(ctx context.Context, cl *cluster, ref engine.Ref, st *leaseState) (*leaseState, error) {
+	podSpec, _ := p.Catalog.Pod()
+	pod, err := cl.engine.Get(ctx, engine.Ref{Spec: podSpec, Namespace: ref.Namespace, Name: st.podName, UID: typesUID(st.podUID)})
+	if err != nil {
+		if engine.IsGone(err) {
+			return nil, fmt.Errorf("the pod of %s is gone or was replaced (%v); its workspace is lost, acquire a new lease", ref, err)
+		}
+		return nil, err
+	}
+	if s := cl.engine.Status(podSpec, pod); s.State.Terminal() {
+		return nil, fmt.Errorf("the pod %s/%s of %s is %s; acquire a new lease", ref.Namespace, st.podName, ref, s)
+	}
+	return st, nil
+}
+
+// awaitLogs waits for a run-to-completion workload and returns its pod's log.
+func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, meta map[string]any) (ExecuteResult, error) {
+	w, err := cl.engine.Get(ctx, ref)
+	if err != nil {
+		return ExecuteResult{}, err
+	}
+	w, st, err := cl.engine.Wait(ctx, ref.Spec, w, engine.Succeeded, engine.Failed)
+	meta["phase"] = string(st.State)
+	if err != nil {
+		var we *engine.WaitError
+		if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
+			return ExecuteResult{TimedOut: true, Stderr: fmt.Sprintf("%s did not finish in time (last status: %s)", ref, we.Last), Metadata: meta}, nil
+		}
+		var te *engine.TerminalError
+		if !errors.As(err, &te) {
+			return ExecuteResult{}, err
+		}
+	}
+	code := 0
+	if st.State != engine.Succeeded {
+		code = 1
+	}
+	out := ExecuteResult{ExitCode: &code, Metadata: meta}
+	if st.State != engine.Succeeded {
+		out.Stderr = fmt.Sprintf("%s finished as %s\n", ref, st)
+	}
+	pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
+	if err != nil {
+		out.Stderr += "no pod to read the log from: " + err.Error() + "\n"
+		return out, nil
+	}
+	meta["podName"] = pod.GetName()
+	logs, err := cl.engine.Logs(ctx, pod, ref.Spec.Pods.Container)
+	if err != nil {
+		out.Stderr += err.Error() + "\n"
+		return out, nil
+	}
+	out.Stdout = string(logs)
+	return out, nil
+}
+

@@ -1,0 +1,110 @@
+// Package policy holds the provider's pure policy: the typed and validated
+// provider config, adapter defaults, image resolution, names and labels,
+// task-scoped egress grants and lease deadlines. It talks to no cluster.
+//
+// The config schema is schemas/config.schema.json (also the manifest's
+// configSchema); Validate checks a config against it and then applies the
+// cross-field rules a JSON Schema cannot express.
+package policy
+
+import "encoding/json"
+
+// Backend names. "sandbox-cr" is the reference plugin's name for the
+// sandbox backend and is accepted as an alias.
+const (
+	BackendSandbox       = "sandbox"
+	BackendJob           = "job"
+	LegacyBackendSandbox = "sandbox-cr"
+)
+
+// Egress modes.
+const (
+	EgressModeStandard = "standard"
+	EgressModeCilium   = "cilium"
+)
+
+// CanonicalBackend maps the legacy backend name "sandbox-cr" to "sandbox" and
+// returns any other name unchanged.
+func CanonicalBackend(name string) string {
+	if name == LegacyBackendSandbox {
+		return BackendSandbox
+	}
+	return name
+}
+
+// Config is the validated, normalized provider config. Every field holds its
+// default when the input left it out (see schemas/config.schema.json).
+type Config struct {
+	InCluster bool `json:"inCluster"`
+	// Kubeconfig is the kubeconfig YAML (at validation time the host may send
+	// a secret id instead). Its String and MarshalJSON never reveal it.
+	Kubeconfig      Secret `json:"kubeconfig,omitempty"`
+	NamespacePrefix string `json:"namespacePrefix"`
+	// CompanySlug is "" when the slug is derived from the company id.
+	CompanySlug string `json:"companySlug,omitempty"`
+	// ImageRegistry is a bare host[:port][/path] without a trailing '/', or "".
+	ImageRegistry    string   `json:"imageRegistry,omitempty"`
+	ImageAllowList   []string `json:"imageAllowList"`
+	ImagePullSecrets []string `json:"imagePullSecrets"`
+	ImagePullPolicy  string   `json:"imagePullPolicy"`
+	// EgressAllowFqdns are lowercase, without a trailing dot.
+	EgressAllowFqdns []string `json:"egressAllowFqdns"`
+	// EgressAllowCidrs are canonical CIDRs (netip.Prefix.String()).
+	EgressAllowCidrs         []string          `json:"egressAllowCidrs"`
+	EgressMode               string            `json:"egressMode"`
+	PaperclipServerNamespace string            `json:"paperclipServerNamespace"`
+	PaperclipServerPodLabels map[string]string `json:"paperclipServerPodLabels"`
+	PaperclipServerPort      int               `json:"paperclipServerPort"`
+	// WorkspacePath is absolute and clean.
+	WorkspacePath string `json:"workspacePath"`
+	// Backend is canonical ("sandbox-cr" becomes "sandbox").
+	Backend string `json:"backend"`
+	// AdapterType is the default adapter of a run; it resolves with
+	// Defaults(AdapterType, Adapters).
+	AdapterType                string            `json:"adapterType"`
+	Adapters                   []AdapterEntry    `json:"adapters,omitempty"`
+	DefaultResources           Resources         `json:"defaultResources"`
+	RuntimeClassName           string            `json:"runtimeClassName,omitempty"`
+	NodeSelector               map[string]string `json:"nodeSelector"`
+	ServiceAccountAnnotations  map[string]string `json:"serviceAccountAnnotations"`
+	SandboxLifetimeSec         int               `json:"sandboxLifetimeSec"`
+	PodActivityDeadlineSec     int               `json:"podActivityDeadlineSec"`
+	JobTTLSecondsAfterFinished int               `json:"jobTtlSecondsAfterFinished"`
+	ExecMaxOutputBytes         int64             `json:"execMaxOutputBytes"`
+}
+
+// Resources are the agent container's requests and limits. After Validate
+// all four quantities are set.
+type Resources struct {
+	Requests ResourceList `json:"requests"`
+	Limits   ResourceList `json:"limits"`
+}
+
+// ResourceList holds Kubernetes quantities such as "250m" or "4Gi".
+type ResourceList struct {
+	CPU    string `json:"cpu"`
+	Memory string `json:"memory"`
+}
+
+// Secret is a string that does not print: String, GoString and MarshalJSON
+// give "[redacted]" (or "" when empty). Use Reveal for the value.
+type Secret string
+
+const redacted = "[redacted]"
+
+// Reveal returns the secret value.
+func (s Secret) Reveal() string { return string(s) }
+
+// String implements fmt.Stringer without revealing the value.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return redacted
+}
+
+// GoString implements fmt.GoStringer without revealing the value.
+func (s Secret) GoString() string { return `policy.Secret("` + s.String() + `")` }
+
+// MarshalJSON never reveals the value.
+func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }

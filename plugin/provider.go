@@ -1,0 +1,97 @@
+// Package plugin is the Paperclip environment provider: it answers the
+// host's environment hooks (validate, probe, acquire, resume, release,
+// destroy, realize, execute) with the engine, the exec layer and the
+// provider policy. Nothing here knows a Kubernetes kind: backends are data
+// files and say how they are used.
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
+	"github.com/paperclip-k8s/paperclip-k8s/resources"
+)
+
+// Provider implements the hooks. Its zero value is not usable; use New.
+type Provider struct {
+	Catalog *engine.Catalog
+	Log     *slog.Logger
+	// Getenv reads the worker's environment (adapter API keys).
+	Getenv func(string) string
+	Now    func() time.Time
+	// Transport is the exec transport (auto: WebSocket, then SPDY).
+	Transport pexec.Transport
+
+	clusters clusters
+	leases   sync.Map // providerLeaseId -> *leaseState
+}
+
+// New returns a provider over the embedded resource files.
+func New(log *slog.Logger) (*Provider, error) {
+	c, err := engine.Load(resources.FS, ".")
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return &Provider{Catalog: c, Log: log, Getenv: os.Getenv, Now: time.Now}, nil
+}
+
+// Methods registers every implemented hook on a mux.
+func (p *Provider) Methods() *rpc.Mux {
+	m := &rpc.Mux{}
+	m.Register(rpc.MethodInitialize, func(ctx context.Context, _ json.RawMessage) (any, error) {
+		return map[string]any{"ok": true, "supportedMethods": m.Methods()}, nil
+	})
+	m.Register(rpc.MethodHealth, func(context.Context, json.RawMessage) (any, error) {
+		return map[string]any{"status": "ok", "message": "Kubernetes sandbox provider (paperclip-k8s) healthy"}, nil
+	})
+	m.Register(rpc.MethodShutdown, func(context.Context, json.RawMessage) (any, error) { return nil, nil })
+	m.Register(rpc.MethodConfigChanged, func(context.Context, json.RawMessage) (any, error) { return nil, nil })
+	m.Register(rpc.MethodEnvironmentValidateConfig, rpc.Typed(p.ValidateConfig))
+	m.Register(rpc.MethodEnvironmentProbe, rpc.Typed(p.Probe))
+	m.Register(rpc.MethodEnvironmentAcquireLease, rpc.Typed(p.AcquireLease))
+	m.Register(rpc.MethodEnvironmentResumeLease, rpc.Typed(p.ResumeLease))
+	m.Register(rpc.MethodEnvironmentReleaseLease, rpc.Typed(p.ReleaseLease))
+	m.Register(rpc.MethodEnvironmentDestroyLease, rpc.Typed(p.DestroyLease))
+	m.Register(rpc.MethodEnvironmentRealizeWorkspace, rpc.Typed(p.RealizeWorkspace))
+	m.Register(rpc.MethodEnvironmentExecute, rpc.Typed(p.Execute))
+	return m
+}
+
+// BaseParams are sent with every environment hook.
+type BaseParams struct {
+	DriverKey     string         `json:"driverKey"`
+	CompanyID     string         `json:"companyId"`
+	EnvironmentID string         `json:"environmentId"`
+	IssueID       *string        `json:"issueId,omitempty"`
+	Config        map[string]any `json:"config"`
+}
+
+// parseConfig validates the config of a runtime hook.
+func (p *Provider) parseConfig(raw map[string]any) (policy.Config, error) {
+	cfg, err := policy.Parse(raw, p.Catalog.BackendNames())
+	if err != nil {
+		return cfg, rpc.Errorf(rpc.CodeInvalidParams, "invalid Kubernetes provider config: %v", err)
+	}
+	return cfg, nil
+}
+
+// backend returns the backend spec a name selects.
+func (p *Provider) backend(name string) (*engine.Spec, error) {
+	s, ok := p.Catalog.Get(policy.CanonicalBackend(name))
+	if !ok || s.Scope != engine.ScopeBackend {
+		return nil, fmt.Errorf("backend %q is not one of the loaded backends %v", name, p.Catalog.BackendNames())
+	}
+	return s, nil
+}

@@ -1,0 +1,193 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	authzv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
+)
+
+// ValidateParams are environmentValidateConfig's params.
+type ValidateParams struct {
+	DriverKey string         `json:"driverKey"`
+	Config    map[string]any `json:"config"`
+}
+
+// ValidateResult is environmentValidateConfig's result.
+type ValidateResult struct {
+	OK               bool           `json:"ok"`
+	Errors           []string       `json:"errors,omitempty"`
+	Warnings         []string       `json:"warnings,omitempty"`
+	NormalizedConfig map[string]any `json:"normalizedConfig,omitempty"`
+}
+
+// ValidateConfig checks a config against schemas/config.schema.json and the
+// cross-field rules; every error names its field.
+func (p *Provider) ValidateConfig(_ context.Context, in ValidateParams) (ValidateResult, error) {
+	_, norm, warns, errs := policy.Validate(in.Config, p.Catalog.BackendNames())
+	if len(errs) > 0 {
+		return ValidateResult{OK: false, Errors: policy.FieldErrors(errs).Strings(), Warnings: warns}, nil
+	}
+	return ValidateResult{OK: true, Warnings: warns, NormalizedConfig: norm}, nil
+}
+
+// Diagnostic is one finding of a probe.
+type Diagnostic struct {
+	Severity string         `json:"severity"`
+	Message  string         `json:"message"`
+	Code     string         `json:"code,omitempty"`
+	Details  map[string]any `json:"details,omitempty"`
+}
+
+// ProbeResult is environmentProbe's result.
+type ProbeResult struct {
+	OK          bool           `json:"ok"`
+	Summary     string         `json:"summary"`
+	Diagnostics []Diagnostic   `json:"diagnostics,omitempty"`
+	Metadata    map[string]any `json:"metadata,omitempty"`
+}
+
+// Probe checks that the cluster answers, that it serves the backend's API,
+// and, with SelfSubjectAccessReviews, that every permission the provider
+// needs is granted; each missing one is a diagnostic.
+func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error) {
+	cfg, _, _, errs := policy.Validate(in.Config, p.Catalog.BackendNames())
+	if len(errs) > 0 {
+		return ProbeResult{OK: false, Summary: "Invalid Kubernetes provider configuration.",
+			Metadata: map[string]any{"errors": policy.FieldErrors(errs).Strings()}}, nil
+	}
+	ns, err := cfg.Namespace(in.CompanyID)
+	if err != nil {
+		return ProbeResult{OK: false, Summary: "Invalid Kubernetes provider configuration.", Metadata: map[string]any{"errors": []string{err.Error()}}}, nil
+	}
+	meta := map[string]any{"provider": "kubernetes", "namespace": ns, "backend": cfg.Backend}
+	fail := func(summary string, d ...Diagnostic) (ProbeResult, error) {
+		return ProbeResult{OK: false, Summary: summary, Diagnostics: d, Metadata: meta}, nil
+	}
+	cl, err := p.cluster(cfg)
+	if err != nil {
+		return fail("Kubernetes cluster probe failed.", Diagnostic{Severity: "error", Code: "credentials", Message: err.Error()})
+	}
+	v, err := cl.kube.Discovery().ServerVersion()
+	if err != nil {
+		return fail("Kubernetes cluster probe failed.", Diagnostic{Severity: "error", Code: "unreachable", Message: "the API server did not answer: " + err.Error()})
+	}
+	meta["serverVersion"] = v.GitVersion
+	var diags []Diagnostic
+	ok := true
+	backend, err := p.backend(cfg.Backend)
+	if err != nil {
+		return fail("Kubernetes cluster probe failed.", Diagnostic{Severity: "error", Code: "backend", Message: err.Error()})
+	}
+	if r, err := cl.engine.Resolve(backend); err != nil {
+		ok = false
+		diags = append(diags, Diagnostic{Severity: "error", Code: "api-missing", Message: err.Error()})
+	} else {
+		meta["backendApiVersion"] = r.GVK.GroupVersion().String()
+	}
+	for _, d := range p.accessReviews(ctx, cl, cfg, ns) {
+		if d.Severity == "error" {
+			ok = false
+		}
+		diags = append(diags, d)
+	}
+	summary := fmt.Sprintf("Kubernetes cluster reachable (%s). Tenant namespace: %s.", v.GitVersion, ns)
+	if !ok {
+		summary = fmt.Sprintf("Kubernetes cluster reachable (%s), but the provider cannot work there yet: see diagnostics.", v.GitVersion)
+	}
+	return ProbeResult{OK: ok, Summary: summary, Diagnostics: diags, Metadata: meta}, nil
+}
+
+// accessReviews asks the API server whether the provider's identity may do
+// each thing the engine and the exec layer do, in the tenant namespace.
+func (p *Provider) accessReviews(ctx context.Context, cl *cluster, cfg policy.Config, ns string) []Diagnostic {
+	type check struct {
+		group, resource, sub, verb, ns string
+	}
+	var checks []check
+	for _, perm := range p.Catalog.Permissions() {
+		s := p.specFor(perm.Group, perm.Resource)
+		if s == nil {
+			continue
+		}
+		r, err := cl.engine.Resolve(s)
+		if err != nil {
+			continue // an API the cluster does not serve (e.g. Cilium in standard mode)
+		}
+		res, sub := perm.Resource, ""
+		for i := range res {
+			if res[i] == '/' {
+				res, sub = perm.Resource[:i], perm.Resource[i+1:]
+				break
+			}
+		}
+		for _, verb := range perm.Verbs {
+			c := check{group: perm.Group, resource: res, sub: sub, verb: verb}
+			if r.Namespaced {
+				c.ns = ns
+			}
+			checks = append(checks, c)
+		}
+	}
+	out := make([]Diagnostic, len(checks))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, c := range checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			what := c.resource
+			if c.sub != "" {
+				what += "/" + c.sub
+			}
+			if c.group != "" {
+				what += "." + c.group
+			}
+			where := "cluster-wide"
+			if c.ns != "" {
+				where = "in namespace " + c.ns
+			}
+			rev, err := cl.kube.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authzv1.SelfSubjectAccessReview{
+				Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authzv1.ResourceAttributes{
+					Namespace: c.ns, Verb: c.verb, Group: c.group, Resource: c.resource, Subresource: c.sub,
+				}},
+			}, metav1.CreateOptions{})
+			switch {
+			case err != nil:
+				out[i] = Diagnostic{Severity: "warning", Code: "access-review-failed",
+					Message: fmt.Sprintf("could not check %s %s %s: %v", c.verb, what, where, err)}
+			case !rev.Status.Allowed:
+				out[i] = Diagnostic{Severity: "error", Code: "forbidden",
+					Message: fmt.Sprintf("missing permission: %s %s %s (grant the ClusterRole printed by `paperclip-k8s rbac`)", c.verb, what, where),
+					Details: map[string]any{"verb": c.verb, "group": c.group, "resource": c.resource, "subresource": c.sub, "namespace": c.ns}}
+			}
+		}()
+	}
+	wg.Wait()
+	var diags []Diagnostic
+	for _, d := range out {
+		if d.Message != "" {
+			diags = append(diags, d)
+		}
+	}
+	return diags
+}
+
+func (p *Provider) specFor(group, resource string) *engine.Spec {
+	for _, s := range p.Catalog.All() {
+		if s.API == nil || s.API.Group != group {
+			continue
+		}
+		if resource == s.API.Resource || len(resource) > len(s.API.Resource) && resource[:len(s.API.Resource)+1] == s.API.Resource+"/" {
+			return s
+		}
+	}
+	return nil
+}
