@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
@@ -211,4 +210,3 @@ func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, m
 	out.Stdout = string(logs)
 	return out, nil
 }
-

@@ -424,4 +424,3 @@ func (p *Provider) RealizeWorkspace(_ context.Context, in RealizeParams) (Realiz
 	}
 	return RealizeResult{Cwd: cwd, Metadata: map[string]any{"provider": "kubernetes", "remoteCwd": cwd}}, nil
 }
-

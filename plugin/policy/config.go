@@ -61,11 +61,13 @@ type Config struct {
 	Backend string `json:"backend"`
 	// AdapterType is the default adapter of a run; it resolves with
 	// Defaults(AdapterType, Adapters).
-	AdapterType                string            `json:"adapterType"`
-	Adapters                   []AdapterEntry    `json:"adapters,omitempty"`
-	DefaultResources           Resources         `json:"defaultResources"`
-	RuntimeClassName           string            `json:"runtimeClassName,omitempty"`
-	NodeSelector               map[string]string `json:"nodeSelector"`
+	AdapterType      string            `json:"adapterType"`
+	Adapters         []AdapterEntry    `json:"adapters,omitempty"`
+	DefaultResources Resources         `json:"defaultResources"`
+	RuntimeClassName string            `json:"runtimeClassName,omitempty"`
+	NodeSelector     map[string]string `json:"nodeSelector"`
+	// ResourceQuota is spec.hard of the tenant ResourceQuota.
+	ResourceQuota              map[string]string `json:"resourceQuota"`
 	ServiceAccountAnnotations  map[string]string `json:"serviceAccountAnnotations"`
 	SandboxLifetimeSec         int               `json:"sandboxLifetimeSec"`
 	PodActivityDeadlineSec     int               `json:"podActivityDeadlineSec"`
