@@ -174,3 +174,25 @@ health:
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/bad.yaml: not valid YAML"))
 }
+
+func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {
+	is := is.New(t)
+	c := catalog(t)
+	perms := map[string][]string{}
+	for _, p := range c.Permissions() {
+		perms[p.Group+"/"+p.Resource] = p.Verbs
+	}
+	is.Equal(perms["/pods/exec"], []string{"create", "get"})
+	is.Equal(perms["/pods/log"], []string{"get"})
+	is.Equal(perms["/pods"], []string{"get", "list", "watch"})
+	is.Equal(perms["agents.x-k8s.io/sandboxes"], []string{"create", "delete", "get", "list", "watch"})
+	is.Equal(perms["batch/jobs"], []string{"create", "delete", "get", "list", "watch"})
+	is.Equal(perms["networking.k8s.io/networkpolicies"], []string{"create", "delete", "get", "patch"}) // tenant ∪ run
+	is.Equal(perms["/namespaces"], []string{"create", "delete", "get", "patch"})
+	for _, s := range c.All() {
+		if s.API != nil {
+			_, ok := perms[s.API.Group+"/"+s.API.Resource]
+			is.True(ok) // every file's resource is covered
+		}
+	}
+}
