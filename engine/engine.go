@@ -279,6 +279,9 @@ func (e *Engine) prune(ctx context.Context, s *Spec, want *unstructured.Unstruct
 // taken). When the spec has an owner block and owner is given, the object
 // gets an ownerReference to it.
 func (e *Engine) Create(ctx context.Context, s *Spec, namespace string, values map[string]any, owner *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	if !e.wantedOnly(s, values) {
+		return nil, nil // not wanted: its API need not even be served
+	}
 	o, wanted, _, err := e.Build(s, namespace, values)
 	if err != nil {
 		return nil, err

@@ -110,6 +110,12 @@ func demo(args []string) error {
 	defer func() { _ = release() }()
 
 	run := func(name, command string) error {
+		var out string
+		defer func() {
+			if out != "" {
+				fmt.Printf("  stdout: %s\n", out)
+			}
+		}()
 		return step(name, func() error {
 			r, err := p.Execute(ctx, plugin.ExecuteParams{BaseParams: base, Lease: lease, Command: command, TimeoutMs: 120000})
 			if err != nil {
@@ -118,9 +124,7 @@ func demo(args []string) error {
 			if r.TimedOut || r.ExitCode == nil || *r.ExitCode != 0 {
 				return fmt.Errorf("exit %v timedOut=%v: %s", r.ExitCode, r.TimedOut, r.Stderr)
 			}
-			if out := strings.TrimSpace(r.Stdout); out != "" {
-				defer fmt.Printf("  stdout: %s\n", out)
-			}
+			out = strings.TrimSpace(r.Stdout)
 			return nil
 		})
 	}

@@ -1,0 +1,68 @@
+package engine
+
+import (
+	"sort"
+)
+
+// Permission is one resource (or subresource) and the verbs the engine uses
+// on it.
+type Permission struct {
+	Group    string
+	Resource string // "pods" or "pods/exec"
+	Verbs    []string
+}
+
+// scopeVerbs are the calls the engine makes on objects of each scope:
+// tenant objects are server-side applied (patch; create when absent) and
+// pruned (get, delete); run objects are created, read and deleted; backends
+// are also listed and watched (Wait); pods are read, listed and watched.
+var scopeVerbs = map[Scope][]string{
+	ScopeTenant:  {"get", "create", "patch", "delete"},
+	ScopeRun:     {"get", "create", "delete"},
+	ScopeBackend: {"get", "list", "watch", "create", "delete"},
+	ScopePod:     {"get", "list", "watch"},
+}
+
+// Permissions lists what the provider needs on the catalog's objects,
+// merged per resource and sorted, for a ClusterRole or access reviews.
+func (c *Catalog) Permissions() []Permission {
+	verbs := map[[2]string]map[string]bool{}
+	add := func(group, resource string, vs ...string) {
+		k := [2]string{group, resource}
+		if verbs[k] == nil {
+			verbs[k] = map[string]bool{}
+		}
+		for _, v := range vs {
+			verbs[k][v] = true
+		}
+	}
+	for _, s := range c.All() {
+		if s.API == nil {
+			continue
+		}
+		add(s.API.Group, s.API.Resource, scopeVerbs[s.Scope]...)
+		if s.Logs != nil {
+			add(s.API.Group, s.API.Resource+"/"+s.Logs.Subresource, "get")
+		}
+		if s.Exec != nil {
+			// Exec upgrades a connection: WebSocket uses GET, SPDY POST.
+			add(s.API.Group, s.API.Resource+"/"+s.Exec.Subresource, "get", "create")
+		}
+	}
+	out := make([]Permission, 0, len(verbs))
+	for k, vs := range verbs {
+		p := Permission{Group: k[0], Resource: k[1]}
+		for v := range vs {
+			p.Verbs = append(p.Verbs, v)
+		}
+		sort.Strings(p.Verbs)
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Group != out[j].Group {
+			return out[i].Group < out[j].Group
+		}
+		return out[i].Resource < out[j].Resource
+	})
+	return out
+}
