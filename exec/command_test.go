@@ -1,0 +1,220 @@
+package exec
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/matryer/is"
+)
+
+// trickyValues are round-tripped through real shells.
+var trickyValues = []string{
+	"",
+	"plain",
+	"it's",
+	"'",
+	"''",
+	`'\''`,
+	`"double" quotes`,
+	"new\nline",
+	"trailing newline\n",
+	"\n",
+	"$HOME ${HOME} $(echo pwned) $$",
+	"`echo pwned`",
+	`back\slash \\ \n \'`,
+	"héllo ✓ 日本語 🚀",
+	"\xff\xfe invalid utf-8",
+	"a b  c\ttab",
+	"* ? [a-z] ~",
+	"-n",
+	"--",
+	"; exit 3; #",
+	"&& false || true",
+	"!event",
+	"%s %d",
+	strings.Repeat("long'$`\n", 2000),
+}
+
+func TestShellQuoteTable(t *testing.T) {
+	is := is.New(t)
+	cases := []struct{ in, want string }{
+		{"", `''`},
+		{"abc", `'abc'`},
+		{"it's", `'it'\''s'`},
+		{"'", `''\'''`},
+		{"a\nb", "'a\nb'"},
+		{"$x`y`", "'$x`y`'"},
+	}
+	for _, c := range cases {
+		is.Equal(ShellQuote(c.in), c.want)
+	}
+}
+
+// TestShellQuoteRoundTripsThroughSh: `printf %s <quoted>` prints exactly the
+// value for every tricky value.
+func TestShellQuoteRoundTripsThroughSh(t *testing.T) {
+	for _, v := range trickyValues {
+		out, err := osexec.Command("/bin/sh", "-c", "printf '%s' "+ShellQuote(v)).Output()
+		if err != nil {
+			t.Fatalf("value %q: %v", v, err)
+		}
+		if string(out) != v {
+			t.Fatalf("round trip: got %q want %q", out, v)
+		}
+	}
+}
+
+func TestBuildCommandShapes(t *testing.T) {
+	is := is.New(t)
+	cases := []struct {
+		name    string
+		command string
+		args    []string
+		env     map[string]string
+		cwd     string
+		want    []string
+		skipped []string
+	}{
+		{name: "command alone", command: "echo hi", want: []string{"/bin/sh", "-lc", "echo hi"}},
+		{name: "argv", command: "sh", args: []string{"-c", "echo hi"}, want: []string{"sh", "-c", "echo hi"}},
+		{name: "empty arg kept", command: "printf", args: []string{""}, want: []string{"printf", ""}},
+		{
+			name: "env only", command: "sh", args: []string{"-c", "x"},
+			env:  map[string]string{"B": "2", "A": "it's"},
+			want: []string{"/bin/sh", "-c", `export A='it'\''s' B='2'; exec "$@"`, "sh", "sh", "-c", "x"},
+		},
+		{
+			name: "cwd only", command: "pwd", cwd: "/work dir",
+			want: []string{"/bin/sh", "-c", `cd -- "$1" || exit 1; shift; exec "$@"`, "sh", "/work dir", "/bin/sh", "-lc", "pwd"},
+		},
+		{
+			name: "relative cwd", command: "pwd", cwd: "-",
+			want: []string{"/bin/sh", "-c", `cd -- "$1" || exit 1; shift; exec "$@"`, "sh", "./-", "/bin/sh", "-lc", "pwd"},
+		},
+		{
+			name: "skipped names", command: "true", args: []string{},
+			env:     map[string]string{"PATH": "/host/bin", "1BAD": "x", "BAD-NAME": "x", "A=B": "x", "": "x", "UID": "0", "OK_1": "y"},
+			want:    []string{"/bin/sh", "-c", `export OK_1='y'; exec "$@"`, "sh", "/bin/sh", "-lc", "true"},
+			skipped: []string{"", "1BAD", "A=B", "BAD-NAME", "PATH", "UID"},
+		},
+		{
+			name: "everything skipped, no wrapper", command: "true",
+			env:     map[string]string{"PATH": "/x"},
+			want:    []string{"/bin/sh", "-lc", "true"},
+			skipped: []string{"PATH"},
+		},
+	}
+	for _, c := range cases {
+		argv, skipped, err := BuildCommand(c.command, c.args, c.env, c.cwd)
+		is.NoErr(err)
+		is.Equal(argv, c.want)       // argv
+		is.Equal(skipped, c.skipped) // skipped names
+	}
+}
+
+func TestBuildCommandErrors(t *testing.T) {
+	is := is.New(t)
+	_, _, err := BuildCommand("", nil, nil, "")
+	is.True(errors.Is(err, ErrEmptyCommand))
+	_, _, err = BuildCommand("", []string{"x"}, nil, "")
+	is.True(errors.Is(err, ErrEmptyCommand))
+	_, _, err = BuildCommand("a\x00b", nil, nil, "")
+	is.True(err != nil)
+	_, _, err = BuildCommand("sh", []string{"-c", "\x00"}, nil, "")
+	is.True(err != nil)
+	_, _, err = BuildCommand("sh", nil, nil, "/a\x00")
+	is.True(err != nil)
+	_, _, err = BuildCommand("sh", nil, map[string]string{"SECRET": "top\x00secret-value"}, "")
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "SECRET"))        // names the variable
+	is.True(!strings.Contains(err.Error(), "secret-value")) // never the value
+}
+
+// envRequest is a request whose command prints each env name's value
+// NUL-terminated, then the working directory.
+func envRequest(env map[string]string) (command string, args []string, names []string) {
+	for k := range env {
+		if envNameRE.MatchString(k) && !skippedEnvNames[k] {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	script := `for n in "$@"; do eval "printf '%s\\0' \"\${$n}\""; done; pwd -P`
+	return "/bin/sh", append([]string{"-c", script, "sh"}, names...), names
+}
+
+func trickyEnv() map[string]string {
+	env := map[string]string{"PATH": "/host/only", "NOT-VALID": "x"}
+	for i, v := range trickyValues {
+		env["V_"+string(rune('A'+i%26))+strings.Repeat("X", i/26)] = v
+	}
+	return env
+}
+
+// checkEnvOutput verifies the output of an envRequest command.
+func checkEnvOutput(t *testing.T, out []byte, env map[string]string, names []string, wantDir string) {
+	t.Helper()
+	parts := bytes.Split(out, []byte{0})
+	if len(parts) != len(names)+1 {
+		t.Fatalf("got %d parts, want %d", len(parts), len(names)+1)
+	}
+	for i, n := range names {
+		if string(parts[i]) != env[n] {
+			t.Fatalf("env %s: got %q want %q", n, parts[i], env[n])
+		}
+	}
+	if got := strings.TrimSuffix(string(parts[len(names)]), "\n"); got != wantDir {
+		t.Fatalf("cwd: got %q want %q", got, wantDir)
+	}
+}
+
+// TestBuildCommandRoundTripLocalShell runs the built argv with the local
+// /bin/sh: every value arrives exactly, PATH is not exported, cwd applies.
+func TestBuildCommandRoundTripLocalShell(t *testing.T) {
+	is := is.New(t)
+	base := t.TempDir()
+	dirName := "dir with 'quotes' $x `y` ✓\nnewline"
+	dir := filepath.Join(base, dirName)
+	is.NoErr(os.MkdirAll(dir, 0o755))
+	env := trickyEnv()
+	command, args, names := envRequest(env)
+
+	for _, cwd := range []string{dir, dirName} { // absolute and relative
+		argv, skipped, err := BuildCommand(command, args, env, cwd)
+		is.NoErr(err)
+		is.Equal(skipped, []string{"NOT-VALID", "PATH"})
+		cmd := osexec.Command(argv[0], argv[1:]...)
+		cmd.Dir = base
+		cmd.Env = []string{"PATH=/usr/bin:/bin"}
+		out, err := cmd.Output()
+		is.NoErr(err)
+		checkEnvOutput(t, out, env, names, dir)
+	}
+
+	// PATH was not exported: the command sees the caller's PATH.
+	argv, _, err := BuildCommand("/bin/sh", []string{"-c", `printf %s "$PATH"`}, map[string]string{"PATH": "/host/only", "X": "1"}, "")
+	is.NoErr(err)
+	cmd := osexec.Command(argv[0], argv[1:]...)
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	out, err := cmd.Output()
+	is.NoErr(err)
+	is.Equal(string(out), "/usr/bin:/bin")
+
+	// A missing cwd fails with exit status 1 and the shell's message.
+	argv, _, err = BuildCommand("true", nil, nil, filepath.Join(base, "missing"))
+	is.NoErr(err)
+	cmd = osexec.Command(argv[0], argv[1:]...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var ee *osexec.ExitError
+	is.True(errors.As(err, &ee))
+	is.Equal(ee.ExitCode(), 1)
+	is.True(stderr.Len() > 0)
+}

@@ -1,0 +1,107 @@
+package exec
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/paperclip-k8s/paperclip-k8s/internal/execnode"
+)
+
+const (
+	testNS        = "ns1"
+	testPod       = "pod1"
+	testContainer = "agent"
+)
+
+// testNode is an execnode reached directly, without an API server.
+type testNode struct {
+	node *execnode.Node
+	port int
+}
+
+func startTestNode(tb testing.TB, opts execnode.Options) *testNode {
+	tb.Helper()
+	if opts.Root == "" {
+		opts.Root = tb.TempDir()
+	}
+	n := execnode.New(opts)
+	port, err := n.Start(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(n.Close)
+	return &testNode{node: n, port: port}
+}
+
+func (tn *testNode) config() *rest.Config {
+	return &rest.Config{
+		Host:            fmt.Sprintf("https://127.0.0.1:%d", tn.port),
+		TLSClientConfig: rest.TLSClientConfig{CAData: tn.node.CertPEM()},
+	}
+}
+
+// kubeletURL is the URL the API server would proxy pods/exec to.
+func (tn *testNode) kubeletURL(req *Request, argv []string) *url.URL {
+	q := url.Values{}
+	for _, a := range argv {
+		q.Add("command", a)
+	}
+	if req.Stdin != nil {
+		q.Set("input", "1")
+	}
+	q.Set("output", "1")
+	q.Set("error", "1")
+	return &url.URL{
+		Scheme:   "https",
+		Host:     fmt.Sprintf("127.0.0.1:%d", tn.port),
+		Path:     "/exec/" + req.Namespace + "/" + req.Pod + "/" + req.Container,
+		RawQuery: q.Encode(),
+	}
+}
+
+// executor returns an Executor whose requests go straight to the node.
+func (tn *testNode) executor(tb testing.TB, tr Transport) *Executor {
+	tb.Helper()
+	e, err := NewExecutor(tn.config(), Options{Transport: tr})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e.urlFor = func(req *Request, argv []string) (*url.URL, error) { return tn.kubeletURL(req, argv), nil }
+	return e
+}
+
+func (tn *testNode) workDir() string { return tn.node.WorkDir(testNS, testPod) }
+
+func req(command string, args ...string) Request {
+	return Request{Namespace: testNS, Pod: testPod, Container: testContainer, Command: command, Args: args, Timeout: 60 * time.Second}
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
+func waitGone(tb testing.TB, pid int) {
+	tb.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("process %d still alive", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,636 @@
+package sandboxctl
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// API names shared with the real controller.
+const (
+	Group      = "agents.x-k8s.io"
+	Version    = "v1beta1"
+	Kind       = "Sandbox"
+	APIVersion = Group + "/" + Version
+
+	NameHashLabel                   = "agents.x-k8s.io/sandbox-name-hash"
+	PodNameAnnotation               = "agents.x-k8s.io/pod-name"
+	PropagatedLabelsAnnotation      = "agents.x-k8s.io/propagated-labels"
+	PropagatedAnnotationsAnnotation = "agents.x-k8s.io/propagated-annotations"
+
+	// FieldManager is the field manager of the controller's writes.
+	FieldManager = "sandbox-controller"
+)
+
+// GVR is the Sandbox resource.
+var GVR = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "sandboxes"}
+
+// reservedPrefixes are label/annotation key prefixes never copied from the
+// podTemplate to the pod.
+var reservedPrefixes = []string{"agents.x-k8s.io/", "extensions.agents.x-k8s.io/"}
+
+// NameHash is the 32-bit FNV-1a hash of name as 8 lowercase hex digits.
+func NameHash(name string) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(name))
+	return fmt.Sprintf("%08x", h.Sum32())
+}
+
+// Controller reconciles Sandboxes into pods. Create it with New.
+type Controller struct {
+	dyn   dynamic.Interface
+	kube  kubernetes.Interface
+	log   *slog.Logger
+	now   func() time.Time
+	queue workqueue.TypedRateLimitingInterface[string]
+
+	sandboxes cache.SharedIndexInformer
+	pods      cache.SharedIndexInformer
+
+	syncedOnce sync.Once
+	synced     chan struct{}
+}
+
+// Run runs a controller with a discarding logger until ctx ends.
+func Run(ctx context.Context, dyn dynamic.Interface, kube kubernetes.Interface) error {
+	return New(dyn, kube, nil).Run(ctx)
+}
+
+// New returns a controller. log may be nil.
+func New(dyn dynamic.Interface, kube kubernetes.Interface, log *slog.Logger) *Controller {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Controller{dyn: dyn, kube: kube, log: log, now: time.Now, synced: make(chan struct{})}
+}
+
+// Synced is closed once the informer caches are synced and the workers run.
+func (c *Controller) Synced() <-chan struct{} { return c.synced }
+
+// Run watches Sandboxes (all namespaces) and the pods carrying
+// NameHashLabel, and reconciles until ctx ends. It returns nil on
+// cancellation and an error if the caches cannot sync.
+func (c *Controller) Run(ctx context.Context) error {
+	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "sandbox"},
+	)
+	defer c.queue.ShutDown()
+
+	sbFactory := dynamicinformer.NewDynamicSharedInformerFactory(c.dyn, 0)
+	c.sandboxes = sbFactory.ForResource(GVR).Informer()
+	podFactory := informers.NewSharedInformerFactoryWithOptions(c.kube, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = NameHashLabel }))
+	c.pods = podFactory.Core().V1().Pods().Informer()
+
+	if _, err := c.sandboxes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.enqueue,
+		UpdateFunc: func(_, obj any) { c.enqueue(obj) },
+		DeleteFunc: c.enqueue,
+	}); err != nil {
+		return err
+	}
+	if _, err := c.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.enqueueOwner,
+		UpdateFunc: func(_, obj any) { c.enqueueOwner(obj) },
+		DeleteFunc: c.enqueueOwner,
+	}); err != nil {
+		return err
+	}
+	sbFactory.Start(ctx.Done())
+	podFactory.Start(ctx.Done())
+	defer sbFactory.Shutdown()
+	defer podFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), c.sandboxes.HasSynced, c.pods.HasSynced) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("sandboxctl: caches did not sync")
+	}
+	c.log.Info("sandbox controller started")
+
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for c.processNext(ctx) {
+			}
+		})
+	}
+	c.syncedOnce.Do(func() { close(c.synced) })
+	<-ctx.Done()
+	c.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+func (c *Controller) enqueue(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err == nil {
+		c.queue.Add(key)
+	}
+}
+
+// enqueueOwner queues the Sandbox that controls a pod.
+func (c *Controller) enqueueOwner(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	if ref := metav1.GetControllerOf(pod); ref != nil && ref.Kind == Kind && strings.HasPrefix(ref.APIVersion, Group+"/") {
+		c.queue.Add(pod.Namespace + "/" + ref.Name)
+	}
+}
+
+func (c *Controller) processNext(ctx context.Context) bool {
+	key, shutdown := c.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer c.queue.Done(key)
+	after, err := c.reconcile(ctx, key)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		level := slog.LevelInfo
+		if apierrors.IsConflict(err) {
+			level = slog.LevelDebug // stale cache; the retry sees the new version
+		}
+		c.log.Log(ctx, level, "reconcile failed, retrying", "sandbox", key, "err", err)
+		c.queue.AddRateLimited(key)
+	case err == nil:
+		c.queue.Forget(key)
+		if after > 0 {
+			c.queue.AddAfter(key, after)
+		}
+	}
+	return true
+}
+
+// sandbox is the part of a Sandbox the controller reads.
+type sandbox struct {
+	obj          *unstructured.Unstructured
+	labels       map[string]string // spec.podTemplate.metadata.labels
+	annotations  map[string]string // spec.podTemplate.metadata.annotations
+	podSpec      map[string]any
+	shutdownTime *time.Time
+	policy       string
+	mode         string
+	status       sandboxStatus
+}
+
+type sandboxStatus struct {
+	Conditions  []metav1.Condition `json:"conditions,omitempty"`
+	Selector    string             `json:"selector,omitempty"`
+	PodIPs      []string           `json:"podIPs,omitempty"`
+	NodeName    string             `json:"nodeName,omitempty"`
+	Service     string             `json:"service,omitempty"`
+	ServiceFQDN string             `json:"serviceFQDN,omitempty"`
+}
+
+func parseSandbox(u *unstructured.Unstructured) (*sandbox, error) {
+	sb := &sandbox{obj: u}
+	sb.labels, _, _ = unstructured.NestedStringMap(u.Object, "spec", "podTemplate", "metadata", "labels")
+	sb.annotations, _, _ = unstructured.NestedStringMap(u.Object, "spec", "podTemplate", "metadata", "annotations")
+	sb.podSpec, _, _ = unstructured.NestedMap(u.Object, "spec", "podTemplate", "spec")
+	sb.policy, _, _ = unstructured.NestedString(u.Object, "spec", "shutdownPolicy")
+	sb.mode, _, _ = unstructured.NestedString(u.Object, "spec", "operatingMode")
+	if s, ok, _ := unstructured.NestedString(u.Object, "spec", "shutdownTime"); ok && s != "" {
+		t, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			return nil, fmt.Errorf("spec.shutdownTime: %w", err)
+		}
+		sb.shutdownTime = &t
+	}
+	if st, ok := u.Object["status"]; ok && st != nil {
+		b, err := json.Marshal(st)
+		if err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(b, &sb.status); err != nil {
+			return nil, fmt.Errorf("status: %w", err)
+		}
+	}
+	return sb, nil
+}
+
+// reconcile brings one Sandbox towards its desired state. It returns how
+// long to wait before the next reconcile (for shutdownTime), if at all.
+func (c *Controller) reconcile(ctx context.Context, key string) (time.Duration, error) {
+	obj, exists, err := c.sandboxes.GetIndexer().GetByKey(key)
+	if err != nil || !exists {
+		return 0, err
+	}
+	u := obj.(*unstructured.Unstructured).DeepCopy()
+	if u.GetDeletionTimestamp() != nil {
+		c.log.Debug("Sandbox is being deleted", "sandbox", key)
+		return 0, nil
+	}
+	sb, err := parseSandbox(u)
+	if err != nil {
+		return 0, c.writeError(ctx, sb, u, err)
+	}
+	now := c.now()
+	if sb.shutdownTime != nil && !now.Before(*sb.shutdownTime) {
+		return 0, c.expire(ctx, sb)
+	}
+	var after time.Duration
+	if sb.shutdownTime != nil {
+		after = sb.shutdownTime.Sub(now)
+	}
+	if sb.mode == "Suspended" {
+		return after, c.writeError(ctx, sb, u, errors.New("operatingMode Suspended is not supported by the stand-in sandbox controller"))
+	}
+
+	pod, err := c.ensurePod(ctx, sb)
+	if err != nil {
+		return 0, c.writeError(ctx, sb, u, err)
+	}
+	return after, c.writeStatus(ctx, sb, c.liveStatus(sb, pod))
+}
+
+// findPod returns the pod the Sandbox refers to (annotation, else name)
+// from the cache, or nil.
+func (c *Controller) findPod(sb *sandbox) (*corev1.Pod, error) {
+	ns := sb.obj.GetNamespace()
+	names := []string{sb.obj.GetName()}
+	if a := sb.obj.GetAnnotations()[PodNameAnnotation]; a != "" && a != names[0] {
+		names = append([]string{a}, names...)
+	}
+	for _, n := range names {
+		obj, ok, err := c.pods.GetIndexer().GetByKey(ns + "/" + n)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return obj.(*corev1.Pod), nil
+		}
+	}
+	return nil, nil
+}
+
+func ownedBy(pod *corev1.Pod, sb *sandbox) bool {
+	ref := metav1.GetControllerOf(pod)
+	return ref != nil && ref.UID == sb.obj.GetUID()
+}
+
+// ensurePod returns the Sandbox's pod, creating it when missing, and keeps
+// its propagated metadata and the Sandbox's pod-name annotation current.
+func (c *Controller) ensurePod(ctx context.Context, sb *sandbox) (*corev1.Pod, error) {
+	pod, err := c.findPod(sb)
+	if err != nil {
+		return nil, err
+	}
+	ns, name := sb.obj.GetNamespace(), sb.obj.GetName()
+	if pod == nil {
+		pod, err = c.createPod(ctx, sb)
+		if apierrors.IsAlreadyExists(err) {
+			// Not in the cache yet (or not labelled): ask the API server.
+			pod, err = c.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if !ownedBy(pod, sb) {
+		return nil, fmt.Errorf("pod %s/%s exists and is not controlled by Sandbox %s", ns, pod.Name, name)
+	}
+	if pod.DeletionTimestamp == nil {
+		if err := c.syncPodMetadata(ctx, sb, pod); err != nil {
+			return nil, err
+		}
+	}
+	if sb.obj.GetAnnotations()[PodNameAnnotation] != pod.Name {
+		patch := map[string]any{"metadata": map[string]any{"annotations": map[string]any{PodNameAnnotation: pod.Name}}}
+		u, err := c.patchSandbox(ctx, sb, patch)
+		if err != nil {
+			return nil, err
+		}
+		sb.obj = u
+	}
+	return pod, nil
+}
+
+func (c *Controller) createPod(ctx context.Context, sb *sandbox) (*corev1.Pod, error) {
+	var spec corev1.PodSpec
+	b, err := json.Marshal(sb.podSpec)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return nil, fmt.Errorf("spec.podTemplate.spec: %w", err)
+	}
+	labels, annotations := propagated(sb)
+	labels[NameHashLabel] = NameHash(sb.obj.GetName())
+	if len(annotations) == 0 {
+		annotations = nil
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        sb.obj.GetName(),
+			Namespace:   sb.obj.GetNamespace(),
+			Labels:      labels,
+			Annotations: annotations,
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion:         APIVersion,
+				Kind:               Kind,
+				Name:               sb.obj.GetName(),
+				UID:                sb.obj.GetUID(),
+				Controller:         new(true),
+				BlockOwnerDeletion: new(true),
+			}},
+		},
+		Spec: spec,
+	}
+	created, err := c.kube.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{FieldManager: FieldManager})
+	if err == nil {
+		c.log.Info("created pod", "sandbox", sb.obj.GetNamespace()+"/"+sb.obj.GetName(), "uid", created.UID)
+	}
+	return created, err
+}
+
+func filtered(m map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		if !slices.ContainsFunc(reservedPrefixes, func(p string) bool { return strings.HasPrefix(k, p) }) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// propagated returns the pod labels and annotations the podTemplate asks
+// for, with the bookkeeping annotations.
+func propagated(sb *sandbox) (labels, annotations map[string]string) {
+	labels, annotations = filtered(sb.labels), filtered(sb.annotations)
+	lk, ak := sortedKeys(labels), sortedKeys(annotations)
+	if len(lk) > 0 {
+		annotations[PropagatedLabelsAnnotation] = strings.Join(lk, ",")
+	}
+	if len(ak) > 0 {
+		annotations[PropagatedAnnotationsAnnotation] = strings.Join(ak, ",")
+	}
+	return labels, annotations
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// syncPodMetadata patches the podTemplate's labels/annotations onto an
+// existing pod: new and changed keys are set, previously propagated keys no
+// longer in the template are removed.
+func (c *Controller) syncPodMetadata(ctx context.Context, sb *sandbox, pod *corev1.Pod) error {
+	wantL, wantA := propagated(sb)
+	wantL[NameHashLabel] = NameHash(sb.obj.GetName())
+	diff := func(have, want map[string]string, prevKeys string) map[string]any {
+		out := map[string]any{}
+		for k, v := range want {
+			if hv, ok := have[k]; !ok || hv != v {
+				out[k] = v
+			}
+		}
+		for k := range strings.SplitSeq(prevKeys, ",") {
+			if _, ok := want[k]; k != "" && !ok {
+				if _, ok := have[k]; ok {
+					out[k] = nil
+				}
+			}
+		}
+		return out
+	}
+	dl := diff(pod.Labels, wantL, pod.Annotations[PropagatedLabelsAnnotation])
+	da := diff(pod.Annotations, wantA, pod.Annotations[PropagatedAnnotationsAnnotation])
+	for _, k := range []string{PropagatedLabelsAnnotation, PropagatedAnnotationsAnnotation} {
+		if _, want := wantA[k]; !want {
+			if _, have := pod.Annotations[k]; have {
+				da[k] = nil
+			}
+		}
+	}
+	if len(dl) == 0 && len(da) == 0 {
+		return nil
+	}
+	meta := map[string]any{}
+	if len(dl) > 0 {
+		meta["labels"] = dl
+	}
+	if len(da) > 0 {
+		meta["annotations"] = da
+	}
+	b, err := json.Marshal(map[string]any{"metadata": meta})
+	if err != nil {
+		return err
+	}
+	_, err = c.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, b, metav1.PatchOptions{FieldManager: FieldManager})
+	return err
+}
+
+// liveStatus computes the status of a live (not expired) Sandbox.
+func (c *Controller) liveStatus(sb *sandbox, pod *corev1.Pod) sandboxStatus {
+	st := sandboxStatus{
+		Selector:    NameHashLabel + "=" + NameHash(sb.obj.GetName()),
+		Service:     sb.status.Service,
+		ServiceFQDN: sb.status.ServiceFQDN,
+	}
+	cs := &conds{prev: sb.status.Conditions, gen: sb.obj.GetGeneration(), now: c.now()}
+	cs.set("Suspended", metav1.ConditionFalse, "NotSuspended", "Sandbox is not suspended")
+
+	var sched *corev1.PodCondition
+	for i := range pod.Status.Conditions {
+		if pod.Status.Conditions[i].Type == corev1.PodScheduled {
+			sched = &pod.Status.Conditions[i]
+		}
+	}
+	if sched == nil {
+		cs.set("PodScheduled", metav1.ConditionUnknown, "PodSchedulingUnknown", "Pod has not reported a PodScheduled condition yet")
+	} else {
+		reason := sched.Reason
+		if reason == "" {
+			reason = "PodScheduled"
+		}
+		cs.set("PodScheduled", metav1.ConditionStatus(sched.Status), reason, sched.Message)
+	}
+
+	for _, ip := range pod.Status.PodIPs {
+		st.PodIPs = append(st.PodIPs, ip.IP)
+	}
+	if len(st.PodIPs) == 0 && pod.Status.PodIP != "" {
+		st.PodIPs = []string{pod.Status.PodIP}
+	}
+	st.NodeName = pod.Spec.NodeName
+	ready := false
+	for _, pc := range pod.Status.Conditions {
+		if pc.Type == corev1.PodReady && pc.Status == corev1.ConditionTrue {
+			ready = true
+		}
+	}
+	switch {
+	case pod.Status.Phase == corev1.PodFailed:
+		cs.set("Ready", metav1.ConditionFalse, "PodFailed", "Pod failed")
+		cs.set("Finished", metav1.ConditionTrue, "PodFailed", "Pod failed")
+	case pod.Status.Phase == corev1.PodSucceeded:
+		cs.set("Ready", metav1.ConditionFalse, "PodSucceeded", "Pod completed successfully")
+		cs.set("Finished", metav1.ConditionTrue, "PodSucceeded", "Pod completed successfully")
+	case pod.Status.Phase == corev1.PodRunning && ready && len(st.PodIPs) > 0:
+		cs.set("Ready", metav1.ConditionTrue, "DependenciesReady", "Pod is Ready")
+	case pod.Status.Phase == corev1.PodRunning && ready:
+		cs.set("Ready", metav1.ConditionFalse, "DependenciesNotReady", "Pod is Ready but has no podIPs yet")
+	case pod.Status.Phase == corev1.PodRunning:
+		cs.set("Ready", metav1.ConditionFalse, "DependenciesNotReady", "Pod is Running but not Ready")
+	default:
+		phase := pod.Status.Phase
+		if phase == "" {
+			phase = corev1.PodPending
+		}
+		cs.set("Ready", metav1.ConditionFalse, "DependenciesNotReady", "Pod exists with phase: "+string(phase))
+	}
+	st.Conditions = cs.out
+	return st
+}
+
+// expire handles a Sandbox whose shutdownTime has passed.
+func (c *Controller) expire(ctx context.Context, sb *sandbox) error {
+	key := sb.obj.GetNamespace() + "/" + sb.obj.GetName()
+	// 1. Ready=False/SandboxExpired, PodScheduled dropped, the rest kept.
+	cs := &conds{prev: sb.status.Conditions, gen: sb.obj.GetGeneration(), now: c.now()}
+	for _, pc := range sb.status.Conditions {
+		switch pc.Type {
+		case "PodScheduled":
+		case "Ready":
+			cs.set("Ready", metav1.ConditionFalse, "SandboxExpired", "Sandbox has expired")
+		default:
+			cs.set(pc.Type, pc.Status, pc.Reason, pc.Message)
+		}
+	}
+	if cs.find("Ready") == nil {
+		cs.set("Ready", metav1.ConditionFalse, "SandboxExpired", "Sandbox has expired")
+	}
+	st := sb.status
+	st.Conditions = cs.out
+	if err := c.writeStatus(ctx, sb, st); err != nil {
+		return err
+	}
+	// 2. Delete the pod, if the Sandbox owns one.
+	pod, err := c.findPod(sb)
+	if err != nil {
+		return err
+	}
+	if pod != nil && ownedBy(pod, sb) && pod.DeletionTimestamp == nil {
+		err := c.kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return err
+		}
+		c.log.Info("expired: deleted pod", "sandbox", key)
+	}
+	// 3. Delete the Sandbox, or keep it with only its conditions.
+	if sb.policy == "Delete" {
+		uid := sb.obj.GetUID()
+		err := c.dyn.Resource(GVR).Namespace(sb.obj.GetNamespace()).Delete(ctx, sb.obj.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return err
+		}
+		c.log.Info("expired: deleted Sandbox", "sandbox", key)
+		return nil
+	}
+	return c.writeStatus(ctx, sb, sandboxStatus{Conditions: st.Conditions})
+}
+
+// writeError reports a reconcile error as Ready=False/ReconcilerError and
+// returns err so that the key is retried.
+func (c *Controller) writeError(ctx context.Context, sb *sandbox, u *unstructured.Unstructured, err error) error {
+	if sb == nil {
+		sb = &sandbox{obj: u}
+	}
+	st := sb.status
+	cs := &conds{prev: st.Conditions, gen: u.GetGeneration(), now: c.now()}
+	for _, pc := range st.Conditions {
+		if pc.Type != "Ready" {
+			cs.set(pc.Type, pc.Status, pc.Reason, pc.Message)
+		}
+	}
+	cs.set("Ready", metav1.ConditionFalse, "ReconcilerError", "Error seen: "+err.Error())
+	st.Conditions = cs.out
+	if werr := c.writeStatus(ctx, sb, st); werr != nil {
+		return errors.Join(err, werr)
+	}
+	return err
+}
+
+// writeStatus merge-patches /status when st differs from the cached status.
+// The patch carries the cached resourceVersion, so it fails with a conflict
+// (and is retried) if the cache was stale.
+func (c *Controller) writeStatus(ctx context.Context, sb *sandbox, st sandboxStatus) error {
+	if statusEqual(sb.status, st) {
+		return nil
+	}
+	status := map[string]any{
+		"conditions":  nil,
+		"selector":    nil,
+		"podIPs":      nil,
+		"nodeName":    nil,
+		"service":     nil,
+		"serviceFQDN": nil,
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	var set map[string]any
+	if err := json.Unmarshal(b, &set); err != nil {
+		return err
+	}
+	for k, v := range set {
+		status[k] = v
+	}
+	patch := map[string]any{
+		"metadata": map[string]any{"resourceVersion": sb.obj.GetResourceVersion()},
+		"status":   status,
+	}
+	pb, err := json.Marshal(patch)
+	if err != nil {
+		return err
+	}
+	u, err := c.dyn.Resource(GVR).Namespace(sb.obj.GetNamespace()).Patch(ctx, sb.obj.GetName(), types.MergePatchType, pb, metav1.PatchOptions{FieldManager: FieldManager}, "status")
+	if err != nil {
+		return fmt.Errorf("patch status: %w", err)
+	}
+	sb.obj = u
+	sb.status = st
+	return nil
+}
+
+func (c *Controller) patchSandbox(ctx context.Context, sb *sandbox, patch map[string]any) (*unstructured.Unstructured, error) {
+	b, err := json.Marshal(patch)
+	if err != nil {
+		return nil, err
+	}
+	return c.dyn.Resource(GVR).Namespace(sb.obj.GetNamespace()).Patch(ctx, sb.obj.GetName(), types.MergePatchType, b, metav1.PatchOptions{FieldManager: FieldManager})
+}

@@ -1,0 +1,62 @@
+// Package sandboxctl is a small stand-in for the kubernetes-sigs/agent-sandbox
+// controller (agents.x-k8s.io/v1beta1 Sandbox), for tests against a real API
+// server (see internal/devcluster). It uses client-go informers (list+watch,
+// re-listing when a watch expires), a rate-limited work queue and a per-key
+// timer for shutdownTime; no controller-runtime and no sleep loops.
+//
+// It copies exactly these behaviours of the real controller, as observed in
+// /work/shared/research/agent-sandbox-real.md (agent-sandbox main@2fd412d5):
+//
+//   - The pod is named after the Sandbox, in its namespace, and carries a
+//     controller ownerReference {apiVersion: agents.x-k8s.io/v1beta1, kind:
+//     Sandbox, controller: true, blockOwnerDeletion: true}. Creates use field
+//     manager "sandbox-controller". No finalizer on the Sandbox: deleting it
+//     leaves the pod to the garbage collector.
+//   - Pod label agents.x-k8s.io/sandbox-name-hash = 32-bit FNV-1a of the
+//     Sandbox name as 8 lowercase, zero-padded hex digits (NameHash).
+//   - Only spec.podTemplate.metadata.labels/annotations reach the pod (not the
+//     Sandbox's own metadata); keys with the prefix agents.x-k8s.io/ or
+//     extensions.agents.x-k8s.io/ are dropped. The pod gets the bookkeeping
+//     annotations agents.x-k8s.io/propagated-labels and
+//     agents.x-k8s.io/propagated-annotations (sorted, comma-joined keys; only
+//     when non-empty). A later podTemplate label/annotation change patches the
+//     existing pod in place. The pod spec is spec.podTemplate.spec as written.
+//   - Annotation agents.x-k8s.io/pod-name=<pod name> on the Sandbox, set by a
+//     metadata patch right after the pod is created, before the first status
+//     write. The pod is looked up by that annotation, else by the Sandbox
+//     name.
+//   - status.selector = "agents.x-k8s.io/sandbox-name-hash=<hash>",
+//     status.podIPs and status.nodeName from the pod.
+//   - Conditions, in this order, each with observedGeneration =
+//     metadata.generation and lastTransitionTime kept while the status does
+//     not change:
+//     Suspended False/NotSuspended "Sandbox is not suspended";
+//     PodScheduled mirroring the pod's condition (reason "PodScheduled" when
+//     the pod gives none; Unknown/PodSchedulingUnknown "Pod has not reported a
+//     PodScheduled condition yet" when it has none), present only while a pod
+//     exists;
+//     Ready False/DependenciesNotReady "Pod exists with phase: <phase>" (also
+//     "Pod is Running but not Ready", "Pod is Ready but has no podIPs yet")
+//     until the pod is Running, Ready and has an IP, then
+//     True/DependenciesReady "Pod is Ready";
+//     for a terminal pod Ready False/PodFailed "Pod failed" or
+//     False/PodSucceeded "Pod completed successfully" plus Finished True with
+//     the same reason and message. A terminal pod is not recreated.
+//   - A pod deleted while the Sandbox is live is recreated with the same name.
+//   - shutdownTime reached: first a status write with Ready
+//     False/SandboxExpired "Sandbox has expired" (PodScheduled removed, other
+//     conditions and fields kept), then the pod is deleted, then either the
+//     Sandbox is deleted (shutdownPolicy Delete) or its status is cut down to
+//     the conditions (Retain, the default). No pod is created once expired
+//     (also when shutdownTime is already past at creation).
+//   - No writes at all while the Sandbox has a deletionTimestamp.
+//   - Status goes to the /status subresource as a JSON merge patch (with a
+//     resourceVersion precondition, so a stale cache cannot overwrite newer
+//     status).
+//
+// Left out: spec.service (headless Service, status.service/serviceFQDN),
+// volumeClaimTemplates, operatingMode Suspended (reported as Ready
+// False/ReconcilerError instead of suspending), warm pools and claims, the
+// transient clearing of the pod-name annotation while a vanished pod is
+// recreated, the MultiplePods check, Kubernetes Events, metrics.
+package sandboxctl
