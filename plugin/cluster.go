@@ -27,6 +27,8 @@ type cluster struct {
 	kube   kubernetes.Interface
 	engine *engine.Engine
 	exec   *pexec.Executor
+	// tenants remembers which tenant values were applied when.
+	tenants sync.Map
 }
 
 type clusters struct {

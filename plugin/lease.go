@@ -3,14 +3,17 @@ package plugin
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -130,8 +133,8 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		return Lease{}, err
 	}
 	tenant := p.tenantValues(cfg, in.CompanyID, ns)
-	if _, err := cl.engine.Apply(ctx, p.Catalog.Scoped(engine.ScopeTenant), ns, tenant); err != nil {
-		return Lease{}, fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
+	if err := p.ensureTenant(ctx, cl, ns, tenant, false); err != nil {
+		return Lease{}, err
 	}
 
 	name := policy.NewRunName()
@@ -153,7 +156,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	}
 	runGrant["any"] = len(runGrant["fqdns"].([]string))+len(grant.AllowCidrs) > 0
 	labels := policy.Labels(policy.RunIdentity{RunID: in.RunID, AgentID: in.AgentID, CompanyID: in.CompanyID, AdapterType: adapterType})
-	values := tenant
+	values := maps.Clone(tenant)
 	values["grant"] = runGrant
 	values["run"] = map[string]any{
 		"id":               policy.LabelValue(in.RunID),
@@ -169,6 +172,13 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	}
 
 	workload, err := cl.engine.Create(ctx, backend, ns, values, nil)
+	if apierrors.IsNotFound(err) {
+		// The tenant was applied earlier but is gone (deleted by hand):
+		// apply it again and claim once more.
+		if err = p.ensureTenant(ctx, cl, ns, tenant, true); err == nil {
+			workload, err = cl.engine.Create(ctx, backend, ns, values, nil)
+		}
+	}
 	if err != nil {
 		return Lease{}, err
 	}
@@ -228,6 +238,32 @@ func union(a, b []string) []string {
 		}
 	}
 	return out
+}
+
+// tenantRecheck is how long an applied tenant is trusted before the next
+// acquire applies it again (repairing drift). A changed config applies at
+// once: it changes the values.
+const tenantRecheck = 5 * time.Minute
+
+// ensureTenant server-side applies the tenant objects unless this worker
+// applied the very same values to this cluster within tenantRecheck, so an
+// acquire costs one apply per tenant change rather than one per object.
+func (p *Provider) ensureTenant(ctx context.Context, cl *cluster, ns string, values map[string]any, force bool) error {
+	b, err := json.Marshal(values)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(b)
+	key := ns + "/" + hex.EncodeToString(sum[:])
+	if t, ok := cl.tenants.Load(key); ok && !force && p.Now().Sub(t.(time.Time)) < tenantRecheck {
+		return nil
+	}
+	if _, err := cl.engine.Apply(ctx, p.Catalog.Scoped(engine.ScopeTenant), ns, values); err != nil {
+		cl.tenants.Delete(key)
+		return fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
+	}
+	cl.tenants.Store(key, p.Now())
+	return nil
 }
 
 // tenantValues are the template values of the tenant objects.
