@@ -75,6 +75,10 @@ func requireCluster(t *testing.T) {
 func realEngine(t *testing.T) *engine.Engine {
 	t.Helper()
 	requireCluster(t)
+	return realEngineB(t)
+}
+
+func realEngineB(t testing.TB) *engine.Engine {
 	disc, err := discovery.NewDiscoveryClientForConfig(env.RESTConfig())
 	if err != nil {
 		t.Fatal(err)

@@ -326,8 +326,13 @@ func walkUses(node any, ptr string, fn func(ptr, name string)) {
 	}
 }
 
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
+
 func escapePointer(s string) string {
-	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
+	if !strings.ContainsAny(s, "~/") {
+		return s
+	}
+	return pointerEscaper.Replace(s)
 }
 
 // Get returns the spec with this name or alias.

@@ -153,6 +153,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := c.writeCredentials(); err != nil {
 		return nil, err
 	}
+	t0 := time.Now()
 	for attempt := 1; ; attempt++ {
 		err = c.startControlPlane(ctx)
 		if err == nil {
@@ -167,18 +168,28 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := c.initClients(); err != nil {
 		return nil, err
 	}
+	c.log.Info("kube-apiserver ready", "took", time.Since(t0).Round(time.Millisecond), "host", c.host)
+	// The CRD (whose first requests cost 1-2 s server-side) is installed
+	// while the node stack starts.
+	crdDone := make(chan error, 1)
+	if opts.SandboxController {
+		go func() { crdDone <- InstallSandboxCRD(ctx, c.dyn) }()
+	}
 	if opts.Nodes {
 		if err := c.startNodes(ctx); err != nil {
 			return nil, err
 		}
+		c.log.Info("node ready", "node", NodeName, "took", time.Since(t0).Round(time.Millisecond))
 	}
 	if opts.SandboxController {
-		if err := InstallSandboxCRD(ctx, c.dyn); err != nil {
+		if err := <-crdDone; err != nil {
 			return nil, err
 		}
+		c.log.Info("Sandbox CRD established", "took", time.Since(t0).Round(time.Millisecond))
 		if err := c.startSandboxController(ctx); err != nil {
 			return nil, err
 		}
+		c.log.Info("sandbox controller synced", "took", time.Since(t0).Round(time.Millisecond))
 	}
 	return c, nil
 }

@@ -73,7 +73,7 @@ func TestConditionTransitionTimeKept(t *testing.T) {
 	prev := []metav1.Condition{{Type: "Ready", Status: metav1.ConditionFalse, Reason: "DependenciesNotReady", LastTransitionTime: metav1.NewTime(t0)}}
 	cs := &conds{prev: prev, gen: 2, now: t0.Add(time.Hour)}
 	cs.set("Ready", metav1.ConditionFalse, "SandboxExpired", "Sandbox has expired") // same status: time kept
-	cs.set("Finished", metav1.ConditionTrue, "PodFailed", "Pod failed")           // new: now
+	cs.set("Finished", metav1.ConditionTrue, "PodFailed", "Pod failed")             // new: now
 	is.True(cs.out[0].LastTransitionTime.Equal(&metav1.Time{Time: t0}))
 	is.True(cs.out[1].LastTransitionTime.Time.Equal(t0.Add(time.Hour)))
 	is.Equal(cs.out[0].ObservedGeneration, int64(2))

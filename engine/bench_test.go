@@ -1,0 +1,77 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+)
+
+// BenchmarkRender renders the sandbox backend (with its $use fragment).
+func BenchmarkRender(b *testing.B) {
+	c := catalog(b)
+	vc := loadValues(b, "cilium-sandbox")
+	sb, _ := c.Get("sandbox")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := sb.Render(vc.Values); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEvaluate evaluates the Sandbox readiness rules on a recorded
+// object, as Wait does on every watch event.
+func BenchmarkEvaluate(b *testing.B) {
+	c := catalog(b)
+	sb, _ := c.Get("sandbox")
+	obj, err := os.ReadFile(filepath.Join("..", "testdata", "objects", "sandbox-ready.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if st := sb.Evaluate(obj); st.State != engine.Ready {
+			b.Fatal(st)
+		}
+	}
+}
+
+// BenchmarkClusterClaimToReady measures claim → Ready (watch) → release of a
+// Sandbox on the local control plane (kwok makes pods ready at once, so
+// this is the provider's and the API server's share of the latency).
+func BenchmarkClusterClaimToReady(b *testing.B) {
+	if env == nil {
+		b.Skip("no control plane")
+	}
+	vc := loadValues(b, "standard-cidrs-sandbox")
+	e := realEngineB(b)
+	ctx := context.Background()
+	ns := fmt.Sprintf("bench-%x", time.Now().UnixNano()&0xffffff)
+	vc.Values["namespace"] = ns
+	if _, err := e.Apply(ctx, e.Catalog.Scoped(engine.ScopeTenant), ns, vc.Values); err != nil {
+		b.Fatal(err)
+	}
+	sb, _ := e.Catalog.Get("sandbox")
+	run := vc.Values["run"].(map[string]any)
+	run["deadlineTime"] = time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	i := 0
+	for b.Loop() {
+		i++
+		run["name"] = fmt.Sprintf("pc-bench-%d", i)
+		w, err := e.Create(ctx, sb, ns, vc.Values, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := e.Wait(ctx, sb, w, engine.Ready); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.Release(ctx, engine.RefOf(sb, w)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
