@@ -95,8 +95,10 @@ type Request struct {
 	// Timeout bounds the whole call (0: no timeout beyond ctx). When it
 	// expires the streams are torn down and the Result has TimedOut set and
 	// no ExitCode. Through a real kubelet the process inside the container
-	// is NOT killed by this (Kubernetes does not kill exec processes whose
-	// client went away).
+	// is usually NOT killed by this: Kubernetes does not kill exec
+	// processes whose client went away (kubernetes/kubernetes#89031). The
+	// caller should bound long commands inside the pod too (e.g. timeout(1))
+	// if that matters.
 	Timeout time.Duration
 
 	// MaxStdout and MaxStderr cap the bytes kept per stream: 0 means

@@ -22,10 +22,14 @@
 //     CLOSE signal) itself, so client-go's WebSocket executor can be pointed
 //     straight at the node in unit tests; through a real API server the
 //     apiserver translates v5 WebSocket clients to SPDY and this path is not
-//     used.
+//     used. Options.KubeletProtocolsOnly turns it off.
 //   - /containerLogs/{namespace}/{pod}/{container}: the bytes written with
 //     WriteLog (see logs.go for the supported query parameters).
 //   - /healthz: "ok".
+//
+// Requests are not authenticated, and the pod, namespace and container need
+// not exist anywhere: any valid names work, which is what lets unit tests
+// point client-go straight at the node.
 //
 // Commands run with os/exec in WorkDir(namespace, pod) = <Root>/<ns>/<pod>
 // (created on demand). stdin is wired to the stream so the client's EOF
@@ -38,7 +42,8 @@
 // SIGKILLed when the client's stream is torn down before the command ends,
 // and every group still alive is killed by Close. A background grandchild
 // that keeps stdout/stderr/stdin open cannot make an exec hang: output is
-// cut off WaitDelay after the foreground process exits.
+// cut off WaitDelay after the foreground process exits (a real container
+// runtime may instead keep the exec open until the grandchild closes them).
 //
 // Not implemented: TTY (requests with tty=1 fail with an internal error),
 // resize, attach, port-forward, /run, the container's image environment,
@@ -212,7 +217,6 @@ func (n *Node) Start(ctx context.Context) (int, error) {
 			}
 			return ctx
 		},
-		ErrorLog: nil,
 	}
 	n.serveDone = make(chan struct{})
 	go func() {

@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/go-logr/logr"
 	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
+	"k8s.io/klog/v2"
 	"k8s.io/streaming/pkg/httpstream/wsstream"
 	utilexec "k8s.io/utils/exec"
 )
@@ -71,6 +73,10 @@ func (n *Node) serveExecWebSocketV5(w http.ResponseWriter, r *http.Request, ex r
 		v5Protocol: {Binary: true, Channels: channels},
 	})
 	conn.SetIdleTimeout(n.idle)
+	// wsstream's receive loop logs through the request's logger; when the
+	// node ends the stream it reports the closed socket as an error. Silence
+	// it (the node logs to Options.Log).
+	r = r.WithContext(klog.NewContext(r.Context(), logr.Discard()))
 	_, streams, err := conn.Open(w, r)
 	if err != nil {
 		n.logf("websocket upgrade failed: %v", err)
