@@ -14,11 +14,13 @@ type Permission struct {
 
 // scopeVerbs are the calls the engine makes on objects of each scope:
 // tenant objects are server-side applied (patch; create when absent) and
-// pruned (get, delete); run objects are created, read and deleted; backends
-// are also listed and watched (Wait); pods are read, listed and watched.
+// pruned (get, delete); run objects are only created and deleted (never
+// read: a cluster-wide "get secrets" would let the provider read every
+// Secret of the cluster); backends are also read, listed and watched
+// (Wait); pods are read, listed and watched.
 var scopeVerbs = map[Scope][]string{
 	ScopeTenant:  {"get", "create", "patch", "delete"},
-	ScopeRun:     {"get", "create", "delete"},
+	ScopeRun:     {"create", "delete"},
 	ScopeBackend: {"get", "list", "watch", "create", "delete"},
 	ScopePod:     {"get", "list", "watch"},
 }

@@ -70,14 +70,18 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		timeout = time.Duration(cfg.PodActivityDeadlineSec) * time.Second
 	}
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	// waitCtx bounds the waits for the workload and its pod. The command
+	// itself is bounded by the exec request's own Timeout instead, so that
+	// its expiry is reported as timedOut (with the output so far) rather
+	// than as a cancelled call.
+	waitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	meta := map[string]any{"provider": "kubernetes", "backend": ref.Spec.Name, "namespace": ref.Namespace, "workloadName": ref.Name}
 	if ref.Spec.Backend.Mode == "logs" {
-		return p.awaitLogs(ctx, cl, ref, meta)
+		return p.awaitLogs(waitCtx, cl, ref, meta)
 	}
 
-	st, err := p.readyPod(ctx, cl, ref, m)
+	st, err := p.readyPod(waitCtx, cl, ref, m)
 	if err != nil {
 		var we *engine.WaitError
 		if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
@@ -86,10 +90,14 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		return ExecuteResult{}, err
 	}
 	meta["podName"] = st.podName
+	remaining := timeout - time.Since(start)
+	if remaining <= 0 {
+		return ExecuteResult{TimedOut: true, Stderr: fmt.Sprintf("[paperclip-k8s] timed out after %v waiting for %s to become ready; the command was not run.\n", timeout, ref), Metadata: meta}, nil
+	}
 	req := pexec.Request{
 		Namespace: ref.Namespace, Pod: st.podName, Container: ref.Spec.Pods.Container,
 		Command: in.Command, Args: in.Args, Env: in.Env, Cwd: in.Cwd,
-		Timeout:   timeout - time.Since(start),
+		Timeout:   remaining,
 		MaxStdout: cfg.ExecMaxOutputBytes, MaxStderr: cfg.ExecMaxOutputBytes,
 		OnOutput: func(stream string, chunk []byte) {
 			_ = rpc.Notify(ctx, rpc.MethodExecuteLog, map[string]any{"stream": stream, "chunk": string(chunk)})
@@ -106,7 +114,9 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 			return ExecuteResult{ExitCode: &one, Stderr: err.Error() + " (raise execMaxOutputBytes in the provider config)", Metadata: meta}, nil
 		}
 		// The pod may be gone: say so rather than a bare transport error.
-		if _, gerr := p.checkPod(ctx, cl, ref, st); gerr != nil {
+		checkCtx, cancelCheck := context.WithTimeout(ctx, 10*time.Second)
+		defer cancelCheck()
+		if _, gerr := p.checkPod(checkCtx, cl, ref, st); gerr != nil {
 			p.leases.Delete(id)
 			return ExecuteResult{}, gerr
 		}

@@ -345,16 +345,27 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	if st.State.Terminal() {
 		return expired(fmt.Sprintf("%s is %s", ref, st))
 	}
-	if ref.Spec.Backend.Mode == "exec" && st.State == engine.Ready {
+	// Once the lease knows its pod (m.PodUID), that pod must still be there
+	// whatever the workload's state: while a replacement pod starts, the
+	// workload is not Ready, yet the lease's workspace is already lost.
+	if ref.Spec.Backend.Mode == "exec" && (st.State == engine.Ready || m.PodUID != "") {
 		pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
 		if err != nil {
 			if errors.Is(err, engine.ErrNoPod) {
+				if m.PodUID != "" {
+					return expired(fmt.Sprintf("the pod of %s is gone (pod UID %s); its workspace is lost", ref, m.PodUID))
+				}
 				return expired(err.Error())
 			}
 			return Lease{}, err
 		}
 		if m.PodUID != "" && string(pod.GetUID()) != m.PodUID {
 			return expired(fmt.Sprintf("the pod of %s was replaced (pod UID %s is gone); its workspace is lost", ref, m.PodUID))
+		}
+		if podSpec, ok := p.Catalog.Pod(); ok {
+			if ps := cl.engine.Status(podSpec, pod); ps.State.Terminal() {
+				return expired(fmt.Sprintf("the pod %s/%s of %s is %s", ref.Namespace, pod.GetName(), ref, ps))
+			}
 		}
 		m.PodName, m.PodUID = pod.GetName(), string(pod.GetUID())
 	}

@@ -28,13 +28,18 @@ type Options struct {
 	Log io.Writer
 	// NodeLog receives the exec node's log lines.
 	NodeLog io.Writer
+	// NodeEnv is added to the environment of every command the exec node
+	// runs (KEY=value, after its own PATH/HOME/PWD/HOSTNAME, so e.g. a PATH
+	// entry here replaces the host's PATH): the "image environment" of the
+	// fake pods.
+	NodeEnv []string
 }
 
 // Start starts an exec node and a control plane whose fake node points at
-// it. Stop both with Env.Stop.
+// it. ctx bounds the start only: both run until Env.Stop.
 func Start(ctx context.Context, opts Options) (*Env, error) {
-	node := execnode.New(execnode.Options{Log: opts.NodeLog})
-	port, err := node.Start(ctx)
+	node := execnode.New(execnode.Options{Log: opts.NodeLog, Env: opts.NodeEnv})
+	port, err := node.Start(context.WithoutCancel(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("starting the exec node: %w", err)
 	}
