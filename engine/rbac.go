@@ -43,6 +43,13 @@ func (c *Catalog) Permissions() []Permission {
 			continue
 		}
 		add(s.API.Group, s.API.Resource, scopeVerbs[s.Scope]...)
+		if s.Scope == ScopeBackend {
+			// Run objects are owned by the workload with blockOwnerDeletion;
+			// clusters that enforce ownerReference permissions
+			// (OwnerReferencesPermissionEnforcement, e.g. OpenShift) require
+			// update on the owner's finalizers for that.
+			add(s.API.Group, s.API.Resource+"/finalizers", "update")
+		}
 		if s.Logs != nil {
 			add(s.API.Group, s.API.Resource+"/"+s.Logs.Subresource, "get")
 		}

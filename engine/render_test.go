@@ -187,6 +187,7 @@ func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {
 	is.Equal(perms["/pods"], []string{"get", "list", "watch"})
 	is.Equal(perms["agents.x-k8s.io/sandboxes"], []string{"create", "delete", "get", "list", "watch"})
 	is.Equal(perms["batch/jobs"], []string{"create", "delete", "get", "list", "watch"})
+	is.Equal(perms["agents.x-k8s.io/sandboxes/finalizers"], []string{"update"})
 	is.Equal(perms["networking.k8s.io/networkpolicies"], []string{"create", "delete", "get", "patch"}) // tenant ∪ run
 	is.Equal(perms["/namespaces"], []string{"create", "delete", "get", "patch"})
 	for _, s := range c.All() {
