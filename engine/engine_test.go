@@ -332,3 +332,21 @@ func TestMissingAPINamesWhatToInstall(t *testing.T) {
 	is.True(strings.Contains(err.Error(), "agent-sandbox"))
 	is.True(strings.Contains(err.Error(), `set backend to "job"`))
 }
+
+// v1beta1 is preferred; a cluster that serves only v1alpha1 gets v1alpha1.
+func TestResolveFallsBackToAnOlderServedVersion(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	sb, _ := c.Get("sandbox")
+	for _, served := range []string{"v1beta1", "v1alpha1"} {
+		gv := schema.GroupVersion{Group: "agents.x-k8s.io", Version: served}
+		mapper := meta.NewDefaultRESTMapper([]schema.GroupVersion{gv})
+		mapper.AddSpecific(gv.WithKind("Sandbox"), gv.WithResource("sandboxes"), gv.WithResource("sandbox"), meta.RESTScopeNamespace)
+		e := engine.New(c, nil, mapper, nil, nil)
+		r, err := e.Resolve(sb)
+		is.NoErr(err)
+		is.Equal(r.GVR.Version, served)
+		is.Equal(r.GVR.Resource, "sandboxes")
+		is.True(r.Namespaced)
+	}
+}
