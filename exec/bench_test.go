@@ -46,10 +46,11 @@ func bareStream(b *testing.B, tn *testNode, tr Transport, r Request, argv []stri
 
 func benchPair(b *testing.B, r Request, setBytes int64, newStdin func() io.Reader) {
 	tn := startTestNode(b, execnode.Options{})
-	argv, _, err := BuildCommand(r.Command, r.Args, r.Env, r.Cwd)
+	cmd, err := BuildCommand(r.Command, r.Args, r.Env, r.Cwd)
 	if err != nil {
 		b.Fatal(err)
 	}
+	argv := cmd.Argv
 	for _, tr := range []Transport{TransportWebSocket, TransportSPDY} {
 		b.Run(tr.String(), func(b *testing.B) {
 			ex := tn.executor(b, tr)

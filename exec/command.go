@@ -49,8 +49,24 @@ func ShellQuote(s string) string {
 // ErrEmptyCommand is returned when a request has no command.
 var ErrEmptyCommand = errors.New("exec: empty command")
 
+// Command is what BuildCommand makes of a request: the argv for the
+// pods/exec API, and the bytes to send on stdin before the caller's stdin.
+type Command struct {
+	Argv []string
+	// Preamble carries the environment: it is written to the command's
+	// stdin ahead of the caller's stdin, read by the wrapper and never
+	// reaches the command. Empty when there is no environment to pass.
+	Preamble []byte
+	// Skipped lists the env names that were not exported (names only).
+	Skipped []string
+}
+
+// envReady is set by the last line of the preamble; the wrapper refuses to
+// run the command unless it was read completely.
+const envReady = "__paperclip_env_ok"
+
 // BuildCommand turns the host's (command, args, env, cwd) into the argv sent
-// to the pods/exec API.
+// to the pods/exec API and a stdin preamble.
 //
 //   - command alone      → ["/bin/sh", "-lc", command] (a login shell, as the
 //     reference plugin does, so /etc/profile sets up the image's PATH);
@@ -60,39 +76,48 @@ var ErrEmptyCommand = errors.New("exec: empty command")
 // The exec API has no env or working-directory field, so when env (after
 // filtering) or cwd is non-empty the argv is wrapped:
 //
-//	["/bin/sh", "-c", "export K1='v1' K2='v2'; cd -- \"$1\" || exit 1; shift; exec \"$@\"",
+//	["/bin/sh", "-c", "<read env from stdin>; cd -- \"$1\" || exit 1; shift; exec \"$@\"",
 //	 "sh", <cwd>, argv...]
 //
-// (the cd/shift part only when cwd is set). Values are quoted with
-// ShellQuote, names are sorted, cwd and argv travel as positional parameters
-// and are never parsed by the shell. env is applied before cd so that the
-// shell's cd sets PWD/OLDPWD for the command even if env carries the host's
-// PWD. A relative cwd is prefixed with "./" so CDPATH and the operand "-"
-// cannot change its meaning; a failed cd exits 1 with the shell's message on
-// stderr.
+// Env values are secret and the exec request's URL (which holds the argv)
+// reaches API server audit logs and /proc/<pid>/cmdline, so the values do
+// not travel in the argv: the preamble, `export K='v'` lines quoted with
+// ShellQuote and a last line setting a marker, goes first on stdin; the
+// wrapper reads exactly its length with `dd bs=1` (which never reads past
+// it, so the rest of stdin is left for the command), evals it, and refuses
+// to run the command (exit 127, with a message) if the marker is missing.
+// The image needs dd, as the Paperclip host's own transfers do.
+//
+// cwd and argv travel as positional parameters and are never parsed by the
+// shell. env is applied before cd so that the shell's cd sets PWD/OLDPWD
+// for the command even if env carries the host's PWD. A relative cwd is
+// prefixed with "./" so CDPATH and the operand "-" cannot change its
+// meaning; a failed cd exits 1 with the shell's message on stderr.
 //
 // Env names: a name that is not a POSIX identifier ([A-Za-z_][A-Za-z0-9_]*),
 // PATH, and names read-only in bash (PPID, UID, EUID, SHELLOPTS, BASHOPTS,
 // BASH_VERSINFO) are skipped, not rejected, because the host passes its
 // whole process environment, which is not under the caller's control; the
 // skipped names (never values) are returned, sorted. A value containing a NUL
-// byte cannot be passed through argv and is an error naming the variable (not
-// the value). NUL in cwd, command or args is an error too.
-func BuildCommand(command string, args []string, env map[string]string, cwd string) (argv, skipped []string, err error) {
+// byte cannot be passed through a shell and is an error naming the variable
+// (not the value). NUL in cwd, command or args is an error too.
+func BuildCommand(command string, args []string, env map[string]string, cwd string) (Command, error) {
+	var c Command
 	if command == "" {
-		return nil, nil, ErrEmptyCommand
+		return c, ErrEmptyCommand
 	}
 	if strings.IndexByte(command, 0) >= 0 {
-		return nil, nil, errors.New("exec: command contains a NUL byte")
+		return c, errors.New("exec: command contains a NUL byte")
 	}
 	for i, a := range args {
 		if strings.IndexByte(a, 0) >= 0 {
-			return nil, nil, fmt.Errorf("exec: args[%d] contains a NUL byte", i)
+			return c, fmt.Errorf("exec: args[%d] contains a NUL byte", i)
 		}
 	}
 	if strings.IndexByte(cwd, 0) >= 0 {
-		return nil, nil, errors.New("exec: cwd contains a NUL byte")
+		return c, errors.New("exec: cwd contains a NUL byte")
 	}
+	var argv []string
 	if len(args) == 0 {
 		argv = []string{Shell, "-lc", command}
 	} else {
@@ -102,30 +127,34 @@ func BuildCommand(command string, args []string, env map[string]string, cwd stri
 	names := make([]string, 0, len(env))
 	for k, v := range env {
 		if !envNameRE.MatchString(k) || skippedEnvNames[k] {
-			skipped = append(skipped, k)
+			c.Skipped = append(c.Skipped, k)
 			continue
 		}
 		if strings.IndexByte(v, 0) >= 0 {
-			return nil, nil, fmt.Errorf("exec: the value of env %s contains a NUL byte", k)
+			return Command{}, fmt.Errorf("exec: the value of env %s contains a NUL byte", k)
 		}
 		names = append(names, k)
 	}
 	sort.Strings(names)
-	sort.Strings(skipped)
+	sort.Strings(c.Skipped)
 	if len(names) == 0 && cwd == "" {
-		return argv, skipped, nil
+		c.Argv = argv
+		return c, nil
 	}
 
 	var script strings.Builder
 	if len(names) > 0 {
-		script.WriteString("export")
+		var pre strings.Builder
 		for _, k := range names {
-			script.WriteString(" ")
-			script.WriteString(k)
-			script.WriteString("=")
-			script.WriteString(ShellQuote(env[k]))
+			pre.WriteString("export ")
+			pre.WriteString(k)
+			pre.WriteString("=")
+			pre.WriteString(ShellQuote(env[k]))
+			pre.WriteString("\n")
 		}
-		script.WriteString("; ")
+		pre.WriteString(envReady + "=1\n")
+		c.Preamble = []byte(pre.String())
+		fmt.Fprintf(&script, `__paperclip_env=$(dd bs=1 count=%d 2>/dev/null) && eval "$__paperclip_env" && [ "${%s:-}" = 1 ] || { echo "paperclip-k8s: could not read the command's environment from stdin (the image needs dd)" >&2; exit 127; }; unset __paperclip_env %s; `, len(c.Preamble), envReady, envReady)
 	}
 	wrapped := []string{Shell, "-c", "", "sh"}
 	if cwd != "" {
@@ -137,5 +166,6 @@ func BuildCommand(command string, args []string, env map[string]string, cwd stri
 	}
 	script.WriteString(`exec "$@"`)
 	wrapped[2] = script.String()
-	return append(wrapped, argv...), skipped, nil
+	c.Argv = append(wrapped, argv...)
+	return c, nil
 }

@@ -3,6 +3,7 @@ package exec
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -80,14 +81,16 @@ func TestBuildCommandShapes(t *testing.T) {
 		cwd     string
 		want    []string
 		skipped []string
+		stdin   string
 	}{
 		{name: "command alone", command: "echo hi", want: []string{"/bin/sh", "-lc", "echo hi"}},
 		{name: "argv", command: "sh", args: []string{"-c", "echo hi"}, want: []string{"sh", "-c", "echo hi"}},
 		{name: "empty arg kept", command: "printf", args: []string{""}, want: []string{"printf", ""}},
 		{
 			name: "env only", command: "sh", args: []string{"-c", "x"},
-			env:  map[string]string{"B": "2", "A": "it's"},
-			want: []string{"/bin/sh", "-c", `export A='it'\''s' B='2'; exec "$@"`, "sh", "sh", "-c", "x"},
+			env:   map[string]string{"B": "2", "A": "it's"},
+			want:  []string{"/bin/sh", "-c", envScript(len("export A='it'\\''s'\nexport B='2'\n__paperclip_env_ok=1\n")) + `exec "$@"`, "sh", "sh", "-c", "x"},
+			stdin: "export A='it'\\''s'\nexport B='2'\n__paperclip_env_ok=1\n",
 		},
 		{
 			name: "cwd only", command: "pwd", cwd: "/work dir",
@@ -100,7 +103,8 @@ func TestBuildCommandShapes(t *testing.T) {
 		{
 			name: "skipped names", command: "true", args: []string{},
 			env:     map[string]string{"PATH": "/host/bin", "1BAD": "x", "BAD-NAME": "x", "A=B": "x", "": "x", "UID": "0", "OK_1": "y"},
-			want:    []string{"/bin/sh", "-c", `export OK_1='y'; exec "$@"`, "sh", "/bin/sh", "-lc", "true"},
+			want:    []string{"/bin/sh", "-c", envScript(len("export OK_1='y'\n__paperclip_env_ok=1\n")) + `exec "$@"`, "sh", "/bin/sh", "-lc", "true"},
+			stdin:   "export OK_1='y'\n__paperclip_env_ok=1\n",
 			skipped: []string{"", "1BAD", "A=B", "BAD-NAME", "PATH", "UID"},
 		},
 		{
@@ -111,26 +115,32 @@ func TestBuildCommandShapes(t *testing.T) {
 		},
 	}
 	for _, c := range cases {
-		argv, skipped, err := BuildCommand(c.command, c.args, c.env, c.cwd)
+		cmd, err := BuildCommand(c.command, c.args, c.env, c.cwd)
+		argv, skipped := cmd.Argv, cmd.Skipped
 		is.NoErr(err)
 		is.Equal(argv, c.want)       // argv
 		is.Equal(skipped, c.skipped) // skipped names
+		is.Equal(string(cmd.Preamble), c.stdin)
 	}
+}
+
+func envScript(n int) string {
+	return fmt.Sprintf(`__paperclip_env=$(dd bs=1 count=%d 2>/dev/null) && eval "$__paperclip_env" && [ "${__paperclip_env_ok:-}" = 1 ] || { echo "paperclip-k8s: could not read the command's environment from stdin (the image needs dd)" >&2; exit 127; }; unset __paperclip_env __paperclip_env_ok; `, n)
 }
 
 func TestBuildCommandErrors(t *testing.T) {
 	is := is.New(t)
-	_, _, err := BuildCommand("", nil, nil, "")
+	_, err := BuildCommand("", nil, nil, "")
 	is.True(errors.Is(err, ErrEmptyCommand))
-	_, _, err = BuildCommand("", []string{"x"}, nil, "")
+	_, err = BuildCommand("", []string{"x"}, nil, "")
 	is.True(errors.Is(err, ErrEmptyCommand))
-	_, _, err = BuildCommand("a\x00b", nil, nil, "")
+	_, err = BuildCommand("a\x00b", nil, nil, "")
 	is.True(err != nil)
-	_, _, err = BuildCommand("sh", []string{"-c", "\x00"}, nil, "")
+	_, err = BuildCommand("sh", []string{"-c", "\x00"}, nil, "")
 	is.True(err != nil)
-	_, _, err = BuildCommand("sh", nil, nil, "/a\x00")
+	_, err = BuildCommand("sh", nil, nil, "/a\x00")
 	is.True(err != nil)
-	_, _, err = BuildCommand("sh", nil, map[string]string{"SECRET": "top\x00secret-value"}, "")
+	_, err = BuildCommand("sh", nil, map[string]string{"SECRET": "top\x00secret-value"}, "")
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "SECRET"))        // names the variable
 	is.True(!strings.Contains(err.Error(), "secret-value")) // never the value
@@ -186,10 +196,16 @@ func TestBuildCommandRoundTripLocalShell(t *testing.T) {
 	command, args, names := envRequest(env)
 
 	for _, cwd := range []string{dir, dirName} { // absolute and relative
-		argv, skipped, err := BuildCommand(command, args, env, cwd)
+		built, err := BuildCommand(command, args, env, cwd)
 		is.NoErr(err)
-		is.Equal(skipped, []string{"NOT-VALID", "PATH"})
-		cmd := osexec.Command(argv[0], argv[1:]...)
+		is.Equal(built.Skipped, []string{"NOT-VALID", "PATH"})
+		for _, v := range env {
+			if len(v) >= 4 {
+				is.True(!strings.Contains(strings.Join(built.Argv, " "), v)) // values never in the argv
+			}
+		}
+		cmd := osexec.Command(built.Argv[0], built.Argv[1:]...)
+		cmd.Stdin = bytes.NewReader(built.Preamble)
 		cmd.Dir = base
 		cmd.Env = []string{"PATH=/usr/bin:/bin"}
 		out, err := cmd.Output()
@@ -198,18 +214,19 @@ func TestBuildCommandRoundTripLocalShell(t *testing.T) {
 	}
 
 	// PATH was not exported: the command sees the caller's PATH.
-	argv, _, err := BuildCommand("/bin/sh", []string{"-c", `printf %s "$PATH"`}, map[string]string{"PATH": "/host/only", "X": "1"}, "")
+	built, err := BuildCommand("/bin/sh", []string{"-c", `printf %s "$PATH"`}, map[string]string{"PATH": "/host/only", "X": "1"}, "")
 	is.NoErr(err)
-	cmd := osexec.Command(argv[0], argv[1:]...)
+	cmd := osexec.Command(built.Argv[0], built.Argv[1:]...)
+	cmd.Stdin = bytes.NewReader(built.Preamble)
 	cmd.Env = []string{"PATH=/usr/bin:/bin"}
 	out, err := cmd.Output()
 	is.NoErr(err)
 	is.Equal(string(out), "/usr/bin:/bin")
 
 	// A missing cwd fails with exit status 1 and the shell's message.
-	argv, _, err = BuildCommand("true", nil, nil, filepath.Join(base, "missing"))
+	built, err = BuildCommand("true", nil, nil, filepath.Join(base, "missing"))
 	is.NoErr(err)
-	cmd = osexec.Command(argv[0], argv[1:]...)
+	cmd = osexec.Command(built.Argv[0], built.Argv[1:]...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	err = cmd.Run()

@@ -9,15 +9,15 @@
 //
 // Secrets: Request.Env values and Request.Stdin are treated as secret. This
 // package writes no logs, and every error it returns is scrubbed of the exec
-// URL's query (which carries the argv, and so the env values) and of every
-// env value of 4 bytes or more (raw and in the usual encodings); stdin is
-// never put into an error. Note that env values do travel in the argv, so
-// they are visible wherever the exec request URL or the process's argv is:
-// the API server's audit log (requestURI) if auditing is on, verbose
-// client-go/apiserver/kubelet logs, and /proc/<pid>/cmdline inside the pod.
+// URL's query and of every env value of 4 bytes or more (raw and in the
+// usual encodings); stdin is never put into an error. Env values do not
+// travel in the argv (which is in the exec URL, so in API server audit logs,
+// and in /proc/<pid>/cmdline in the pod): they go first on the command's
+// stdin and the wrapper shell reads them from there (see BuildCommand).
 package exec
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -296,10 +296,19 @@ func (e *Executor) streamExecutor(u *url.URL, used *atomic.Value) (remotecommand
 func (e *Executor) Run(ctx context.Context, req Request) (*Result, error) {
 	start := time.Now()
 	res := &Result{}
-	argv, skipped, err := BuildCommand(req.Command, req.Args, req.Env, req.Cwd)
-	res.SkippedEnv = skipped
+	cmd, err := BuildCommand(req.Command, req.Args, req.Env, req.Cwd)
+	res.SkippedEnv = cmd.Skipped
 	if err != nil {
 		return res, err
+	}
+	argv := cmd.Argv
+	if len(cmd.Preamble) > 0 {
+		// The environment goes first on stdin (see BuildCommand).
+		rest := req.Stdin
+		if rest == nil {
+			rest = bytes.NewReader(nil)
+		}
+		req.Stdin = io.MultiReader(bytes.NewReader(cmd.Preamble), rest)
 	}
 	if req.Namespace == "" || req.Pod == "" {
 		return res, errors.New("exec: namespace and pod are required")
