@@ -3,7 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 	"slices"
 	"strings"
 	"sync"
@@ -234,40 +234,6 @@ func TestWorkerBadLines(t *testing.T) {
 	}
 }
 
-// lineGen streams head, n filler bytes and tail without holding the filler.
-type lineGen struct {
-	head, tail []byte
-	n          int64
-	block      [64 << 10]byte
-}
-
-func newLineGen(head string, n int64, tail string) *lineGen {
-	g := &lineGen{head: []byte(head), n: n, tail: []byte(tail)}
-	for i := range g.block {
-		g.block[i] = 'a'
-	}
-	return g
-}
-
-func (g *lineGen) Read(p []byte) (int, error) {
-	switch {
-	case len(g.head) > 0:
-		n := copy(p, g.head)
-		g.head = g.head[n:]
-		return n, nil
-	case g.n > 0:
-		k := int(min(int64(len(p)), g.n, int64(len(g.block))))
-		copy(p[:k], g.block[:k])
-		g.n -= int64(k)
-		return k, nil
-	case len(g.tail) > 0:
-		n := copy(p, g.tail)
-		g.tail = g.tail[n:]
-		return n, nil
-	}
-	return 0, io.EOF
-}
-
 func TestWorkerHugeLine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("streams 400 MiB through the worker")
@@ -279,7 +245,7 @@ func TestWorkerHugeLine(t *testing.T) {
 	// The id comes before the huge params: it is recovered from the line's
 	// start and the request is refused as too large.
 	start := time.Now()
-	if err := w.sendFrom(newLineGen(`{"jsonrpc":"2.0","id":4242,"method":"environmentExecute","params":{"command":"`, size, `"}}`+"\n")); err != nil {
+	if err := w.sendFrom(testutil.HugeLine(`{"jsonrpc":"2.0","id":4242,"method":"environmentExecute","params":{"command":"`, size, `"}}`+"\n")); err != nil {
 		t.Fatal(err)
 	}
 	m := w.reply("4242")
@@ -289,7 +255,7 @@ func TestWorkerHugeLine(t *testing.T) {
 	}
 	// The huge value first: no id can be recovered; the error has id null.
 	before := len(w.stdoutLines())
-	if err := w.sendFrom(newLineGen(`{"params":{"command":"`, size, `"},"jsonrpc":"2.0","id":4343,"method":"environmentExecute"}`+"\n")); err != nil {
+	if err := w.sendFrom(testutil.HugeLine(`{"params":{"command":"`, size, `"},"jsonrpc":"2.0","id":4343,"method":"environmentExecute"}`+"\n")); err != nil {
 		t.Fatal(err)
 	}
 	m = w.nextLine(t, before)

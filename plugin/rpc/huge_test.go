@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 	"io"
 	"runtime"
 	"strings"
@@ -14,44 +15,6 @@ import (
 
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
 )
-
-// lineGen streams head, n filler bytes, then tail, without ever holding the
-// filler in memory.
-type lineGen struct {
-	head  []byte
-	n     int64
-	tail  []byte
-	block [32 << 10]byte
-}
-
-func newLineGen(head string, n int64, tail string) *lineGen {
-	g := &lineGen{head: []byte(head), n: n, tail: []byte(tail)}
-	for i := range g.block {
-		g.block[i] = 'a'
-	}
-	return g
-}
-
-func (g *lineGen) Read(p []byte) (int, error) {
-	switch {
-	case len(g.head) > 0:
-		n := copy(p, g.head)
-		g.head = g.head[n:]
-		return n, nil
-	case g.n > 0:
-		k := int(min(int64(len(p)), g.n))
-		for i := 0; i < k; {
-			i += copy(p[i:k], g.block[:])
-		}
-		g.n -= int64(k)
-		return k, nil
-	case len(g.tail) > 0:
-		n := copy(p, g.tail)
-		g.tail = g.tail[n:]
-		return n, nil
-	}
-	return 0, io.EOF
-}
 
 func memStats() runtime.MemStats {
 	runtime.GC()
@@ -87,7 +50,7 @@ func TestHugeLineDefaultLimit(t *testing.T) {
 	}
 	is := is.New(t)
 	h := rpc.HandlerFunc(func(context.Context, string, json.RawMessage) (any, error) { return "ok", nil })
-	in := newLineGen(`{"jsonrpc":"2.0","id":7,"method":"environmentExecute","params":{"stdin":"`, fillerMiB<<20,
+	in := testutil.HugeLine(`{"jsonrpc":"2.0","id":7,"method":"environmentExecute","params":{"stdin":"`, fillerMiB<<20,
 		`"}}`+"\n"+`{"jsonrpc":"2.0","id":8,"method":"health"}`+"\n")
 	var out bytes.Buffer
 	before := memStats()
@@ -117,13 +80,13 @@ func TestHugeLineSmallLimit(t *testing.T) {
 	const mib = int64(1 << 20)
 	var readers []io.Reader
 	// a request: id recovered → -32600 with that id
-	readers = append(readers, newLineGen(`{"jsonrpc":"2.0","id":"big","method":"environmentSyncIn","params":{"b64":"`, fillerMiB*mib, `"}}`+"\n"))
+	readers = append(readers, testutil.HugeLine(`{"jsonrpc":"2.0","id":"big","method":"environmentSyncIn","params":{"b64":"`, fillerMiB*mib, `"}}`+"\n"))
 	// no id before the filler: parse error with id null
-	readers = append(readers, newLineGen(`{"params":{"b64":"`, 8*mib, `"},"id":1}`+"\n"))
+	readers = append(readers, testutil.HugeLine(`{"params":{"b64":"`, 8*mib, `"},"id":1}`+"\n"))
 	// a notification: no reply
-	readers = append(readers, newLineGen(`{"jsonrpc":"2.0","method":"onEvent","params":{"b64":"`, 8*mib, `"}}`+"\n"))
+	readers = append(readers, testutil.HugeLine(`{"jsonrpc":"2.0","method":"onEvent","params":{"b64":"`, 8*mib, `"}}`+"\n"))
 	// a plain over-long line of filler
-	readers = append(readers, newLineGen("", 8*mib, "\n"))
+	readers = append(readers, testutil.HugeLine("", 8*mib, "\n"))
 	readers = append(readers, strings.NewReader(`{"jsonrpc":"2.0","id":9,"method":"health"}`+"\n"))
 	var out bytes.Buffer
 	before := memStats()
