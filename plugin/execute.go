@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
@@ -37,11 +40,43 @@ type ExecuteResult struct {
 }
 
 // leaseState is what the worker remembers of a lease between calls: the
-// pod it found ready, pinned by UID.
+// pod it found ready, pinned by UID, and a watch on that pod that records
+// when it is deleted, replaced or terminal — so a command never runs in a
+// pod that replaced the lease's, without an API call per command.
 type leaseState struct {
 	workloadUID string
 	podName     string
 	podUID      string
+
+	stop context.CancelFunc
+	mu   sync.Mutex
+	// lost is why the pod can no longer be used; following says whether
+	// the watch is still running (when it is not and lost is nil, the pod
+	// is checked with a read instead).
+	lost      error
+	following bool
+}
+
+// follow watches the lease's pod until it is gone, replaced or terminal,
+// or until ctx ends.
+func (st *leaseState) follow(ctx context.Context, e *engine.Engine, podSpec *engine.Spec, pod *unstructured.Unstructured) {
+	st.following = true
+	go func() {
+		_, _, err := e.Wait(ctx, podSpec, pod) // no state is wanted: follow to the end
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		st.following = false
+		var te *engine.TerminalError
+		if engine.IsGone(err) || errors.As(err, &te) {
+			st.lost = err
+		}
+	}()
+}
+
+func (st *leaseState) status() (lost error, following bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.lost, st.following
 }
 
 // Execute runs a command in the lease's pod (exec backends), or awaits the
@@ -116,8 +151,8 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		// The pod may be gone: say so rather than a bare transport error.
 		checkCtx, cancelCheck := context.WithTimeout(ctx, 10*time.Second)
 		defer cancelCheck()
-		if _, gerr := p.checkPod(checkCtx, cl, ref, st); gerr != nil {
-			p.leases.Delete(id)
+		if _, gerr := p.checkPod(checkCtx, cl, ref, st, true); gerr != nil {
+			p.forget(id)
 			return ExecuteResult{}, gerr
 		}
 		return ExecuteResult{}, fmt.Errorf("running the command in pod %s/%s: %w", ref.Namespace, st.podName, err)
@@ -137,7 +172,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, m LeaseMetadata) (*leaseState, error) {
 	if v, ok := p.leases.Load(ref.Name); ok {
 		st := v.(*leaseState)
-		return p.checkPod(ctx, cl, ref, st)
+		return p.checkPod(ctx, cl, ref, st, false)
 	}
 	w, err := cl.engine.Get(ctx, ref)
 	if err != nil {
@@ -159,13 +194,32 @@ func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, m 
 		return nil, err
 	}
 	st := &leaseState{workloadUID: string(w.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID())}
-	p.leases.Store(ref.Name, st)
+	// The watch lives until the pod ends, the lease is released, or a day
+	// past the lease's expiry at the latest.
+	life := 24 * time.Hour
+	if exp, err := time.Parse(time.RFC3339, m.ExpiresAt); err == nil {
+		life += time.Until(exp)
+	}
+	fctx, stop := context.WithTimeout(context.Background(), life)
+	st.stop = stop
+	st.follow(fctx, cl.engine, podSpec, pod)
+	if old, loaded := p.leases.Swap(ref.Name, st); loaded {
+		old.(*leaseState).stop()
+	}
 	return st, nil
 }
 
 // checkPod verifies that the remembered pod still exists with its UID and
-// is not terminating.
-func (p *Provider) checkPod(ctx context.Context, cl *cluster, ref engine.Ref, st *leaseState) (*leaseState, error) {
+// is not terminating: from the pod's watch when it runs, else with a read.
+// With read set, it reads the pod whatever the watch says.
+func (p *Provider) checkPod(ctx context.Context, cl *cluster, ref engine.Ref, st *leaseState, read bool) (*leaseState, error) {
+	lost, following := st.status()
+	if lost != nil {
+		return nil, fmt.Errorf("the pod of %s can no longer be used (%v); its workspace is lost, acquire a new lease", ref, lost)
+	}
+	if following && !read {
+		return st, nil
+	}
 	podSpec, _ := p.Catalog.Pod()
 	pod, err := cl.engine.Get(ctx, engine.Ref{Spec: podSpec, Namespace: ref.Namespace, Name: st.podName, UID: typesUID(st.podUID)})
 	if err != nil {
@@ -219,4 +273,11 @@ func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, m
 	}
 	out.Stdout = string(logs)
 	return out, nil
+}
+
+// forget drops what the worker remembers of a lease and stops its watch.
+func (p *Provider) forget(id string) {
+	if v, ok := p.leases.LoadAndDelete(id); ok {
+		v.(*leaseState).stop()
+	}
 }

@@ -403,7 +403,7 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 		return nil, nil
 	}
 	id := *in.ProviderLeaseID
-	p.leases.Delete(id)
+	p.forget(id)
 	cfg, err := p.parseConfig(in.Config)
 	if err != nil {
 		return nil, err

@@ -406,6 +406,12 @@ func TestHookResume(t *testing.T) {
 		newPod := h.waitPod(l, string(pod.UID))
 		is.True(newPod.UID != pod.UID)
 		expired(live, "pod replaced")
+		// The worker pinned the first pod at the first execute: a command
+		// must not run in the replacement (its workspace is not the lease's).
+		m, _ := h.w.call("environmentExecute", h.execParams(l, "true", nil))
+		if m.err == nil || !strings.Contains(m.err.Message, "workspace is lost") {
+			t.Fatalf("execute after the pod was replaced: want an error that the workspace is lost, got %s / %v", m.result, m.err)
+		}
 		t.Logf("%d resumes during the replacement, all expired", calls)
 
 		// The workload deleted: expired.
