@@ -281,7 +281,18 @@ func (n *Node) Close() {
 	<-n.serveDone
 	n.killLeftovers()
 	n.wg.Wait()
-	n.killLeftovers()
+	// Kill until no group of ours has a member left (a process caught in
+	// the middle of an exec is only recognised a moment later); bounded.
+	for i := 0; i < 50; i++ {
+		n.killLeftovers()
+		n.mu.Lock()
+		left := len(n.pgids)
+		n.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if n.ownRoot {
 		_ = os.RemoveAll(n.root)
 	}

@@ -36,6 +36,7 @@ func (n *Node) killLeftovers() {
 	}
 	needle := []byte("EXECNODE_INSTANCE=" + n.marker + "\x00")
 	kill := map[int]struct{}{}
+	present := map[int]struct{}{}
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -48,6 +49,7 @@ func (n *Node) killLeftovers() {
 		if _, ours := pgids[pgid]; !ours {
 			continue
 		}
+		present[pgid] = struct{}{}
 		if _, done := kill[pgid]; done {
 			continue
 		}
@@ -60,9 +62,11 @@ func (n *Node) killLeftovers() {
 	for g := range kill {
 		_ = killGroup(g)
 	}
+	// Forget only groups with no member left: a member caught in the middle
+	// of an exec (its environ briefly unreadable) is found by a later pass.
 	n.mu.Lock()
 	for g := range pgids {
-		if _, alive := kill[g]; !alive {
+		if _, alive := present[g]; !alive {
 			delete(n.pgids, g)
 		}
 	}
