@@ -13,13 +13,18 @@ type Permission struct {
 }
 
 // scopeVerbs are the calls the engine makes on objects of each scope:
-// tenant objects are server-side applied (patch; create when absent) and
-// pruned (get, delete); run objects are only created and deleted (never
+// tenant objects are server-side applied (patch; create when absent) and,
+// when their file has conditions, pruned (get, delete: see pruneVerbs); run objects are only created and deleted (never
 // read: a cluster-wide "get secrets" would let the provider read every
 // Secret of the cluster); backends are also read, listed and watched
 // (Wait); pods are read, listed and watched.
+// pruneVerbs are added for tenant objects that can be pruned (files with
+// "when" conditions): nothing else is ever read back or deleted, so, for
+// instance, the provider cannot delete namespaces.
+var pruneVerbs = []string{"get", "delete"}
+
 var scopeVerbs = map[Scope][]string{
-	ScopeTenant:  {"get", "create", "patch", "delete"},
+	ScopeTenant:  {"create", "patch"},
 	ScopeRun:     {"create", "delete"},
 	ScopeBackend: {"get", "list", "watch", "create", "delete"},
 	ScopePod:     {"get", "list", "watch"},
@@ -43,6 +48,9 @@ func (c *Catalog) Permissions() []Permission {
 			continue
 		}
 		add(s.API.Group, s.API.Resource, scopeVerbs[s.Scope]...)
+		if s.Scope == ScopeTenant && len(s.When) > 0 {
+			add(s.API.Group, s.API.Resource, pruneVerbs...)
+		}
 		if s.Scope == ScopeBackend {
 			// Run objects are owned by the workload with blockOwnerDeletion;
 			// clusters that enforce ownerReference permissions
