@@ -90,6 +90,19 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 	} else {
 		meta["backendApiVersion"] = r.GVK.GroupVersion().String()
 	}
+	// Every version of the backend's API the server serves, for the
+	// operator (e.g. agent-sandbox v1beta1 and the deprecated v1alpha1).
+	var served []string
+	for _, v := range backend.API.Versions {
+		gv := v
+		if backend.API.Group != "" {
+			gv = backend.API.Group + "/" + v
+		}
+		if _, err := cl.kube.Discovery().ServerResourcesForGroupVersion(gv); err == nil {
+			served = append(served, gv)
+		}
+	}
+	meta["backendApiVersionsServed"] = served
 	for _, d := range p.accessReviews(ctx, cl, cfg, ns) {
 		if d.Severity == "error" {
 			ok = false

@@ -156,6 +156,7 @@ func TestHookProbe(t *testing.T) {
 		}
 		is.Equal(r.Metadata["namespace"], h.namespace())
 		is.Equal(r.Metadata["backendApiVersion"], "agents.x-k8s.io/v1beta1")
+		is.Equal(r.Metadata["backendApiVersionsServed"], []any{"agents.x-k8s.io/v1beta1"}) // this CRD serves v1beta1 only
 		is.True(strings.HasPrefix(r.Metadata["serverVersion"].(string), "v1."))
 	})
 	t.Run("ServiceAccount bound to nothing", func(t *testing.T) {
