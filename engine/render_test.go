@@ -189,8 +189,8 @@ func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {
 	is.Equal(perms["batch/jobs"], []string{"create", "delete", "get", "list", "watch"})
 	is.Equal(perms["agents.x-k8s.io/sandboxes/finalizers"], []string{"update"})
 	is.Equal(perms["networking.k8s.io/networkpolicies"], []string{"create", "delete", "get", "patch"}) // tenant ∪ run
-	is.Equal(perms["/namespaces"], []string{"create", "patch"}) // never read back or deleted
-	is.Equal(perms["/secrets"], []string{"create", "delete"})  // never read
+	is.Equal(perms["/namespaces"], []string{"create", "patch"})                                        // never read back or deleted
+	is.Equal(perms["/secrets"], []string{"create", "delete"})                                          // never read
 	for _, s := range c.All() {
 		if s.API != nil {
 			_, ok := perms[s.API.Group+"/"+s.API.Resource]

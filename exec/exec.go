@@ -104,8 +104,16 @@ type Request struct {
 	// MaxStdout and MaxStderr cap the bytes kept per stream: 0 means
 	// DefaultMaxOutput, a negative value means no cap. Exceeding a cap
 	// fails closed: the streams are torn down and Run returns an
-	// *OutputLimitError.
+	// *OutputLimitError. MaxStdout does not apply when Stdout is set.
 	MaxStdout, MaxStderr int64
+
+	// Stdout, if non-nil, receives the command's stdout as it arrives
+	// instead of the Result: nothing of stdout is buffered, capped or
+	// passed to OnOutput, and Result.Stdout stays empty. Writes are
+	// serialised and none happen after Run returns. A write error stops
+	// the command: the streams are torn down and Run returns a
+	// *StdoutWriteError wrapping it. For large outputs (file transfers).
+	Stdout io.Writer
 
 	// OnOutput, if set, is called with output as it arrives, stream being
 	// "stdout" or "stderr", in chunks of at most MaxChunk bytes. Calls are
@@ -148,6 +156,18 @@ func (e *OutputLimitError) Error() string {
 	}
 	return fmt.Sprintf("exec: %s exceeded the %s cap of %d bytes; the command was stopped", e.Stream, field, e.Limit)
 }
+
+// StdoutWriteError reports that Request.Stdout failed a write; the command
+// was stopped.
+type StdoutWriteError struct {
+	Err error
+}
+
+func (e *StdoutWriteError) Error() string {
+	return "exec: writing the command's stdout: " + e.Err.Error() + "; the command was stopped"
+}
+
+func (e *StdoutWriteError) Unwrap() error { return e.Err }
 
 // ErrTransport wraps failures to run the command or to learn its outcome
 // (connection, upgrade, API errors such as a missing pod, runtime errors).
@@ -334,6 +354,12 @@ func (e *Executor) Run(ctx context.Context, req Request) (*Result, error) {
 	out := &sink{onOutput: req.OnOutput, cancel: cancel}
 	stdout := &streamBuffer{sink: out, name: "stdout", max: capOf(req.MaxStdout)}
 	stderr := &streamBuffer{sink: out, name: "stderr", max: capOf(req.MaxStderr)}
+	var stdoutW io.Writer = stdout
+	var direct *directWriter
+	if req.Stdout != nil {
+		direct = &directWriter{dst: req.Stdout, cancel: cancel}
+		stdoutW = direct
+	}
 	var stdin io.Reader
 	var stdinGuard *guardedReader
 	if req.Stdin != nil {
@@ -349,13 +375,18 @@ func (e *Executor) Run(ctx context.Context, req Request) (*Result, error) {
 	}
 	streamErr := sx.StreamWithContext(runCtx, remotecommand.StreamOptions{
 		Stdin:  stdin,
-		Stdout: stdout,
+		Stdout: stdoutW,
 		Stderr: stderr,
 	})
 	if stdinGuard != nil {
 		stdinGuard.stop()
 	}
 	limitErr := out.close()
+	if direct != nil {
+		if werr := direct.close(); werr != nil && limitErr == nil {
+			limitErr = werr
+		}
+	}
 	res.Transport = used.Load().(string)
 	res.Stdout, res.Stderr = stdout.buf, stderr.buf
 	res.Duration = time.Since(start)

@@ -88,3 +88,45 @@ func (g *guardedReader) stop() {
 	g.stopped = true
 	g.mu.Unlock()
 }
+
+// directWriter passes stdout to Request.Stdout; after close nothing more
+// reaches it (close waits for a write in progress).
+type directWriter struct {
+	mu     sync.Mutex
+	dst    io.Writer
+	closed bool
+	err    error
+	cancel context.CancelCauseFunc
+}
+
+func (w *directWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.closed {
+		return 0, errStreamClosed
+	}
+	n, err := w.dst.Write(p)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		w.err = &StdoutWriteError{Err: err}
+		w.cancel(w.err)
+		return n, w.err
+	}
+	return n, nil
+}
+
+// close stops further writes and returns the write error, if any.
+func (w *directWriter) close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.closed = true
+	if w.err != nil {
+		return w.err
+	}
+	return nil
+}

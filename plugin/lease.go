@@ -187,7 +187,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		WorkloadName: name, WorkloadAPIVersion: workload.GetAPIVersion(), WorkloadKind: workload.GetKind(),
 		WorkloadUID: string(workload.GetUID()), SandboxName: name, SecretName: name + "-env",
 		ScopedNetworkEgress: grant, RemoteCwd: cfg.WorkspacePath, ExpiresAt: deadline.UTC().Format(time.RFC3339),
-		Phase: "Pending", NativeFileSyncUnsupported: true,
+		Phase: "Pending", NativeFileSyncUnsupported: backend.Backend.Mode != "exec",
 	}
 	var created []engine.Ref
 	for _, s := range p.Catalog.Scoped(engine.ScopeRun) {
@@ -372,6 +372,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	m.WorkloadUID = string(w.GetUID())
 	m.Phase = string(st.State)
 	m.ResumedLease = true
+	m.NativeFileSyncUnsupported = ref.Spec.Backend.Mode != "exec"
 	out := Lease{ProviderLeaseID: in.ProviderLeaseID, Metadata: m.toMap()}
 	if m.ExpiresAt != "" {
 		out.ExpiresAt = strPtr(m.ExpiresAt)

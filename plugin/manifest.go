@@ -42,8 +42,8 @@ func Manifest() (map[string]any, error) {
 			"supportsReusableLeases": true,
 			"sandboxCapabilities": map[string]any{
 				"reusableLeases": true,
-				"nativeSyncIn":   false,
-				"nativeSyncOut":  false,
+				"nativeSyncIn":   true,
+				"nativeSyncOut":  true,
 			},
 		}},
 	}, nil

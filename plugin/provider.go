@@ -1,6 +1,6 @@
 // Package plugin is the Paperclip environment provider: it answers the
 // host's environment hooks (validate, probe, acquire, resume, release,
-// destroy, realize, execute) with the engine, the exec layer and the
+// destroy, realize, execute, file sync) with the engine, the exec layer and the
 // provider policy. Nothing here knows a Kubernetes kind: backends are data
 // files and say how they are used.
 package plugin
@@ -66,7 +66,25 @@ func (p *Provider) Methods() *rpc.Mux {
 	m.Register(rpc.MethodEnvironmentDestroyLease, rpc.Typed(p.DestroyLease))
 	m.Register(rpc.MethodEnvironmentRealizeWorkspace, rpc.Typed(p.RealizeWorkspace))
 	m.Register(rpc.MethodEnvironmentExecute, rpc.Typed(p.Execute))
+	// Native file sync needs an exec channel into a pod: it is offered when
+	// a loaded backend has one (a lease of another backend gets an error,
+	// and carries nativeFileSyncUnsupported so the host does not ask).
+	if p.hasExecBackend() {
+		m.Register(rpc.MethodEnvironmentSyncIn, rpc.Typed(p.SyncIn))
+		m.Register(rpc.MethodEnvironmentSyncOut, rpc.Typed(p.SyncOut))
+	}
 	return m
+}
+
+// hasExecBackend reports whether a loaded backend runs commands through
+// pods/exec.
+func (p *Provider) hasExecBackend() bool {
+	for _, name := range p.Catalog.BackendNames() {
+		if s, err := p.backend(name); err == nil && s.Backend.Mode == "exec" {
+			return true
+		}
+	}
+	return false
 }
 
 // BaseParams are sent with every environment hook.

@@ -248,7 +248,7 @@ func testAcquire(t *testing.T, backend string) {
 	is.Equal(l.meta("remoteCwd"), "/workspace")
 	is.Equal(l.meta("secretName"), l.id()+"-env")
 	is.Equal(l.meta("workloadKind"), kind)
-	is.Equal(l.Metadata["nativeFileSyncUnsupported"], true)
+	is.Equal(l.Metadata["nativeFileSyncUnsupported"], backend == "job") // native sync needs the exec channel
 	is.True(l.ExpiresAt != nil)
 	exp, err := time.Parse(time.RFC3339, *l.ExpiresAt)
 	is.NoErr(err)
@@ -349,6 +349,7 @@ func TestHookResume(t *testing.T) {
 		h.w.mustCall("environmentResumeLease", h.leaseParams(l), &live)
 		is.Equal(live.id(), l.id())
 		is.Equal(live.Metadata["resumedLease"], true)
+		is.Equal(live.Metadata["nativeFileSyncUnsupported"], false)
 		is.Equal(live.meta("phase"), "Ready")
 		is.Equal(live.meta("workloadUid"), l.meta("workloadUid"))
 		is.True(live.meta("podUid") != "")
