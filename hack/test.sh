@@ -18,6 +18,16 @@ echo "== Node 24 + paperclip-server"
 PAPERCLIP_CACHE=$(bash hack/install-paperclip.sh | tail -n 1)
 echo "$PAPERCLIP_CACHE"
 
+echo "== busybox (the sync scripts are also tested with BusyBox's sh and tar)"
+if ! command -v busybox >/dev/null 2>&1; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+	else
+		echo "busybox is missing: install busybox-static (apt) to test the sync scripts with BusyBox"
+	fi
+fi
+command -v busybox || true
+
 echo "== gofmt, go vet"
 bad=$(gofmt -l $(git ls-files '*.go' | grep -v '^hack/') 2>/dev/null || true)
 if [ -n "$bad" ]; then echo "gofmt would change:"; echo "$bad"; exit 1; fi
