@@ -96,6 +96,14 @@ type Pods struct {
 	Find      []PodFind `json:"find"`
 }
 
+// Backend modes.
+const (
+	// ModeExec: commands run in the workload's long-lived pod.
+	ModeExec = "exec"
+	// ModeLogs: the workload runs to completion; its pod's log is the output.
+	ModeLogs = "logs"
+)
+
 // Backend says how the provider uses a workload.
 type Backend struct {
 	// Mode is "exec" (run commands in a long-lived pod) or "logs" (await

@@ -112,7 +112,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 	waitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	meta := map[string]any{"provider": "kubernetes", "backend": ref.Spec.Name, "namespace": ref.Namespace, "workloadName": ref.Name}
-	if ref.Spec.Backend.Mode == "logs" {
+	if ref.Spec.Backend.Mode == engine.ModeLogs {
 		return p.awaitLogs(waitCtx, cl, ref, meta)
 	}
 

@@ -108,7 +108,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		return Lease{}, err
 	}
 	lifetime := cfg.PodActivityDeadlineSec
-	if backend.Backend.Mode == "exec" {
+	if backend.Backend.Mode == engine.ModeExec {
 		lifetime = cfg.SandboxLifetimeSec
 	}
 	now := p.Now()
@@ -162,7 +162,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		"id":               policy.LabelValue(in.RunID),
 		"name":             name,
 		"secretName":       name + "-env",
-		"egressPolicyName": name + "-egress",
+		"egressPolicyName": name + "-egress", // see ScopedNetworkPolicyName below
 		"labels":           labels,
 		"image":            image,
 		"resources":        cfg.DefaultResources,
@@ -187,7 +187,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		WorkloadName: name, WorkloadAPIVersion: workload.GetAPIVersion(), WorkloadKind: workload.GetKind(),
 		WorkloadUID: string(workload.GetUID()), SandboxName: name, SecretName: name + "-env",
 		ScopedNetworkEgress: grant, RemoteCwd: cfg.WorkspacePath, ExpiresAt: deadline.UTC().Format(time.RFC3339),
-		Phase: "Pending", NativeFileSyncUnsupported: backend.Backend.Mode != "exec",
+		Phase: "Pending", NativeFileSyncUnsupported: backend.Backend.Mode != engine.ModeExec,
 	}
 	var created []engine.Ref
 	for _, s := range p.Catalog.Scoped(engine.ScopeRun) {
@@ -200,7 +200,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		}
 		created = append(created, engine.RefOf(s, o))
 		meta.RunObjects = append(meta.RunObjects, s.Name+"/"+o.GetName())
-		if s.Name != "secret" {
+		if o.GetName() == name+"-egress" {
 			meta.ScopedNetworkPolicyName = o.GetName()
 		}
 	}
@@ -348,7 +348,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	// Once the lease knows its pod (m.PodUID), that pod must still be there
 	// whatever the workload's state: while a replacement pod starts, the
 	// workload is not Ready, yet the lease's workspace is already lost.
-	if ref.Spec.Backend.Mode == "exec" && (st.State == engine.Ready || m.PodUID != "") {
+	if ref.Spec.Backend.Mode == engine.ModeExec && (st.State == engine.Ready || m.PodUID != "") {
 		pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
 		if err != nil {
 			if errors.Is(err, engine.ErrNoPod) {
@@ -372,7 +372,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	m.WorkloadUID = string(w.GetUID())
 	m.Phase = string(st.State)
 	m.ResumedLease = true
-	m.NativeFileSyncUnsupported = ref.Spec.Backend.Mode != "exec"
+	m.NativeFileSyncUnsupported = ref.Spec.Backend.Mode != engine.ModeExec
 	out := Lease{ProviderLeaseID: in.ProviderLeaseID, Metadata: m.toMap()}
 	if m.ExpiresAt != "" {
 		out.ExpiresAt = strPtr(m.ExpiresAt)

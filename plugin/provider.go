@@ -80,7 +80,7 @@ func (p *Provider) Methods() *rpc.Mux {
 // pods/exec.
 func (p *Provider) hasExecBackend() bool {
 	for _, name := range p.Catalog.BackendNames() {
-		if s, err := p.backend(name); err == nil && s.Backend.Mode == "exec" {
+		if s, err := p.backend(name); err == nil && s.Backend.Mode == engine.ModeExec {
 			return true
 		}
 	}

@@ -156,7 +156,7 @@ func (p *Provider) sync(ctx context.Context, in SyncParams, method string) (Sync
 	if err != nil {
 		return out, err
 	}
-	if ref.Spec.Backend.Mode != "exec" {
+	if ref.Spec.Backend.Mode != engine.ModeExec {
 		return out, rpc.Errorf(rpc.CodeInvalidParams, "%s is not supported for the %q backend: it runs the workload to completion and has no exec channel into a pod (its leases say nativeFileSyncUnsupported, so the host uses its own transfer)", method, ref.Spec.Name)
 	}
 	root := strings.TrimSpace(m.RemoteCwd)
