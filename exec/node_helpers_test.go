@@ -78,8 +78,6 @@ func (tn *testNode) executor(tb testing.TB, tr Transport) *Executor {
 	return e
 }
 
-func (tn *testNode) workDir() string { return tn.node.WorkDir(testNS, testPod) }
-
 func req(command string, args ...string) Request {
 	return Request{Namespace: testNS, Pod: testPod, Container: testContainer, Command: command, Args: args, Timeout: 60 * time.Second}
 }

@@ -432,7 +432,7 @@ func scanArchive(r io.Reader, exclude []string, visit func(e archiveEntry, body 
 		}
 		var kind byte
 		switch hdr.Typeflag {
-		case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+		case tar.TypeReg, tar.TypeGNUSparse: // the reader reports the old TypeRegA as TypeReg
 			kind = tar.TypeReg
 		case tar.TypeDir, tar.TypeSymlink, tar.TypeLink:
 			kind = hdr.Typeflag

@@ -526,7 +526,7 @@ func TestSyncScriptsLocal(t *testing.T) {
 
 			// A directory mapping replaces the old directory as a whole.
 			write(t, filepath.Join(root, "dir", "stale"), "old", 0o644)
-			code, stderr = upload([]uploadItem{{kind: "directory", source: filepath.Join(host, "d")}}, "directory", "dir", "0750")
+			code, _ = upload([]uploadItem{{kind: "directory", source: filepath.Join(host, "d")}}, "directory", "dir", "0750")
 			is.Equal(code, 0)
 			_, err = os.Stat(filepath.Join(root, "dir", "stale"))
 			is.True(errors.Is(err, fs.ErrNotExist))
@@ -671,7 +671,7 @@ func TestSyncScriptsLocal(t *testing.T) {
 
 			// Post-upload wrapper: the command runs verbatim in its cwd.
 			out.Reset()
-			code, stderr = localScript(t, sh.shell, sh.env, postUploadScript, []string{root, "out", `printf '%s|%s' "$(pwd)" "$PWD"; exit 3`}, nil, &out)
+			code, _ = localScript(t, sh.shell, sh.env, postUploadScript, []string{root, "out", `printf '%s|%s' "$(pwd)" "$PWD"; exit 3`}, nil, &out)
 			is.Equal(code, 3)
 			real, err := filepath.EvalSymlinks(filepath.Join(root, "out"))
 			is.NoErr(err)

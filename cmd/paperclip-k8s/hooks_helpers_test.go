@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"strings"
@@ -253,12 +252,4 @@ func (h *hooks) waitPod(l lease, notUID string) corev1.Pod {
 		return fmt.Errorf("%d pods, none ready", len(pods))
 	})
 	return pod
-}
-
-func mustJSON(t testing.TB, v any) string {
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
