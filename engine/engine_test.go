@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	dynfake "k8s.io/client-go/dynamic/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -349,4 +350,49 @@ func TestResolveFallsBackToAnOlderServedVersion(t *testing.T) {
 		is.Equal(r.GVR.Resource, "sandboxes")
 		is.True(r.Namespaced)
 	}
+}
+
+// An expired watch (410 Gone) makes Wait read the object again and watch
+// on from its new resourceVersion; a watch that just ends is resumed.
+func TestWaitRewatchesAfterExpiry(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, dyn := fakeEngine(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vc := loadValues(t, "standard-job")
+	backend, _ := c.Get("barepod")
+	w, err := e.Create(ctx, backend, "ns1", vc.Values, nil)
+	is.NoErr(err)
+
+	var watches []string
+	watchers := make(chan *watch.FakeWatcher, 3)
+	dyn.PrependWatchReactor("pods", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		watches = append(watches, a.(k8stesting.WatchAction).GetWatchRestrictions().ResourceVersion)
+		fw := watch.NewFake()
+		watchers <- fw
+		return true, fw, nil
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := e.Wait(ctx, backend, w, engine.Ready)
+		done <- err
+	}()
+
+	// First watch: expires.
+	fw := <-watchers
+	fw.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired, Message: "too old resource version"})
+	// Second watch (after a fresh read): ends without an event.
+	fw = <-watchers
+	fw.Stop()
+	// Third watch: the pod becomes ready.
+	fw = <-watchers
+	ready := w.DeepCopy()
+	ready.SetResourceVersion("99")
+	is.NoErr(unstructured.SetNestedField(ready.Object, "Running", "status", "phase"))
+	is.NoErr(unstructured.SetNestedSlice(ready.Object, []any{map[string]any{"type": "Ready", "status": "True"}}, "status", "conditions"))
+	fw.Modify(ready)
+	is.NoErr(<-done)
+	is.Equal(len(watches), 3)
+	is.Equal(watches[0], w.GetResourceVersion()) // from the object's own version
 }
