@@ -316,12 +316,28 @@ func TestPaperclipKubernetes(t *testing.T) {
 				switch backend {
 				case "sandbox":
 					// acquire → realize → ~40 executes in the pod (git
-					// context, PATH probe, tar+base64 uploads, the callback
-					// bridge, the fake claude, the workspace download) →
-					// release.
+					// context, PATH probe, the callback bridge, the fake
+					// claude) with native file sync (environmentSyncIn for
+					// the workspace and runtime assets, environmentSyncOut
+					// for the workspace restore) → release.
 					if run.Status != "succeeded" {
 						t.Fatalf("run %s: status %q error %q code %q", run.ID, run.Status, deref(run.Error), deref(run.ErrorCode))
 					}
+					lines, err := srv.PluginLines(pluginID)
+					is.NoErr(err)
+					synced := map[string]int{}
+					for _, l := range lines {
+						if strings.Contains(l.Message, `msg="file sync done"`) {
+							for _, m := range []string{"environmentSyncIn", "environmentSyncOut"} {
+								if strings.Contains(l.Message, "method="+m+" ") {
+									synced[m]++
+								}
+							}
+						}
+					}
+					t.Logf("native file sync calls: %v", synced)
+					is.True(synced["environmentSyncIn"] >= 1)  // the host uploaded through the plugin
+					is.True(synced["environmentSyncOut"] >= 1) // and restored the workspace through it
 					is.Equal(run.ResultJSON["result"], "done (fake)")
 					ls = c.released(ctx, t, e.ID, before, backend, "released")
 					execs, logs := c.podCalls(t, &nodeLog, ls[0])
@@ -352,6 +368,13 @@ func TestPaperclipKubernetes(t *testing.T) {
 			})
 		})
 	}
+
+	// Reusable leases (reuseLease: true): runs that share one Sandbox, a
+	// lost pod, the end of a kept lease (reuse_test.go).
+	t.Run("reusable lease", func(t *testing.T) {
+		testReusableLease(ctx, t, &rig{srv: srv, env: env, c: c, companyID: company.ID, config: config,
+			claude: claude, pluginID: pluginID})
+	})
 
 	// The other install route: a self-hosted server auto-installs the
 	// package PAPERCLIP_KUBERNETES_PLUGIN_PATH names at boot, in place of the

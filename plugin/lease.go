@@ -316,6 +316,11 @@ func (p *Provider) leaseTarget(cfg policy.Config, companyID, id string, m LeaseM
 // they were; when not, it returns an expired lease for the host to replace.
 func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, error) {
 	expired := func(reason string) (Lease, error) {
+		var id string
+		if in.ProviderLeaseID != nil {
+			id = *in.ProviderLeaseID
+		}
+		p.Log.Info("lease expired", "lease", id, "reason", reason)
 		return Lease{ProviderLeaseID: nil, Metadata: map[string]any{"expired": true, "reason": reason}}, nil
 	}
 	if in.ProviderLeaseID == nil || *in.ProviderLeaseID == "" {
@@ -373,6 +378,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	m.Phase = string(st.State)
 	m.ResumedLease = true
 	m.NativeFileSyncUnsupported = ref.Spec.Backend.Mode != engine.ModeExec
+	p.Log.Info("lease resumed", "workload", ref.String(), "pod", m.PodName, "phase", m.Phase)
 	out := Lease{ProviderLeaseID: in.ProviderLeaseID, Metadata: m.toMap()}
 	if m.ExpiresAt != "" {
 		out.ExpiresAt = strPtr(m.ExpiresAt)
@@ -389,8 +395,26 @@ type Receipt struct {
 // ReleaseLease deletes the lease's workload (UID-pinned); its pod, Secret
 // and scoped policies go with it through their ownerReferences. Releasing a
 // lease whose workload is gone is success.
+//
+// A lease the host keeps for reuse is the exception: the workload of an
+// exec backend stays as it is (a pod cannot be stopped and started again
+// with its workspace), so that the next run's environmentResumeLease finds
+// it. The host publishes a lease for reuse only with reuseLease: true and
+// an execution workspace and agent to scope it to; it then records the
+// scope under "reusableSandboxLease" in the lease metadata, and later
+// either resumes the lease or destroys it (environmentDestroyLease: stale
+// or expired lease, closed issue, archived execution workspace, environment
+// delete). cancelActiveWork always deletes. The workload's own deadline
+// (sandboxLifetimeSec) bounds a kept lease the host never comes back to.
 func (p *Provider) ReleaseLease(ctx context.Context, in LeaseParams) (*Receipt, error) {
 	return p.terminate(ctx, in, "stopped", false)
+}
+
+// keptForReuse reports whether a release keeps the lease's workload for a
+// later resume (see ReleaseLease).
+func keptForReuse(in LeaseParams, ref engine.Ref) bool {
+	_, scoped := in.LeaseMetadata["reusableSandboxLease"].(map[string]any)
+	return scoped && in.Config["reuseLease"] == true && !in.CancelActiveWork && ref.Spec.Backend.Mode == engine.ModeExec
 }
 
 // DestroyLease is ReleaseLease that also deletes the run objects directly,
@@ -413,6 +437,10 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 	ref, err := p.leaseTarget(cfg, in.CompanyID, id, m)
 	if err != nil {
 		return nil, err
+	}
+	if !direct && keptForReuse(in, ref) {
+		p.Log.Info("lease kept for reuse", "workload", ref.String())
+		return nil, nil // nothing was stopped: no termination receipt
 	}
 	cl, err := p.cluster(cfg)
 	if err != nil {
