@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os/exec"
 	"slices"
 	"strings"
@@ -762,4 +763,36 @@ func TestHookLeaseExpiryHonoured(t *testing.T) {
 	h.w.mustCall("environmentResumeLease", h.leaseParams(l), &got)
 	is.True(got.ProviderLeaseID == nil)
 	is.Equal(got.Metadata["expired"], true)
+}
+
+// TestHookReleaseKeepsAReusableLease: a lease the host keeps for reuse
+// (reuseLease: true in the config and the host's reusableSandboxLease scope
+// in the metadata) keeps its Sandbox on release, so the next run resumes
+// it; cancelActiveWork, and destroy, delete it.
+func TestHookReleaseKeepsAReusableLease(t *testing.T) {
+	is := is.New(t)
+	h := newHooks(t, "sandbox", map[string]any{"reuseLease": true})
+	ctx := context.Background()
+	l := h.acquire(nil)
+	is.Equal(h.exec(l, "true", nil).code(), 0)
+	pod := h.waitPod(l, "")
+	kept := h.leaseParams(l)
+	meta := maps.Clone(l.Metadata)
+	meta["reusableSandboxLease"] = map[string]any{"agentId": "agent-1", "executionWorkspaceId": "ews-1"}
+	kept["leaseMetadata"] = meta
+
+	res := h.w.mustCall("environmentReleaseLease", kept, nil)
+	is.Equal(string(res), "null") // nothing stopped: no receipt
+	_, err := h.dyn().Resource(gvrSandbox).Namespace(pod.Namespace).Get(ctx, l.id(), metav1.GetOptions{})
+	is.NoErr(err) // the Sandbox is still there
+	var live lease
+	h.w.mustCall("environmentResumeLease", kept, &live)
+	is.Equal(live.id(), l.id())
+	is.Equal(live.meta("podUid"), string(pod.UID)) // the same pod, with its workspace
+
+	// cancelActiveWork deletes it whatever the reuse scope says.
+	cancel := maps.Clone(kept)
+	cancel["cancelActiveWork"] = true
+	h.w.mustCall("environmentReleaseLease", cancel, nil)
+	h.waitRunGone(l, 60*time.Second)
 }
