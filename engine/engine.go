@@ -2,11 +2,14 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -406,4 +409,42 @@ func (e *Engine) Status(s *Spec, o *unstructured.Unstructured) Status {
 		return Status{State: Pending, Reason: "Unreadable", Message: err.Error(), Rule: -1}
 	}
 	return s.Evaluate(b)
+}
+
+// SetDeadline moves the deadline of a live workload whose backend keeps an
+// absolute time at deadlinePath (e.g. a Sandbox's spec.shutdownTime). The
+// patch carries the workload's UID, so the API server refuses it for an
+// object that replaced ours.
+func (e *Engine) SetDeadline(ctx context.Context, ref Ref, t time.Time) error {
+	b := ref.Spec.Backend
+	if b == nil || b.Deadline != "time" || b.DeadlinePath == "" {
+		return fmt.Errorf("%s: the backend declares no deadlinePath for an absolute deadline", ref.Spec.File)
+	}
+	c, _, err := e.client(ref.Spec, ref.Namespace)
+	if err != nil {
+		return err
+	}
+	patch := map[string]any{}
+	cur := patch
+	parts := strings.Split(b.DeadlinePath, ".")
+	for _, p := range parts[:len(parts)-1] {
+		next := map[string]any{}
+		cur[p] = next
+		cur = next
+	}
+	cur[parts[len(parts)-1]] = t.UTC().Format(time.RFC3339)
+	if ref.UID != "" {
+		patch["metadata"] = map[string]any{"uid": string(ref.UID)}
+	}
+	body, err := json.Marshal(patch)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Patch(ctx, ref.Name, types.MergePatchType, body, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
+		if apierrors.IsNotFound(err) {
+			return &GoneError{Ref: ref}
+		}
+		return fmt.Errorf("moving the deadline (%s) of %s: %w", b.DeadlinePath, ref, err)
+	}
+	return nil
 }

@@ -51,6 +51,9 @@ func (c *Catalog) Permissions() []Permission {
 		if s.Scope == ScopeTenant && len(s.When) > 0 {
 			add(s.API.Group, s.API.Resource, pruneVerbs...)
 		}
+		if s.Scope == ScopeBackend && s.Backend != nil && s.Backend.DeadlinePath != "" {
+			add(s.API.Group, s.API.Resource, "patch") // SetDeadline
+		}
 		if s.Scope == ScopeBackend {
 			// Run objects are owned by the workload with blockOwnerDeletion;
 			// clusters that enforce ownerReference permissions

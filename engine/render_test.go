@@ -185,7 +185,7 @@ func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {
 	is.Equal(perms["/pods/exec"], []string{"create", "get"})
 	is.Equal(perms["/pods/log"], []string{"get"})
 	is.Equal(perms["/pods"], []string{"get", "list", "watch"})
-	is.Equal(perms["agents.x-k8s.io/sandboxes"], []string{"create", "delete", "get", "list", "watch"})
+	is.Equal(perms["agents.x-k8s.io/sandboxes"], []string{"create", "delete", "get", "list", "patch", "watch"}) // patch: SetDeadline
 	is.Equal(perms["batch/jobs"], []string{"create", "delete", "get", "list", "watch"})
 	is.Equal(perms["agents.x-k8s.io/sandboxes/finalizers"], []string{"update"})
 	is.Equal(perms["networking.k8s.io/networkpolicies"], []string{"create", "delete", "get", "patch"}) // tenant ∪ run

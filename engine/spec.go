@@ -111,6 +111,9 @@ type Backend struct {
 	Mode string `json:"mode"`
 	// Deadline is the value the template takes: "seconds" or "time".
 	Deadline string `json:"deadline"`
+	// DeadlinePath is where a "time" deadline lives in the workload
+	// (dotted path), so it can be moved on a live workload.
+	DeadlinePath string `json:"deadlinePath,omitempty"`
 }
 
 // Subresource names a pod subresource such as log or exec.

@@ -350,31 +350,30 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	if st.State.Terminal() {
 		return expired(fmt.Sprintf("%s is %s", ref, st))
 	}
-	// Once the lease knows its pod (m.PodUID), that pod must still be there
-	// whatever the workload's state: while a replacement pod starts, the
-	// workload is not Ready, yet the lease's workspace is already lost.
-	if ref.Spec.Backend.Mode == engine.ModeExec && (st.State == engine.Ready || m.PodUID != "") {
-		pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
+	if ref.Spec.Backend.Mode == engine.ModeExec {
+		pod, why, err := p.resumePod(ctx, cl, ref, w, st, m)
 		if err != nil {
-			if errors.Is(err, engine.ErrNoPod) {
-				if m.PodUID != "" {
-					return expired(fmt.Sprintf("the pod of %s is gone (pod UID %s); its workspace is lost", ref, m.PodUID))
-				}
+			return Lease{}, err
+		}
+		if why != "" {
+			return expired(why)
+		}
+		if pod != nil {
+			m.PodName, m.PodUID = pod.GetName(), string(pod.GetUID())
+		}
+	}
+	m.WorkloadUID = string(w.GetUID())
+	// A lease kept for reuse had its deadline shortened at release: give it
+	// back its own (never later than the expiry returned at acquire).
+	if exp, err := time.Parse(time.RFC3339, m.ExpiresAt); err == nil && ref.Spec.Backend.DeadlinePath != "" {
+		ref.UID = w.GetUID()
+		if err := cl.engine.SetDeadline(ctx, ref, exp); err != nil {
+			if engine.IsGone(err) {
 				return expired(err.Error())
 			}
 			return Lease{}, err
 		}
-		if m.PodUID != "" && string(pod.GetUID()) != m.PodUID {
-			return expired(fmt.Sprintf("the pod of %s was replaced (pod UID %s is gone); its workspace is lost", ref, m.PodUID))
-		}
-		if podSpec, ok := p.Catalog.Pod(); ok {
-			if ps := cl.engine.Status(podSpec, pod); ps.State.Terminal() {
-				return expired(fmt.Sprintf("the pod %s/%s of %s is %s", ref.Namespace, pod.GetName(), ref, ps))
-			}
-		}
-		m.PodName, m.PodUID = pod.GetName(), string(pod.GetUID())
 	}
-	m.WorkloadUID = string(w.GetUID())
 	m.Phase = string(st.State)
 	m.ResumedLease = true
 	m.NativeFileSyncUnsupported = ref.Spec.Backend.Mode != engine.ModeExec
@@ -384,6 +383,36 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 		out.ExpiresAt = strPtr(m.ExpiresAt)
 	}
 	return out, nil
+}
+
+// resumePod finds the pod of a resumed exec lease. Once the lease knows its
+// pod (m.PodUID), that pod must still be there whatever the workload's
+// state: while a replacement pod starts, the workload is not Ready, yet the
+// lease's workspace is already lost. A workload that is only briefly not
+// Ready (its controller catching up with a spec change) still has its pod:
+// it is found and pinned too. It returns the pod (nil when none exists yet)
+// or why the lease expired.
+func (p *Provider) resumePod(ctx context.Context, cl *cluster, ref engine.Ref, w *unstructured.Unstructured, st engine.Status, m LeaseMetadata) (*unstructured.Unstructured, string, error) {
+	pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
+	switch {
+	case errors.Is(err, engine.ErrNoPod) && m.PodUID != "":
+		return nil, fmt.Sprintf("the pod of %s is gone (pod UID %s); its workspace is lost", ref, m.PodUID), nil
+	case errors.Is(err, engine.ErrNoPod) && st.State == engine.Ready:
+		return nil, err.Error(), nil
+	case errors.Is(err, engine.ErrNoPod):
+		return nil, "", nil // not created yet: the lease is still usable
+	case err != nil:
+		return nil, "", err
+	}
+	if m.PodUID != "" && string(pod.GetUID()) != m.PodUID {
+		return nil, fmt.Sprintf("the pod of %s was replaced (pod UID %s is gone); its workspace is lost", ref, m.PodUID), nil
+	}
+	if podSpec, ok := p.Catalog.Pod(); ok {
+		if ps := cl.engine.Status(podSpec, pod); ps.State.Terminal() {
+			return nil, fmt.Sprintf("the pod %s/%s of %s is %s", ref.Namespace, pod.GetName(), ref, ps), nil
+		}
+	}
+	return pod, "", nil
 }
 
 // Receipt is the host's PluginEnvironmentTerminationReceipt.
@@ -438,13 +467,25 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 	if err != nil {
 		return nil, err
 	}
-	if !direct && keptForReuse(in, ref) {
-		p.Log.Info("lease kept for reuse", "workload", ref.String())
-		return nil, nil // nothing was stopped: no termination receipt
-	}
 	cl, err := p.cluster(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if !direct && keptForReuse(in, ref) {
+		// The host may never come back (it does not resume the lease of a
+		// failed run): end the workload after reusableLeaseIdleSec unless a
+		// resume restores its deadline first.
+		until := p.Now().Add(time.Duration(cfg.ReusableLeaseIdleSec) * time.Second)
+		if exp, err := time.Parse(time.RFC3339, m.ExpiresAt); err == nil && exp.Before(until) {
+			until = exp
+		}
+		if ref.Spec.Backend.DeadlinePath != "" {
+			if err := cl.engine.SetDeadline(ctx, ref, until); err != nil && !engine.IsGone(err) {
+				return nil, err
+			}
+		}
+		p.Log.Info("lease kept for reuse", "workload", ref.String(), "idleUntil", until.UTC().Format(time.RFC3339))
+		return nil, nil // nothing was stopped: no termination receipt
 	}
 	deleted, err := cl.engine.Release(ctx, ref)
 	if err != nil {

@@ -771,9 +771,21 @@ func TestHookLeaseExpiryHonoured(t *testing.T) {
 // it; cancelActiveWork, and destroy, delete it.
 func TestHookReleaseKeepsAReusableLease(t *testing.T) {
 	is := is.New(t)
-	h := newHooks(t, "sandbox", map[string]any{"reuseLease": true})
+	h := newHooks(t, "sandbox", map[string]any{"reuseLease": true, "reusableLeaseIdleSec": 120})
 	ctx := context.Background()
 	l := h.acquire(nil)
+	shutdownTime := func() time.Time {
+		t.Helper()
+		sb, err := h.dyn().Resource(gvrSandbox).Namespace(l.meta("namespace")).Get(ctx, l.id(), metav1.GetOptions{})
+		is.NoErr(err)
+		v, _, _ := unstructured.NestedString(sb.Object, "spec", "shutdownTime")
+		st, err := time.Parse(time.RFC3339, v)
+		is.NoErr(err)
+		return st
+	}
+	expiresAt, err := time.Parse(time.RFC3339, *l.ExpiresAt)
+	is.NoErr(err)
+	is.True(shutdownTime().Equal(expiresAt))
 	is.Equal(h.exec(l, "true", nil).code(), 0)
 	pod := h.waitPod(l, "")
 	kept := h.leaseParams(l)
@@ -781,14 +793,20 @@ func TestHookReleaseKeepsAReusableLease(t *testing.T) {
 	meta["reusableSandboxLease"] = map[string]any{"agentId": "agent-1", "executionWorkspaceId": "ews-1"}
 	kept["leaseMetadata"] = meta
 
+	released := time.Now()
 	res := h.w.mustCall("environmentReleaseLease", kept, nil)
 	is.Equal(string(res), "null") // nothing stopped: no receipt
-	_, err := h.dyn().Resource(gvrSandbox).Namespace(pod.Namespace).Get(ctx, l.id(), metav1.GetOptions{})
-	is.NoErr(err) // the Sandbox is still there
+	// The Sandbox is still there, but ends after the idle limit unless a run
+	// resumes it.
+	idle := shutdownTime()
+	is.True(idle.Before(expiresAt))
+	is.True(!idle.Before(released.Add(119 * time.Second).Truncate(time.Second)))
+	is.True(!idle.After(time.Now().Add(121 * time.Second)))
 	var live lease
 	h.w.mustCall("environmentResumeLease", kept, &live)
 	is.Equal(live.id(), l.id())
 	is.Equal(live.meta("podUid"), string(pod.UID)) // the same pod, with its workspace
+	is.True(shutdownTime().Equal(expiresAt))       // the lease's own deadline is back
 
 	// cancelActiveWork deletes it whatever the reuse scope says.
 	cancel := maps.Clone(kept)

@@ -67,12 +67,14 @@ type Config struct {
 	RuntimeClassName string            `json:"runtimeClassName,omitempty"`
 	NodeSelector     map[string]string `json:"nodeSelector"`
 	// ResourceQuota is spec.hard of the tenant ResourceQuota.
-	ResourceQuota              map[string]string `json:"resourceQuota"`
-	ServiceAccountAnnotations  map[string]string `json:"serviceAccountAnnotations"`
-	SandboxLifetimeSec         int               `json:"sandboxLifetimeSec"`
-	PodActivityDeadlineSec     int               `json:"podActivityDeadlineSec"`
-	JobTTLSecondsAfterFinished int               `json:"jobTtlSecondsAfterFinished"`
-	ExecMaxOutputBytes         int64             `json:"execMaxOutputBytes"`
+	ResourceQuota             map[string]string `json:"resourceQuota"`
+	ServiceAccountAnnotations map[string]string `json:"serviceAccountAnnotations"`
+	SandboxLifetimeSec        int               `json:"sandboxLifetimeSec"`
+	// ReusableLeaseIdleSec bounds a lease kept for reuse between runs.
+	ReusableLeaseIdleSec       int   `json:"reusableLeaseIdleSec"`
+	PodActivityDeadlineSec     int   `json:"podActivityDeadlineSec"`
+	JobTTLSecondsAfterFinished int   `json:"jobTtlSecondsAfterFinished"`
+	ExecMaxOutputBytes         int64 `json:"execMaxOutputBytes"`
 }
 
 // Resources are the agent container's requests and limits. After Validate

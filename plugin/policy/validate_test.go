@@ -120,7 +120,7 @@ func TestSchemaEveryFieldDocumented(t *testing.T) {
 		"runtimeClassName", "serviceAccountAnnotations", "jobTtlSecondsAfterFinished", "podActivityDeadlineSec",
 		"adapterType", "adapters", "backend",
 		"paperclipServerNamespace", "paperclipServerPodLabels", "paperclipServerPort", "workspacePath",
-		"sandboxLifetimeSec", "execMaxOutputBytes", "imagePullPolicy", "nodeSelector", "resourceQuota",
+		"sandboxLifetimeSec", "execMaxOutputBytes", "imagePullPolicy", "nodeSelector", "resourceQuota", "reusableLeaseIdleSec",
 	}
 	is := is.New(t)
 	is.Equal(slices.Sorted(maps.Keys(props)), slices.Sorted(slices.Values(want)))
