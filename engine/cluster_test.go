@@ -344,3 +344,32 @@ func TestClusterPodSecurityRejectsNonCompliantPods(t *testing.T) {
 	_, err = e.FindPod(ctx, job, w)
 	is.NoErr(err)
 }
+
+// SetDeadline moves a live workload's deadline, and the UID in the patch
+// makes the API server refuse it for an object that replaced ours.
+func TestClusterSetDeadlineIsUIDPinned(t *testing.T) {
+	is := is.New(t)
+	e := realEngine(t)
+	ctx := context.Background()
+	ns, values := clusterValues(t, "standard-cidrs-sandbox")
+	_, err := e.Apply(ctx, e.Catalog.Scoped(engine.ScopeTenant), ns, values)
+	is.NoErr(err)
+	sb, _ := e.Catalog.Get("sandbox")
+	w, err := e.Create(ctx, sb, ns, values, nil)
+	is.NoErr(err)
+	when := time.Now().Add(10 * time.Minute).Truncate(time.Second)
+	is.NoErr(e.SetDeadline(ctx, engine.RefOf(sb, w), when))
+	got, err := e.Get(ctx, engine.RefOf(sb, w))
+	is.NoErr(err)
+	v, _, _ := unstructured.NestedString(got.Object, "spec", "shutdownTime")
+	is.Equal(v, when.UTC().Format(time.RFC3339))
+
+	stale := engine.RefOf(sb, w)
+	stale.UID = "00000000-0000-0000-0000-000000000000"
+	err = e.SetDeadline(ctx, stale, when.Add(time.Minute))
+	is.True(err != nil) // another UID: refused
+	got, err = e.Get(ctx, engine.RefOf(sb, w))
+	is.NoErr(err)
+	v, _, _ = unstructured.NestedString(got.Object, "spec", "shutdownTime")
+	is.Equal(v, when.UTC().Format(time.RFC3339)) // unchanged
+}
