@@ -93,6 +93,19 @@ func fakeEngine(t testing.TB, c *engine.Catalog, omit ...string) (*engine.Engine
 	return engine.New(c, dyn, mapper, nil, nil), dyn
 }
 
+// watchStarts reports each watch the fake client starts, once the watcher
+// is registered with the tracker: the fake tracker does not replay events,
+// so a test must not change an object before the engine watches it.
+func watchStarts(dyn *dynfake.FakeDynamicClient) <-chan struct{} {
+	ch := make(chan struct{}, 16)
+	dyn.PrependWatchReactor("*", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := dyn.Tracker().Watch(a.GetResource(), a.GetNamespace())
+		ch <- struct{}{}
+		return true, w, err
+	})
+	return ch
+}
+
 func testCatalog(t testing.TB) *engine.Catalog {
 	t.Helper()
 	c, err := engine.Load(resources.FS, ".", os.DirFS(filepath.Join("..", "testdata", "backends")))
@@ -125,7 +138,7 @@ func setStatus(t testing.TB, e *engine.Engine, o *unstructured.Unstructured, spe
 func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 	is := is.New(t)
 	c := testCatalog(t)
-	e, _ := fakeEngine(t, c)
+	e, dyn := fakeEngine(t, c)
 	ctx := context.Background()
 	vc := loadValues(t, "standard-job")
 	backend, ok := c.Get("barepod")
@@ -160,9 +173,8 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 	done := make(chan result, 1)
 	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	started := make(chan struct{})
+	started := watchStarts(dyn)
 	go func() {
-		close(started)
 		_, st, err := e.Wait(waitCtx, backend, w, engine.Ready)
 		done <- result{st, err}
 	}()
@@ -191,7 +203,7 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 	is := is.New(t)
 	c := testCatalog(t)
-	e, _ := fakeEngine(t, c)
+	e, dyn := fakeEngine(t, c)
 	ctx := context.Background()
 	vc := loadValues(t, "cilium-sandbox")
 	sb, _ := c.Get("sandbox")
@@ -202,10 +214,12 @@ func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 	errc := make(chan error, 1)
 	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	started := watchStarts(dyn)
 	go func() {
 		_, _, err := e.Wait(waitCtx, sb, w, engine.Ready)
 		errc <- err
 	}()
+	<-started
 	cond := func(typ, status, reason, msg string) map[string]any {
 		return map[string]any{"type": typ, "status": status, "reason": reason, "message": msg, "observedGeneration": int64(1)}
 	}
@@ -226,7 +240,7 @@ func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 func TestWaitReportsDeletionAndContextEnd(t *testing.T) {
 	is := is.New(t)
 	c := testCatalog(t)
-	e, _ := fakeEngine(t, c)
+	e, dyn := fakeEngine(t, c)
 	ctx := context.Background()
 	vc := loadValues(t, "standard-job")
 	job, _ := c.Get("job")
@@ -234,11 +248,12 @@ func TestWaitReportsDeletionAndContextEnd(t *testing.T) {
 	is.NoErr(err)
 
 	errc := make(chan error, 1)
+	started := watchStarts(dyn)
 	go func() {
 		_, _, err := e.Wait(ctx, job, w, engine.Succeeded)
 		errc <- err
 	}()
-	time.Sleep(50 * time.Millisecond) // let the watch start; the fake tracker drops earlier events
+	<-started
 	_, err = e.Release(ctx, engine.RefOf(job, w))
 	is.NoErr(err)
 	is.True(engine.IsGone(<-errc))
