@@ -411,6 +411,20 @@ func (e *Engine) Status(s *Spec, o *unstructured.Unstructured) Status {
 	return s.Evaluate(b)
 }
 
+// Deadline reads a workload's absolute deadline at its backend's
+// deadlinePath; ok is false when the backend has none or it is unset.
+func (s *Spec) Deadline(o *unstructured.Unstructured) (t time.Time, ok bool) {
+	if s.Backend == nil || s.Backend.DeadlinePath == "" {
+		return time.Time{}, false
+	}
+	v, found, err := unstructured.NestedString(o.Object, strings.Split(s.Backend.DeadlinePath, ".")...)
+	if !found || err != nil {
+		return time.Time{}, false
+	}
+	t, err = time.Parse(time.RFC3339, v)
+	return t, err == nil
+}
+
 // SetDeadline moves the deadline of a live workload whose backend keeps an
 // absolute time at deadlinePath (e.g. a Sandbox's spec.shutdownTime). The
 // patch carries the workload's UID, so the API server refuses it for an

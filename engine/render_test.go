@@ -2,6 +2,9 @@ package engine_test
 
 import (
 	"flag"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"os"
 	"path/filepath"
 	"strings"
@@ -197,4 +200,22 @@ func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {
 			is.True(ok) // every file's resource is covered
 		}
 	}
+}
+
+// Deadline reads the absolute deadline the template put at deadlinePath.
+func TestDeadlineIsReadFromTheWorkload(t *testing.T) {
+	is := is.New(t)
+	c := catalog(t)
+	vc := loadValues(t, "cilium-sandbox")
+	sb, _ := c.Get("sandbox")
+	obj, _, err := sb.Render(vc.Values)
+	is.NoErr(err)
+	d, ok := sb.Deadline(&unstructured.Unstructured{Object: obj})
+	is.True(ok)
+	is.Equal(d.UTC().Format(time.RFC3339), "2026-11-28T05:00:00Z") // run.deadlineTime
+	job, _ := c.Get("job")
+	jobObj, _, err := job.Render(vc.Values)
+	is.NoErr(err)
+	_, ok = job.Deadline(&unstructured.Unstructured{Object: jobObj})
+	is.True(!ok) // a seconds deadline has no absolute time
 }

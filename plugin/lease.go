@@ -365,7 +365,9 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	m.WorkloadUID = string(w.GetUID())
 	// A lease kept for reuse had its deadline shortened at release: give it
 	// back its own (never later than the expiry returned at acquire).
-	if exp, err := time.Parse(time.RFC3339, m.ExpiresAt); err == nil && ref.Spec.Backend.DeadlinePath != "" {
+	// The deadline is read from the object already in hand: only a lease
+	// whose deadline was moved costs a patch.
+	if exp, err := time.Parse(time.RFC3339, m.ExpiresAt); err == nil && ref.Spec.Backend.DeadlinePath != "" && !deadlineIs(ref.Spec, w, exp) {
 		ref.UID = w.GetUID()
 		if err := cl.engine.SetDeadline(ctx, ref, exp); err != nil {
 			if engine.IsGone(err) {
@@ -413,6 +415,12 @@ func (p *Provider) resumePod(ctx context.Context, cl *cluster, ref engine.Ref, w
 		}
 	}
 	return pod, "", nil
+}
+
+// deadlineIs reports whether a workload's deadline is already t.
+func deadlineIs(s *engine.Spec, w *unstructured.Unstructured, t time.Time) bool {
+	cur, ok := s.Deadline(w)
+	return ok && cur.Equal(t)
 }
 
 // Receipt is the host's PluginEnvironmentTerminationReceipt.
