@@ -51,10 +51,10 @@ func RESTConfig(cfg policy.Config) (*rest.Config, error) {
 		rc, err = clientcmd.RESTConfigFromKubeConfig([]byte(cfg.Kubeconfig.Reveal()))
 		if err != nil {
 			// The parser's message may quote the document: do not pass it on.
-			return nil, fmt.Errorf("kubeconfig: the value is not a usable kubeconfig (check that it is a complete kubeconfig YAML with a current-context)")
+			return nil, fmt.Errorf("config field kubeconfig: the value is not a usable kubeconfig; give a complete kubeconfig YAML whose current-context names a cluster and a user")
 		}
 	default:
-		return nil, fmt.Errorf("the config sets neither inCluster nor kubeconfig")
+		return nil, fmt.Errorf("config: neither inCluster nor kubeconfig is set; set kubeconfig to a kubeconfig YAML, or inCluster: true when the worker runs in a pod")
 	}
 	rc.QPS, rc.Burst = 50, 100
 	rc.UserAgent = "paperclip-k8s"

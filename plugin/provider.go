@@ -109,7 +109,7 @@ func (p *Provider) parseConfig(raw map[string]any) (policy.Config, error) {
 func (p *Provider) backend(name string) (*engine.Spec, error) {
 	s, ok := p.Catalog.Get(policy.CanonicalBackend(name))
 	if !ok || s.Scope != engine.ScopeBackend {
-		return nil, fmt.Errorf("backend %q is not one of the loaded backends %v", name, p.Catalog.BackendNames())
+		return nil, fmt.Errorf("config field backend: %q is not one of the loaded backends %v; pick one of them, or add a resources/ file for it", name, p.Catalog.BackendNames())
 	}
 	return s, nil
 }
