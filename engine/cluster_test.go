@@ -107,6 +107,18 @@ func clusterValues(t *testing.T, name string) (string, map[string]any) {
 	return ns, vc.Values
 }
 
+// tenant returns an engine on the control plane and a fresh namespace
+// whose tenant objects are applied from the named values.
+func tenant(t *testing.T, valuesName string) (*engine.Engine, string, map[string]any) {
+	t.Helper()
+	e := realEngine(t)
+	ns, values := clusterValues(t, valuesName)
+	if _, err := e.Apply(context.Background(), e.Catalog.Scoped(engine.ScopeTenant), ns, values); err != nil {
+		t.Fatalf("applying the tenant: %v", err)
+	}
+	return e, ns, values
+}
+
 func installCiliumCRD(t *testing.T) {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join("..", "testdata", "crds", "ciliumnetworkpolicies.yaml"))
@@ -211,12 +223,9 @@ func TestClusterTenantApplyReapplyAndModeSwitch(t *testing.T) {
 
 func TestClusterJobLifecycle(t *testing.T) {
 	is := is.New(t)
-	e := realEngine(t)
+	e, ns, values := tenant(t, "standard-job")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ns, values := clusterValues(t, "standard-job")
-	_, err := e.Apply(ctx, e.Catalog.Scoped(engine.ScopeTenant), ns, values)
-	is.NoErr(err)
 	job, _ := e.Catalog.Get("job")
 	w, err := e.Create(ctx, job, ns, values, nil)
 	is.NoErr(err)
@@ -246,12 +255,9 @@ func TestClusterJobLifecycle(t *testing.T) {
 
 func TestClusterSandboxLifecycle(t *testing.T) {
 	is := is.New(t)
-	e := realEngine(t)
+	e, ns, values := tenant(t, "standard-cidrs-sandbox")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ns, values := clusterValues(t, "standard-cidrs-sandbox")
-	_, err := e.Apply(ctx, e.Catalog.Scoped(engine.ScopeTenant), ns, values)
-	is.NoErr(err)
 	sb, _ := e.Catalog.Get("sandbox")
 	w, err := e.Create(ctx, sb, ns, values, nil)
 	is.NoErr(err)
@@ -293,12 +299,9 @@ func TestClusterSandboxLifecycle(t *testing.T) {
 // A Sandbox whose pod fails is reported failed on the event that says so.
 func TestClusterSandboxPodFailureEndsTheWait(t *testing.T) {
 	is := is.New(t)
-	e := realEngine(t)
+	e, ns, values := tenant(t, "standard-cidrs-sandbox")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ns, values := clusterValues(t, "standard-cidrs-sandbox")
-	_, err := e.Apply(ctx, e.Catalog.Scoped(engine.ScopeTenant), ns, values)
-	is.NoErr(err)
 	run := values["run"].(map[string]any)
 	run["labels"].(map[string]any)["devcluster.paperclip.io/fail"] = "true" // kwok fails the pod
 	sb, _ := e.Catalog.Get("sandbox")
@@ -319,13 +322,10 @@ func TestClusterSandboxPodFailureEndsTheWait(t *testing.T) {
 // compliant is rejected.
 func TestClusterPodSecurityRejectsNonCompliantPods(t *testing.T) {
 	is := is.New(t)
-	e := realEngine(t)
+	e, ns, values := tenant(t, "standard-job")
 	ctx := context.Background()
-	ns, values := clusterValues(t, "standard-job")
-	_, err := e.Apply(ctx, e.Catalog.Scoped(engine.ScopeTenant), ns, values)
-	is.NoErr(err)
 	priv := true
-	_, err = env.Kube().CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+	_, err := env.Kube().CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "privileged"},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox",
 			SecurityContext: &corev1.SecurityContext{Privileged: &priv}}}},
@@ -349,11 +349,8 @@ func TestClusterPodSecurityRejectsNonCompliantPods(t *testing.T) {
 // makes the API server refuse it for an object that replaced ours.
 func TestClusterSetDeadlineIsUIDPinned(t *testing.T) {
 	is := is.New(t)
-	e := realEngine(t)
+	e, ns, values := tenant(t, "standard-cidrs-sandbox")
 	ctx := context.Background()
-	ns, values := clusterValues(t, "standard-cidrs-sandbox")
-	_, err := e.Apply(ctx, e.Catalog.Scoped(engine.ScopeTenant), ns, values)
-	is.NoErr(err)
 	sb, _ := e.Catalog.Get("sandbox")
 	w, err := e.Create(ctx, sb, ns, values, nil)
 	is.NoErr(err)
