@@ -66,7 +66,9 @@ func fakeEngine(t testing.TB, c *engine.Catalog, omit ...string) (*engine.Engine
 	var n atomic.Int64
 	dyn.PrependReactor("create", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		o := a.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured)
-		o.SetUID(types.UID(fmt.Sprintf("uid-%d", n.Add(1))))
+		id := n.Add(1)
+		o.SetUID(types.UID(fmt.Sprintf("uid-%d", id)))
+		o.SetResourceVersion(fmt.Sprint(id))
 		o.SetGeneration(1)
 		return false, nil, nil
 	})
@@ -409,5 +411,6 @@ func TestWaitRewatchesAfterExpiry(t *testing.T) {
 	fw.Modify(ready)
 	is.NoErr(<-done)
 	is.Equal(len(watches), 3)
+	is.True(w.GetResourceVersion() != "")
 	is.Equal(watches[0], w.GetResourceVersion()) // from the object's own version
 }
