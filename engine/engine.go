@@ -205,7 +205,7 @@ func (e *Engine) Apply(ctx context.Context, specs []*Spec, namespace string, val
 		o, wanted, r, err := e.Build(s, namespace, values)
 		if err != nil {
 			var missing *APIMissingError
-			if errors.As(err, &missing) && !e.wantedOnly(s, values) {
+			if wanted, werr := s.Wanted(values); errors.As(err, &missing) && werr == nil && !wanted {
 				continue // not wanted and not served: nothing to apply or prune
 			}
 			return nil, err
@@ -235,15 +235,6 @@ func (e *Engine) Apply(ctx context.Context, specs []*Spec, namespace string, val
 		out = append(out, Applied{Spec: it.spec, Object: got})
 	}
 	return out, nil
-}
-
-func (e *Engine) wantedOnly(s *Spec, values map[string]any) bool {
-	norm, err := Normalize(values)
-	if err != nil {
-		return true
-	}
-	ok, err := matchAll(s.When, mustJSON(norm))
-	return ok || err != nil
 }
 
 // prune deletes an unwanted object if this field manager owns part of it.
@@ -282,7 +273,9 @@ func (e *Engine) prune(ctx context.Context, s *Spec, want *unstructured.Unstruct
 // taken). When the spec has an owner block and owner is given, the object
 // gets an ownerReference to it.
 func (e *Engine) Create(ctx context.Context, s *Spec, namespace string, values map[string]any, owner *unstructured.Unstructured) (*unstructured.Unstructured, error) {
-	if !e.wantedOnly(s, values) {
+	if wanted, err := s.Wanted(values); err != nil {
+		return nil, err
+	} else if !wanted {
 		return nil, nil // not wanted: its API need not even be served
 	}
 	o, wanted, _, err := e.Build(s, namespace, values)

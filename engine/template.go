@@ -346,9 +346,8 @@ func (s *Spec) Render(values map[string]any) (obj map[string]any, wanted bool, e
 		return nil, false, fmt.Errorf("%s: values: %w", s.File, err)
 	}
 	vm, _ := norm.(map[string]any)
-	wanted, err = matchAll(s.When, mustJSON(vm))
-	if err != nil {
-		return nil, false, &FileError{File: s.File, Pointer: "/when", Problem: err.Error()}
+	if wanted, err = s.Wanted(vm); err != nil {
+		return nil, false, err
 	}
 	r := &renderer{catalog: s.catalog, values: vm, file: s.File}
 	out, _, err := r.render(s.Template, "/template")
@@ -360,6 +359,22 @@ func (s *Spec) Render(values map[string]any) (obj map[string]any, wanted bool, e
 		m["kind"] = s.API.Kind
 	}
 	return m, wanted, nil
+}
+
+// Wanted reports whether the spec's "when" conditions hold for the values.
+func (s *Spec) Wanted(values map[string]any) (bool, error) {
+	if len(s.When) == 0 {
+		return true, nil
+	}
+	doc, err := json.Marshal(values)
+	if err != nil {
+		return false, fmt.Errorf("%s: values: %w", s.File, err)
+	}
+	ok, err := matchAll(s.When, doc)
+	if err != nil {
+		return false, &FileError{File: s.File, Pointer: "/when", Problem: err.Error()}
+	}
+	return ok, nil
 }
 
 // Normalize turns any JSON-able value into the plain form templates and
@@ -400,12 +415,4 @@ func fixNumbers(v any) any {
 		return f
 	}
 	return v
-}
-
-func mustJSON(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return b
 }
