@@ -98,7 +98,7 @@ type BaseParams struct {
 
 // parseConfig validates the config of a runtime hook.
 func (p *Provider) parseConfig(raw map[string]any) (policy.Config, error) {
-	cfg, err := policy.Parse(raw, p.Catalog.BackendNames())
+	cfg, err := policy.Parse(raw, p.Catalog.BackendNames(), policy.WithGetenv(p.Getenv))
 	if err != nil {
 		return cfg, rpc.Errorf(rpc.CodeInvalidParams, "invalid Kubernetes provider config: %v", err)
 	}

@@ -29,7 +29,7 @@ type ValidateResult struct {
 // ValidateConfig checks a config against schemas/config.schema.json and the
 // cross-field rules; every error names its field.
 func (p *Provider) ValidateConfig(_ context.Context, in ValidateParams) (ValidateResult, error) {
-	_, norm, warns, errs := policy.Validate(in.Config, p.Catalog.BackendNames())
+	_, norm, warns, errs := policy.Validate(in.Config, p.Catalog.BackendNames(), policy.WithGetenv(p.Getenv))
 	if len(errs) > 0 {
 		return ValidateResult{OK: false, Errors: policy.FieldErrors(errs).Strings(), Warnings: warns}, nil
 	}
@@ -56,7 +56,7 @@ type ProbeResult struct {
 // and, with SelfSubjectAccessReviews, that every permission the provider
 // needs is granted; each missing one is a diagnostic.
 func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error) {
-	cfg, _, _, errs := policy.Validate(in.Config, p.Catalog.BackendNames())
+	cfg, _, _, errs := policy.Validate(in.Config, p.Catalog.BackendNames(), policy.WithGetenv(p.Getenv))
 	if len(errs) > 0 {
 		return ProbeResult{OK: false, Summary: "Invalid Kubernetes provider configuration.",
 			Metadata: map[string]any{"errors": policy.FieldErrors(errs).Strings()}}, nil

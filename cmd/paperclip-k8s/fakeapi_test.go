@@ -31,7 +31,8 @@ func kubeconfigFor(t testing.TB, server string, caData []byte, token string) []b
 // test opens the gate of that prefix (the "token"; client-go sends no bearer
 // token over plain HTTP, so the server URL's path tells the callers apart):
 // an environmentProbe using the kubeconfig of a token stays in flight as
-// long as the test wants. Every other path answers 404 at once.
+// long as the test wants. <prefix>/api answers APIVersions (the worker
+// checks both before it uses a server); every other path answers 404 at once.
 type gatedAPI struct {
 	srv *httptest.Server
 
@@ -65,6 +66,10 @@ func (g *gatedAPI) gate(token string) chan struct{} {
 
 func (g *gatedAPI) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
+	if strings.HasSuffix(r.URL.Path, "/api") { // the worker checks /version and /api before using a server
+		_, _ = w.Write([]byte(`{"kind":"APIVersions","versions":["v1"]}`))
+		return
+	}
 	if !strings.HasSuffix(r.URL.Path, "/version") {
 		w.WriteHeader(http.StatusNotFound)
 		_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}`))

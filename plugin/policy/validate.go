@@ -118,8 +118,8 @@ var loadSchema = sync.OnceValues(func() (*compiledSchema, error) {
 
 // Parse is Validate for callers that only need the Config: it returns the
 // errors as FieldErrors.
-func Parse(raw any, backends []string) (Config, error) {
-	cfg, _, _, errs := Validate(raw, backends)
+func Parse(raw any, backends []string, opts ...Option) (Config, error) {
+	cfg, _, _, errs := Validate(raw, backends, opts...)
 	if len(errs) > 0 {
 		return cfg, FieldErrors(errs)
 	}
@@ -146,7 +146,7 @@ func Parse(raw any, backends []string) (Config, error) {
 // "sandbox" on both sides. A nil or empty list skips the backend check.
 //
 // The kubeconfig value never appears in an error or a warning.
-func Validate(raw any, backends []string) (cfg Config, normalized map[string]any, warnings []string, errs []FieldError) {
+func Validate(raw any, backends []string, opts ...Option) (cfg Config, normalized map[string]any, warnings []string, errs []FieldError) {
 	cs, err := loadSchema()
 	if err != nil {
 		return Config{}, nil, nil, []FieldError{{Message: "internal error: " + err.Error()}}
@@ -166,6 +166,7 @@ func Validate(raw any, backends []string) (cfg Config, normalized map[string]any
 	v.canonicalIntegers()
 	v.cfg = v.decode()
 	v.check(backends)
+	v.checkKubeconfig(opts) // what the operator allows a kubeconfig (kubeconfig.go)
 	v.warn()
 	return v.cfg, v.m, v.scrubAll(v.warnings), v.finish()
 }
