@@ -26,6 +26,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/paperclip-k8s/paperclip-k8s/internal/sandboxctl"
 )
 
 // Options configures Start. The zero value starts etcd and kube-apiserver
@@ -97,6 +99,7 @@ type Cluster struct {
 	sched *proc
 	kwok  *proc
 
+	ctl       *sandboxctl.Controller
 	ctlCancel context.CancelFunc
 	ctlDone   chan struct{}
 

@@ -102,6 +102,7 @@ func (c *Cluster) startSandboxController(ctx context.Context) error {
 		logger = slog.New(slog.NewTextHandler(&prefixWriter{mu: &c.logMu, w: c.opts.Log, prefix: []byte("[sandboxctl] ")}, nil))
 	}
 	ctl := sandboxctl.New(c.dyn, c.kube, logger)
+	c.ctl = ctl
 	runCtx, cancel := context.WithCancel(context.Background())
 	c.ctlCancel = cancel
 	c.ctlDone = make(chan struct{})
@@ -122,3 +123,8 @@ func (c *Cluster) startSandboxController(ctx context.Context) error {
 		return fmt.Errorf("sandbox controller caches not synced after 1m")
 	}
 }
+
+// SandboxController returns the stand-in Sandbox controller running in this
+// process (nil without Options.SandboxController), e.g. to Hold it inside
+// the vanished-pod sequence of one Sandbox.
+func (c *Cluster) SandboxController() *sandboxctl.Controller { return c.ctl }

@@ -488,7 +488,7 @@ func TestKwokStagesEmbedded(t *testing.T) {
 	b, err := os.ReadFile(c.Dir() + "/kwok-stages.yaml")
 	is.NoErr(err)
 	is.Equal(string(b), string(devcluster.KwokStages))
-	for _, name := range []string{"node-initialize", "pod-ready", "pod-complete", "pod-fail", "pod-delete"} {
+	for _, name := range []string{"node-initialize", "pod-ready", "pod-complete", "pod-fail", "pod-delete", "pod-container-creating", "pod-container-waiting", "pod-image-pull-backoff"} {
 		is.True(strings.Contains(string(b), "name: "+name+"\n"))
 	}
 }

@@ -39,7 +39,12 @@
 //     pods Running and Ready at once. Pods owned by a Job then succeed (after
 //     CompleteDelayAnnotation, if set); other pods stay Running. A pod
 //     labelled FailLabel=true fails with exit code 1 once Running. Deleted
-//     pods vanish at once (no grace period).
+//     pods vanish at once (no grace period) unless TerminatingForAnnotation
+//     keeps them Terminating. Test-only annotations (stages.go) make a pod
+//     slow (ReadyAfterAnnotation) or stuck the way a kubelet reports it
+//     (ContainerWaitingAnnotation: ErrImagePull/ImagePullBackOff,
+//     InvalidImageName, CreateContainerConfigError); a nodeSelector that no
+//     node matches makes the real scheduler report it Unschedulable.
 //   - The node advertises 127.0.0.1:Options.KubeletPort as its kubelet, so
 //     pods/exec and pods/log for its pods reach a server the test runs there
 //     (internal/execnode).
