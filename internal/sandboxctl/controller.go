@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -39,8 +41,13 @@ const (
 	PropagatedLabelsAnnotation      = "agents.x-k8s.io/propagated-labels"
 	PropagatedAnnotationsAnnotation = "agents.x-k8s.io/propagated-annotations"
 
-	// FieldManager is the field manager of the controller's writes.
+	// FieldManager is the field manager of the controller's writes (and its
+	// events' reportingController).
 	FieldManager = "sandbox-controller"
+
+	// ReasonMultiplePods is the Ready=False reason (and the Warning event's
+	// reason) when more than one pod is controlled by the Sandbox.
+	ReasonMultiplePods = "MultiplePods"
 )
 
 // GVR is the Sandbox resource.
@@ -70,6 +77,10 @@ type Controller struct {
 
 	syncedOnce sync.Once
 	synced     chan struct{}
+
+	holdMu sync.Mutex
+	armed  map[string][]*Hold // armed holds by Sandbox key
+	active map[string]*Hold   // the hold a Sandbox is stopped at
 }
 
 // Run runs a controller with a discarding logger until ctx ends.
@@ -239,6 +250,9 @@ func parseSandbox(u *unstructured.Unstructured) (*sandbox, error) {
 // reconcile brings one Sandbox towards its desired state. It returns how
 // long to wait before the next reconcile (for shutdownTime), if at all.
 func (c *Controller) reconcile(ctx context.Context, key string) (time.Duration, error) {
+	if c.held(key) {
+		return 0, nil // Release queues it again
+	}
 	obj, exists, err := c.sandboxes.GetIndexer().GetByKey(key)
 	if err != nil || !exists {
 		return 0, err
@@ -264,31 +278,80 @@ func (c *Controller) reconcile(ctx context.Context, key string) (time.Duration, 
 		return after, c.writeError(ctx, sb, u, errors.New("operatingMode Suspended is not supported by the stand-in sandbox controller"))
 	}
 
-	pod, err := c.ensurePod(ctx, sb)
-	if err != nil {
+	pod, created, err := c.ensurePod(ctx, sb, key)
+	var multi *multiplePodsError
+	switch {
+	case errors.Is(err, errHeld):
+		return 0, nil
+	case errors.As(err, &multi):
+		// A stable condition, not an error to retry: a pod event changes it.
+		// The event follows the status write that enters the state, so a
+		// reconcile from a stale cache (its write conflicts) adds none.
+		entering := !hasReadyReason(sb.status, ReasonMultiplePods)
+		if err := c.writeStatus(ctx, sb, c.multiplePodsStatus(sb, multi)); err != nil {
+			return 0, err
+		}
+		if entering {
+			c.recordMultiplePods(ctx, sb, multi)
+		}
+		return after, nil
+	case err != nil:
 		return 0, c.writeError(ctx, sb, u, err)
 	}
+	if created && len(sb.status.Conditions) > 0 && c.reach(key, NewPod) {
+		return 0, nil
+	}
 	return after, c.writeStatus(ctx, sb, c.liveStatus(sb, pod))
+}
+
+// errHeld stops a reconcile at a Hold.
+var errHeld = errors.New("held")
+
+// multiplePodsError is the real controller's ownership invariant violation:
+// more than one pod is controlled by the Sandbox.
+type multiplePodsError struct{ count int }
+
+func (e *multiplePodsError) Error() string {
+	return fmt.Sprintf("multiple Pods (%d) are controlled by this Sandbox; refusing to choose or create a Pod", e.count)
+}
+
+// ownedPods returns the cached pods that carry the Sandbox's name-hash label
+// and are controlled by it (the label finds candidates, the controller UID
+// decides).
+func (c *Controller) ownedPods(sb *sandbox) ([]*corev1.Pod, error) {
+	objs, err := c.pods.GetIndexer().ByIndex(cache.NamespaceIndex, sb.obj.GetNamespace())
+	if err != nil {
+		return nil, err
+	}
+	hash := NameHash(sb.obj.GetName())
+	var out []*corev1.Pod
+	for _, o := range objs {
+		p, ok := o.(*corev1.Pod)
+		if ok && p.Labels[NameHashLabel] == hash && ownedBy(p, sb) {
+			out = append(out, p)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
 }
 
 // findPod returns the pod the Sandbox refers to (annotation, else name)
 // from the cache, or nil.
 func (c *Controller) findPod(sb *sandbox) (*corev1.Pod, error) {
-	ns := sb.obj.GetNamespace()
-	names := []string{sb.obj.GetName()}
-	if a := sb.obj.GetAnnotations()[PodNameAnnotation]; a != "" && a != names[0] {
-		names = append([]string{a}, names...)
+	obj, ok, err := c.pods.GetIndexer().GetByKey(sb.obj.GetNamespace() + "/" + podName(sb))
+	if err != nil || !ok {
+		return nil, err
 	}
-	for _, n := range names {
-		obj, ok, err := c.pods.GetIndexer().GetByKey(ns + "/" + n)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			return obj.(*corev1.Pod), nil
-		}
+	return obj.(*corev1.Pod), nil
+}
+
+// podName is the pod the Sandbox tracks: its pod-name annotation, else its
+// own name.
+func podName(sb *sandbox) string {
+	if a := sb.obj.GetAnnotations()[PodNameAnnotation]; a != "" {
+		return a
 	}
-	return nil, nil
+	return sb.obj.GetName()
 }
 
 func ownedBy(pod *corev1.Pod, sb *sandbox) bool {
@@ -296,41 +359,97 @@ func ownedBy(pod *corev1.Pod, sb *sandbox) bool {
 	return ref != nil && ref.UID == sb.obj.GetUID()
 }
 
-// ensurePod returns the Sandbox's pod, creating it when missing, and keeps
-// its propagated metadata and the Sandbox's pod-name annotation current.
-func (c *Controller) ensurePod(ctx context.Context, sb *sandbox) (*corev1.Pod, error) {
-	pod, err := c.findPod(sb)
-	if err != nil {
-		return nil, err
-	}
+// ensurePod returns the Sandbox's pod, creating it when missing (created
+// reports that), and keeps its propagated metadata and the Sandbox's
+// pod-name annotation current. Like the real controller, when the tracked
+// pod is gone it first clears the annotation (a write of its own, with the
+// status untouched), and it refuses to choose when more than one pod is
+// controlled by the Sandbox (a *multiplePodsError).
+func (c *Controller) ensurePod(ctx context.Context, sb *sandbox, key string) (pod *corev1.Pod, created bool, err error) {
 	ns, name := sb.obj.GetNamespace(), sb.obj.GetName()
+	pod, err = c.findPod(sb)
+	if err != nil {
+		return nil, false, err
+	}
+	if pod == nil {
+		// The cache may not have a pod created a moment ago: ask the API
+		// server before concluding that the pod is gone.
+		live, err := c.kube.CoreV1().Pods(ns).Get(ctx, podName(sb), metav1.GetOptions{})
+		switch {
+		case err == nil:
+			pod = live
+		case !apierrors.IsNotFound(err):
+			return nil, false, err
+		}
+	}
+	_, annotated := sb.obj.GetAnnotations()[PodNameAnnotation]
+	if pod == nil && annotated {
+		c.log.Info("Pod referenced by annotation not found, clearing annotation to recover state", "sandbox", key, "pod", podName(sb))
+		if err := c.clearPodNameAnnotation(ctx, sb); err != nil {
+			return nil, false, err
+		}
+		annotated = false
+		if c.reach(key, PodGone) {
+			return nil, false, errHeld
+		}
+	}
+	owned, err := c.ownedPods(sb)
+	if err != nil {
+		return nil, false, err
+	}
+	if pod != nil && ownedBy(pod, sb) && !slices.ContainsFunc(owned, func(p *corev1.Pod) bool { return p.UID == pod.UID }) {
+		owned = append(owned, pod)
+	}
+	if len(owned) > 1 {
+		return nil, false, &multiplePodsError{count: len(owned)}
+	}
+	// The controller UID is authoritative over the annotation.
+	if len(owned) == 1 && (pod == nil || pod.Name != owned[0].Name) {
+		if annotated {
+			if err := c.clearPodNameAnnotation(ctx, sb); err != nil {
+				return nil, false, err
+			}
+		}
+		pod = owned[0]
+	}
 	if pod == nil {
 		pod, err = c.createPod(ctx, sb)
 		if apierrors.IsAlreadyExists(err) {
 			// Not in the cache yet (or not labelled): ask the API server.
 			pod, err = c.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		} else if err == nil {
+			created = true
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 	if !ownedBy(pod, sb) {
-		return nil, fmt.Errorf("pod %s/%s exists and is not controlled by Sandbox %s", ns, pod.Name, name)
+		return nil, false, fmt.Errorf("pod %s/%s exists and is not controlled by Sandbox %s", ns, pod.Name, name)
 	}
 	if pod.DeletionTimestamp == nil {
 		if err := c.syncPodMetadata(ctx, sb, pod); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 	if sb.obj.GetAnnotations()[PodNameAnnotation] != pod.Name {
 		patch := map[string]any{"metadata": map[string]any{"annotations": map[string]any{PodNameAnnotation: pod.Name}}}
 		u, err := c.patchSandbox(ctx, sb, patch)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		sb.obj = u
 	}
-	return pod, nil
+	return pod, created, nil
+}
+
+func (c *Controller) clearPodNameAnnotation(ctx context.Context, sb *sandbox) error {
+	u, err := c.patchSandbox(ctx, sb, map[string]any{"metadata": map[string]any{"annotations": map[string]any{PodNameAnnotation: nil}}})
+	if err != nil {
+		return fmt.Errorf("clear the %s annotation: %w", PodNameAnnotation, err)
+	}
+	sb.obj = u
+	return nil
 }
 
 func (c *Controller) createPod(ctx context.Context, sb *sandbox) (*corev1.Pod, error) {
@@ -514,6 +633,67 @@ func (c *Controller) liveStatus(sb *sandbox, pod *corev1.Pod) sandboxStatus {
 	}
 	st.Conditions = cs.out
 	return st
+}
+
+// multiplePodsStatus is the real controller's status while more than one
+// pod is controlled by the Sandbox: no pod is chosen, so the pod fields are
+// cleared (the selector stays) and PodScheduled is unknown.
+func (c *Controller) multiplePodsStatus(sb *sandbox, e *multiplePodsError) sandboxStatus {
+	st := sandboxStatus{Selector: sb.status.Selector, Service: sb.status.Service, ServiceFQDN: sb.status.ServiceFQDN}
+	cs := &conds{prev: sb.status.Conditions, gen: sb.obj.GetGeneration(), now: c.now()}
+	cs.set("Suspended", metav1.ConditionFalse, "NotSuspended", "Sandbox is not suspended")
+	cs.set("PodScheduled", metav1.ConditionUnknown, "PodSchedulingUnknown", "Pod state is unknown. Pod scheduling cannot be determined")
+	cs.set("Ready", metav1.ConditionFalse, ReasonMultiplePods, e.Error())
+	st.Conditions = cs.out
+	return st
+}
+
+func hasReadyReason(st sandboxStatus, reason string) bool {
+	for _, pc := range st.Conditions {
+		if pc.Type == "Ready" && pc.Reason == reason {
+			return true
+		}
+	}
+	return false
+}
+
+// recordMultiplePods emits the real controller's Warning event
+// (events.k8s.io/v1, reason MultiplePods, action Reconciling), once per
+// entry into the state.
+func (c *Controller) recordMultiplePods(ctx context.Context, sb *sandbox, e *multiplePodsError) {
+	now := c.now()
+	ev := &eventsv1.Event{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      fmt.Sprintf("%s.%x", sb.obj.GetName(), now.UnixNano()),
+			Namespace: sb.obj.GetNamespace(),
+		},
+		EventTime:           metav1.NewMicroTime(now),
+		ReportingController: FieldManager,
+		ReportingInstance:   FieldManager + "-" + hostname(),
+		Action:              "Reconciling",
+		Reason:              ReasonMultiplePods,
+		Regarding: corev1.ObjectReference{
+			APIVersion:      APIVersion,
+			Kind:            Kind,
+			Namespace:       sb.obj.GetNamespace(),
+			Name:            sb.obj.GetName(),
+			UID:             sb.obj.GetUID(),
+			ResourceVersion: sb.obj.GetResourceVersion(),
+		},
+		Note: e.Error(),
+		Type: corev1.EventTypeWarning,
+	}
+	if _, err := c.kube.EventsV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+		c.log.Info("recording the MultiplePods event failed", "sandbox", sb.obj.GetNamespace()+"/"+sb.obj.GetName(), "err", err)
+	}
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
 }
 
 // expire handles a Sandbox whose shutdownTime has passed.

@@ -42,7 +42,31 @@
 //     for a terminal pod Ready False/PodFailed "Pod failed" or
 //     False/PodSucceeded "Pod completed successfully" plus Finished True with
 //     the same reason and message. A terminal pod is not recreated.
-//   - A pod deleted while the Sandbox is live is recreated with the same name.
+//   - A pod deleted while the Sandbox is live is recreated with the same
+//     name, in the real controller's order: first a metadata patch removes
+//     the pod-name annotation (the status is not written, so a Ready=True
+//     Sandbox stays Ready=True with no pod), then the pod is created, the
+//     annotation set again, and only then the status is written (Ready=False
+//     "Pod exists with phase: Pending" from the created pod). Controller.Hold
+//     stops it inside that sequence (after the annotation is cleared, or
+//     after the replacement is created) until the test releases it, so a
+//     test can act while the stale Ready=True lasts.
+//   - While the pod is Terminating (deletionTimestamp set; see
+//     devcluster.TerminatingForAnnotation for a pod that stays so) the
+//     Sandbox keeps reporting it as it is: Ready stays True, the annotation
+//     stays, nothing is recreated until the pod is gone.
+//   - Pods are mapped by controller UID: pods carrying the name-hash label
+//     and controlled by the Sandbox. A pod tracked by the annotation that no
+//     longer exists clears the annotation (also outside the sequence above).
+//     More than one controlled pod: Ready False/MultiplePods "multiple Pods
+//     (N) are controlled by this Sandbox; refusing to choose or create a
+//     Pod", PodScheduled Unknown/PodSchedulingUnknown "Pod state is unknown.
+//     Pod scheduling cannot be determined", podIPs and nodeName cleared, no
+//     pod created; and a Warning event (events.k8s.io/v1, reason
+//     MultiplePods, action Reconciling, reportingController
+//     sandbox-controller, note = the message) once per entry into the state
+//     (after the status write that enters it). It clears when the extra
+//     pods are gone.
 //   - shutdownTime reached: first a status write with Ready
 //     False/SandboxExpired "Sandbox has expired" (PodScheduled removed, other
 //     conditions and fields kept), then the pod is deleted, then either the
@@ -56,7 +80,7 @@
 //
 // Left out: spec.service (headless Service, status.service/serviceFQDN),
 // volumeClaimTemplates, operatingMode Suspended (reported as Ready
-// False/ReconcilerError instead of suspending), warm pools and claims, the
-// transient clearing of the pod-name annotation while a vanished pod is
-// recreated, the MultiplePods check, Kubernetes Events, metrics.
+// False/ReconcilerError instead of suspending), warm pools and claims,
+// adoption of unowned pods, Kubernetes Events other than MultiplePods,
+// metrics.
 package sandboxctl
