@@ -2,7 +2,9 @@
 // plane of package devcluster (etcd, kube-apiserver, controller-manager,
 // scheduler, kwok, the stand-in Sandbox controller) with its fake node's
 // kubelet endpoint served by an execnode, so pods run, exec and logs work
-// through the real API server. It is for tests and `paperclip-k8s demo`;
+// through the real API server. The exec node watches the node's pods: each
+// pod's files are its own (by UID, so a replacement pod starts empty) and a
+// pod's processes are killed when the pod is deleted or ends. It is for tests and `paperclip-k8s demo`;
 // commands "in pods" run on this machine (see package execnode).
 package devenv
 
@@ -50,11 +52,20 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 		node.Close()
 		return nil, err
 	}
+	// The node learns its pods from the API server, as a kubelet does:
+	// files by pod UID, processes killed when their pod is deleted.
+	if err := node.WatchPods(ctx, c.Kube(), devcluster.NodeName); err != nil {
+		c.Stop()
+		node.Close()
+		return nil, err
+	}
 	return &Env{Cluster: c, Node: node}, nil
 }
 
-// Stop stops the control plane, then the exec node.
+// Stop stops the exec node's pod watch, the control plane, then the exec
+// node.
 func (e *Env) Stop() {
+	e.Node.StopWatchingPods()
 	e.Cluster.Stop()
 	e.Node.Close()
 }

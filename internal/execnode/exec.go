@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -105,7 +104,11 @@ func (e *localExecutor) ExecInContainer(ctx context.Context, pod, uid, container
 	if tty {
 		return errors.New("execnode: tty is not supported")
 	}
-	dir := filepath.Join(n.Root(), e.ns, pod)
+	key, dir, err := n.resolvePod(ctx, e.ns, pod, uid)
+	if err != nil {
+		n.logf("exec %s/%s/%s: %v", e.ns, pod, container, err)
+		return err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("execnode: work dir: %w", err)
 	}
@@ -118,6 +121,7 @@ func (e *localExecutor) ExecInContainer(ctx context.Context, pod, uid, container
 		"PWD=" + dir,
 		"HOSTNAME=" + pod,
 		"EXECNODE_INSTANCE=" + n.marker,
+		"EXECNODE_POD=" + key,
 	}, n.env...)
 	if in != nil {
 		cmd.Stdin = in
@@ -143,8 +147,12 @@ func (e *localExecutor) ExecInContainer(ctx context.Context, pod, uid, container
 	n.mu.Lock()
 	n.pgids[pgid] = struct{}{}
 	n.mu.Unlock()
+	if !n.startedExec(key, pgid) {
+		_ = killGroup(pgid) // the pod ended while the command started
+	}
 
-	err := cmd.Wait()
+	err = cmd.Wait()
+	n.finishedExec(key, pgid)
 	d := time.Since(start).Round(time.Millisecond)
 	var ee *exec.ExitError
 	switch {

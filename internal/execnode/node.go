@@ -31,8 +31,10 @@
 // not exist anywhere: any valid names work, which is what lets unit tests
 // point client-go straight at the node.
 //
-// Commands run with os/exec in WorkDir(namespace, pod) = <Root>/<ns>/<pod>
-// (created on demand). stdin is wired to the stream so the client's EOF
+// Commands run with os/exec in their pod's directory (created on demand):
+// <Root>/.pods/<uid> once Node.WatchPods connects the node to the API
+// server, which also makes pod deletion kill the pod's processes (see
+// pods.go); else WorkDir(namespace, pod) = <Root>/<ns>/<pod>. stdin is wired to the stream so the client's EOF
 // reaches the process; stdout and stderr are separate; a non-zero exit status
 // is returned as a k8s.io/utils/exec.ExitError so the API server reports the
 // standard NonZeroExitCode status (clients see
@@ -50,9 +52,9 @@
 // users, and any resource accounting.
 //
 // The process environment is minimal and does not inherit the test process's
-// environment: PATH (the host's), HOME=WorkDir, HOSTNAME=<pod>, PWD, an
-// EXECNODE_INSTANCE marker used by Close to find leftover processes, and
-// Options.Env.
+// environment: PATH (the host's), HOME and PWD (the pod's directory),
+// HOSTNAME=<pod>, the markers EXECNODE_INSTANCE and EXECNODE_POD used to
+// find leftover processes, and Options.Env.
 package execnode
 
 import (
@@ -77,6 +79,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"k8s.io/client-go/kubernetes"
 )
 
 // Options configures a Node.
@@ -119,6 +123,9 @@ type Node struct {
 	marker    string
 
 	mu        sync.Mutex
+	kube      kubernetes.Interface // set by WatchPods
+	stopWatch func()
+	podsByKey map[string]*podState
 	started   bool
 	closed    bool
 	srv       *http.Server
@@ -143,6 +150,7 @@ func New(opts Options) *Node {
 		noV5:      opts.KubeletProtocolsOnly,
 		conns:     map[*trackedConn]struct{}{},
 		pgids:     map[int]struct{}{},
+		podsByKey: map[string]*podState{},
 		endedLogs: map[string]bool{},
 		closeCh:   make(chan struct{}),
 	}
@@ -271,6 +279,7 @@ func (n *Node) Close() {
 		conns = append(conns, c)
 	}
 	n.mu.Unlock()
+	n.StopWatchingPods()
 	if !started {
 		return
 	}

@@ -30,13 +30,52 @@ func (n *Node) killLeftovers() {
 	if len(pgids) == 0 {
 		return
 	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
+	kill, present, ok := n.scanGroups(pgids, "")
+	if !ok {
 		return
 	}
-	needle := []byte("EXECNODE_INSTANCE=" + n.marker + "\x00")
-	kill := map[int]struct{}{}
-	present := map[int]struct{}{}
+	for g := range kill {
+		_ = killGroup(g)
+	}
+	// Forget only groups with no member left: a member caught in the middle
+	// of an exec (its environ briefly unreadable) is found by a later pass.
+	n.mu.Lock()
+	for g := range pgids {
+		if _, alive := present[g]; !alive {
+			delete(n.pgids, g)
+		}
+	}
+	n.mu.Unlock()
+}
+
+// killMarked SIGKILLs the groups among pgids that have a member carrying
+// this node's marker and EXECNODE_POD=key, and returns how many.
+func (n *Node) killMarked(pgids map[int]struct{}, key string) int {
+	if len(pgids) == 0 {
+		return 0
+	}
+	kill, _, _ := n.scanGroups(pgids, key)
+	for g := range kill {
+		_ = killGroup(g)
+	}
+	return len(kill)
+}
+
+// scanGroups looks through /proc for members of the groups in pgids:
+// present holds the groups with any member, kill those with a member whose
+// environment carries this node's marker (and EXECNODE_POD=podKey unless
+// podKey is empty).
+func (n *Node) scanGroups(pgids map[int]struct{}, podKey string) (kill, present map[int]struct{}, ok bool) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, nil, false
+	}
+	needles := [][]byte{[]byte("\x00EXECNODE_INSTANCE=" + n.marker + "\x00")}
+	if podKey != "" {
+		needles = append(needles, []byte("\x00EXECNODE_POD="+podKey+"\x00"))
+	}
+	kill = map[int]struct{}{}
+	present = map[int]struct{}{}
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -54,21 +93,19 @@ func (n *Node) killLeftovers() {
 			continue
 		}
 		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err != nil || !bytes.Contains(append(env, 0), needle) {
+		if err != nil {
 			continue
 		}
-		kill[pgid] = struct{}{}
-	}
-	for g := range kill {
-		_ = killGroup(g)
-	}
-	// Forget only groups with no member left: a member caught in the middle
-	// of an exec (its environ briefly unreadable) is found by a later pass.
-	n.mu.Lock()
-	for g := range pgids {
-		if _, alive := present[g]; !alive {
-			delete(n.pgids, g)
+		env = append(append([]byte{0}, env...), 0)
+		match := true
+		for _, nd := range needles {
+			if !bytes.Contains(env, nd) {
+				match = false
+			}
+		}
+		if match {
+			kill[pgid] = struct{}{}
 		}
 	}
-	n.mu.Unlock()
+	return kill, present, true
 }

@@ -19,3 +19,12 @@ func (n *Node) killLeftovers() {
 		delete(n.pgids, g)
 	}
 }
+
+// killMarked kills the given groups (best effort, as killLeftovers) and
+// returns how many it signalled.
+func (n *Node) killMarked(pgids map[int]struct{}, _ string) int {
+	for g := range pgids {
+		_ = killGroup(g)
+	}
+	return len(pgids)
+}
