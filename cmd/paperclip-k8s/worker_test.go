@@ -205,17 +205,39 @@ func TestWorkerBadLines(t *testing.T) {
 		{"blank line", ``, "", 0, ""},
 		{"whitespace line", " \t \r", "", 0, ""},
 	}
+	// Requests are served concurrently, so a reply can overtake the reply to
+	// a line sent before it: each expected reply is waited for by its id,
+	// never inferred from the order of the output.
+	isReply := func(m *message) bool { return m.method == "" && m.id != nil }
+	// waitReply waits for a reply with the given id (its JSON text) among
+	// the stdout lines from index from on.
+	waitReply := func(from int, id string) bool {
+		return w.waitUntil(callTimeout, func() bool {
+			for _, m := range w.out[from:] {
+				if isReply(m) && m.idKey() == id {
+					return true
+				}
+			}
+			return w.exited
+		}) && !w.hasExited()
+	}
+	healthIDs := map[string]bool{}
+	first := len(w.stdoutLines()) // after initialize's reply
 	for _, c := range cases {
 		before := len(w.stdoutLines())
 		w.send(c.line)
-		// A health request right after shows the worker is alive and tells
-		// us when the bad line has been handled (lines are read in order).
+		// A health request right after shows the worker is alive; its reply
+		// says nothing about the bad line's, which is waited for by id.
 		hid, _ := w.request("health", map[string]any{})
+		healthIDs[hid] = true
 		w.reply(hid)
-		lines := w.stdoutLines()[before:]
+		if c.id != "" && !waitReply(before, c.id) {
+			t.Errorf("%s: no reply with id %s (worker exited: %v)", c.name, c.id, w.hasExited())
+			continue
+		}
 		var replies []*message
-		for _, m := range lines {
-			if m.idKey() != hid {
+		for _, m := range w.stdoutLines()[before:] {
+			if isReply(m) && !healthIDs[m.idKey()] {
 				replies = append(replies, m)
 			}
 		}
@@ -233,6 +255,23 @@ func TestWorkerBadLines(t *testing.T) {
 		if m.err == nil || m.idKey() != c.id || m.err.Code != c.code || !strings.Contains(m.err.Message, c.msg) {
 			t.Errorf("%s: want error %d with id %s (message containing %q), got %s", c.name, c.code, c.id, c.msg, m.raw)
 		}
+	}
+	// A reply to a line that wants none could come after that case was
+	// checked: the whole output holds exactly the expected replies.
+	want := map[string]int{}
+	for _, c := range cases {
+		if c.id != "" {
+			want[c.id]++
+		}
+	}
+	got := map[string]int{}
+	for _, m := range w.stdoutLines()[first:] {
+		if isReply(m) && !healthIDs[m.idKey()] {
+			got[m.idKey()]++
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("replies by id: got %v, want %v", got, want)
 	}
 }
 
