@@ -271,7 +271,9 @@ func (e *Engine) prune(ctx context.Context, s *Spec, want *unstructured.Unstruct
 
 // Create renders and creates one object (a claim: it fails if the name is
 // taken). When the spec has an owner block and owner is given, the object
-// gets an ownerReference to it.
+// gets an ownerReference to it. A create without a definite answer
+// (OutcomeUnknown) is followed by a delete of that name, when the object
+// there carries what was rendered, and fails with an *UnknownOutcomeError.
 func (e *Engine) Create(ctx context.Context, s *Spec, namespace string, values map[string]any, owner *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	if wanted, err := s.Wanted(values); err != nil {
 		return nil, err
@@ -301,6 +303,11 @@ func (e *Engine) Create(ctx context.Context, s *Spec, namespace string, values m
 		return nil, err
 	}
 	got, err := c.Create(ctx, o, metav1.CreateOptions{FieldManager: FieldManager})
+	if OutcomeUnknown(err) {
+		// The object may exist (applied, then the answer was lost): delete
+		// that name if it is ours, so a lost response leaks nothing.
+		return nil, e.cleanupUnknownCreate(ctx, s, c, o, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("creating %s from %s: %w", RefOf(s, o), s.File, err)
 	}

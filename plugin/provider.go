@@ -59,12 +59,15 @@ func (p *Provider) Methods() *rpc.Mux {
 	m.Register(rpc.MethodShutdown, func(context.Context, json.RawMessage) (any, error) { return nil, nil })
 	m.Register(rpc.MethodConfigChanged, func(context.Context, json.RawMessage) (any, error) { return nil, nil })
 	m.Register(rpc.MethodEnvironmentValidateConfig, rpc.Typed(p.ValidateConfig))
-	m.Register(rpc.MethodEnvironmentProbe, rpc.Typed(p.Probe))
-	m.Register(rpc.MethodEnvironmentAcquireLease, rpc.Typed(p.AcquireLease))
-	m.Register(rpc.MethodEnvironmentResumeLease, rpc.Typed(p.ResumeLease))
-	m.Register(rpc.MethodEnvironmentReleaseLease, rpc.Typed(p.ReleaseLease))
-	m.Register(rpc.MethodEnvironmentDestroyLease, rpc.Typed(p.DestroyLease))
-	m.Register(rpc.MethodEnvironmentRealizeWorkspace, rpc.Typed(p.RealizeWorkspace))
+	// The lease hooks and the probe answer within the time the host waits
+	// for them (see budget.go); execute and the syncs have their own
+	// timeouts.
+	m.Register(rpc.MethodEnvironmentProbe, rpc.Typed(bounded(p, rpc.MethodEnvironmentProbe, p.Probe, probeLate)))
+	m.Register(rpc.MethodEnvironmentAcquireLease, rpc.Typed(bounded(p, rpc.MethodEnvironmentAcquireLease, p.AcquireLease, nil)))
+	m.Register(rpc.MethodEnvironmentResumeLease, rpc.Typed(bounded(p, rpc.MethodEnvironmentResumeLease, p.ResumeLease, nil)))
+	m.Register(rpc.MethodEnvironmentReleaseLease, rpc.Typed(bounded(p, rpc.MethodEnvironmentReleaseLease, p.ReleaseLease, nil)))
+	m.Register(rpc.MethodEnvironmentDestroyLease, rpc.Typed(bounded(p, rpc.MethodEnvironmentDestroyLease, p.DestroyLease, nil)))
+	m.Register(rpc.MethodEnvironmentRealizeWorkspace, rpc.Typed(bounded(p, rpc.MethodEnvironmentRealizeWorkspace, p.RealizeWorkspace, nil)))
 	m.Register(rpc.MethodEnvironmentExecute, rpc.Typed(p.Execute))
 	// Native file sync needs an exec channel into a pod: it is offered when
 	// a loaded backend has one (a lease of another backend gets an error,
