@@ -309,7 +309,7 @@ func (e *Engine) Create(ctx context.Context, s *Spec, namespace string, values m
 		return nil, e.cleanupUnknownCreate(ctx, s, c, o, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("creating %s from %s: %w", RefOf(s, o), s.File, err)
+		return nil, fmt.Errorf("creating %s from %s: %w", RefOf(s, o), s.File, e.noteMissing(s, err))
 	}
 	if got.GetUID() == "" {
 		return nil, fmt.Errorf("creating %s: the server returned no UID", RefOf(s, o))
@@ -327,6 +327,9 @@ func (e *Engine) Get(ctx context.Context, ref Ref) (*unstructured.Unstructured, 
 	}
 	o, err := c.Get(ctx, ref.Name, metav1.GetOptions{})
 	if err != nil {
+		if ResourceMissing(e.noteMissing(ref.Spec, err)) {
+			return nil, fmt.Errorf("reading %s: the cluster no longer serves %s: %w", ref, ref.Spec.API.Kind, err)
+		}
 		if apierrors.IsNotFound(err) {
 			return nil, &GoneError{Ref: ref}
 		}
@@ -378,6 +381,8 @@ func (e *Engine) Release(ctx context.Context, ref Ref) (bool, error) {
 	}
 	err = c.Delete(ctx, ref.Name, opts)
 	switch {
+	case ResourceMissing(e.noteMissing(ref.Spec, err)):
+		return false, fmt.Errorf("deleting %s: the cluster no longer serves %s: %w", ref, ref.Spec.API.Kind, err)
 	case err == nil:
 		return true, nil
 	case apierrors.IsNotFound(err):
@@ -397,6 +402,7 @@ func (e *Engine) List(ctx context.Context, s *Spec, namespace, selector string) 
 	}
 	l, err := c.List(ctx, metav1.ListOptions{LabelSelector: selector})
 	if err != nil {
+		e.noteMissing(s, err)
 		return nil, fmt.Errorf("listing %s in %q (selector %q): %w", s.API.Kind, namespace, selector, err)
 	}
 	return l.Items, nil

@@ -33,6 +33,8 @@ type Status struct {
 	State   State
 	Reason  string
 	Message string
+	// Hint says what to do about this state (the rule's hint).
+	Hint string
 	// Rule is the index of the rule that matched, -1 when none did.
 	Rule int
 }
@@ -44,6 +46,9 @@ func (s Status) String() string {
 	}
 	if s.Message != "" {
 		out += ": " + s.Message
+	}
+	if s.Hint != "" {
+		out += "; " + s.Hint
 	}
 	return out
 }
@@ -73,7 +78,7 @@ func (s *Spec) Evaluate(obj []byte) Status {
 				continue
 			}
 		}
-		st := Status{State: rule.State, Rule: i}
+		st := Status{State: rule.State, Hint: rule.Hint, Rule: i}
 		st.Reason = first(doc.Get(rule.ReasonFrom).String(), rule.Reason, cond.Get("reason").String())
 		st.Message = first(doc.Get(rule.MessageFrom).String(), rule.Message, cond.Get("message").String())
 		return st

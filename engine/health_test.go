@@ -23,7 +23,7 @@ func TestReadinessRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var expected map[string]struct{ State, Reason string }
+	var expected map[string]struct{ State, Reason, Message string }
 	if err := json.Unmarshal(raw, &expected); err != nil {
 		t.Fatal(err)
 	}
@@ -41,6 +41,9 @@ func TestReadinessRules(t *testing.T) {
 			var got engine.Status = s.Evaluate(obj)
 			is.Equal(string(got.State), want.State)
 			is.Equal(got.Reason, want.Reason)
+			if !strings.Contains(got.Message, want.Message) {
+				t.Errorf("message %q does not contain %q", got.Message, want.Message)
+			}
 		})
 	}
 }

@@ -51,8 +51,11 @@ func (c *Catalog) Permissions() []Permission {
 		if s.Scope == ScopeTenant && len(s.When) > 0 {
 			add(s.API.Group, s.API.Resource, pruneVerbs...)
 		}
-		if s.Scope == ScopeBackend && s.Backend != nil && s.Backend.DeadlinePath != "" {
-			add(s.API.Group, s.API.Resource, "patch") // SetDeadline
+		if s.Claim != nil {
+			add(s.API.Group, s.API.Resource, "get", "create") // Claim
+		}
+		if s.Scope == ScopeBackend && s.Backend != nil && (s.Backend.DeadlinePath != "" || s.Backend.Mode == ModeExec) {
+			add(s.API.Group, s.API.Resource, "patch") // SetDeadline; Annotate (the pinned pod of an exec lease)
 		}
 		if s.Scope == ScopeBackend {
 			// Run objects are owned by the workload with blockOwnerDeletion;

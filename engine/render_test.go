@@ -192,7 +192,7 @@ func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {
 	is.Equal(perms["batch/jobs"], []string{"create", "delete", "get", "list", "watch"})
 	is.Equal(perms["agents.x-k8s.io/sandboxes/finalizers"], []string{"update"})
 	is.Equal(perms["networking.k8s.io/networkpolicies"], []string{"create", "delete", "get", "patch"}) // tenant ∪ run
-	is.Equal(perms["/namespaces"], []string{"create", "patch"})                                        // never read back or deleted
+	is.Equal(perms["/namespaces"], []string{"create", "get", "patch"})                                 // read to check the claim; never deleted
 	is.Equal(perms["/secrets"], []string{"create", "delete"})                                          // never read
 	for _, s := range c.All() {
 		if s.API != nil {

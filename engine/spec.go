@@ -72,6 +72,9 @@ type Rule struct {
 	ReasonFrom  string          `json:"reasonFrom,omitempty"`
 	Message     string          `json:"message,omitempty"`
 	MessageFrom string          `json:"messageFrom,omitempty"`
+	// Hint is what the user can do about this state; it follows the
+	// message in errors.
+	Hint string `json:"hint,omitempty"`
 }
 
 // Health holds the readiness rules, evaluated in order; the first match wins.
@@ -127,6 +130,13 @@ type Owner struct {
 	Controller bool `json:"controller"`
 }
 
+// Claim lists label keys that identify whose object it is. The provider
+// creates the object when it is absent and touches an existing one only
+// when it carries the rendered values of all these labels.
+type Claim struct {
+	Labels []string `json:"labels"`
+}
+
 // Release says how the object is deleted.
 type Release struct {
 	PropagationPolicy string `json:"propagationPolicy,omitempty"`
@@ -148,6 +158,9 @@ type Spec struct {
 	Logs        *Subresource   `json:"logs,omitempty"`
 	Exec        *Subresource   `json:"exec,omitempty"`
 	Release     *Release       `json:"release,omitempty"`
+	// Claim makes a tenant object one the provider owns by its labels
+	// (see Engine.Claim).
+	Claim *Claim `json:"claim,omitempty"`
 
 	// File is where the spec was read from.
 	File string `json:"-"`

@@ -269,7 +269,12 @@ func TestMethodsAreBoundedAgainstAStalledAPIServer(t *testing.T) {
 				is.NoErr(got.err)
 				pr := got.r.(ProbeResult)
 				is.True(!pr.OK)
-				is.True(strings.Contains(pr.Diagnostics[0].Message, "did not finish within its time budget"))
+				// The probe's own calls end with its context (or the reply
+				// goes out at the budget): either way it says so.
+				msg := pr.Diagnostics[0].Message
+				if !strings.Contains(msg, "did not finish within its time budget") && !strings.Contains(msg, "context deadline exceeded") {
+					t.Errorf("probe diagnostic %q says nothing of the budget or the deadline", msg)
+				}
 				return
 			}
 			is.True(got.err != nil)

@@ -44,6 +44,9 @@ type ExecuteResult struct {
 // when it is deleted, replaced or terminal — so a command never runs in a
 // pod that replaced the lease's, without an API call per command.
 type leaseState struct {
+	// owner is the company and environment the workload was checked
+	// against (ownedBy); another caller gets no shortcut through this state.
+	owner       [2]string
 	workloadUID string
 	podName     string
 	podUID      string
@@ -87,6 +90,9 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		return ExecuteResult{ExitCode: &one, Stderr: "No provider lease ID available for execution."}, nil
 	}
 	id := *in.Lease.ProviderLeaseID
+	if err := requireIDs(in.BaseParams); err != nil {
+		return ExecuteResult{}, err
+	}
 	cfg, err := p.parseConfig(in.Config)
 	if err != nil {
 		return ExecuteResult{}, err
@@ -113,10 +119,10 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 	defer cancel()
 	meta := map[string]any{"provider": "kubernetes", "backend": ref.Spec.Name, "namespace": ref.Namespace, "workloadName": ref.Name}
 	if ref.Spec.Backend.Mode == engine.ModeLogs {
-		return p.awaitLogs(waitCtx, cl, ref, meta)
+		return p.awaitLogs(waitCtx, cl, ref, in.BaseParams, meta)
 	}
 
-	st, err := p.readyPod(waitCtx, cl, ref, m)
+	st, err := p.readyPod(waitCtx, cl, ref, in.BaseParams, m)
 	if err != nil {
 		var we *engine.WaitError
 		if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
@@ -152,7 +158,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		checkCtx, cancelCheck := context.WithTimeout(ctx, 10*time.Second)
 		defer cancelCheck()
 		if _, gerr := p.checkPod(checkCtx, cl, ref, st, true); gerr != nil {
-			p.forget(id)
+			p.forget(ref)
 			return ExecuteResult{}, gerr
 		}
 		return ExecuteResult{}, fmt.Errorf("running the command in pod %s/%s: %w", ref.Namespace, st.podName, err)
@@ -169,31 +175,38 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 // its pod to be ready on the first call and remembering the pod by UID.
 // Later calls check that the same pod (same UID) is still there, so a
 // command never runs in a pod that replaced the lease's.
-func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, m LeaseMetadata) (*leaseState, error) {
-	if v, ok := p.leases.Load(ref.Name); ok {
+func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, base BaseParams, m LeaseMetadata) (*leaseState, error) {
+	owner := [2]string{base.CompanyID, base.EnvironmentID}
+	if v, ok := p.leases.Load(leaseKey(ref)); ok && v.(*leaseState).owner == owner {
 		st := v.(*leaseState)
 		return p.checkPod(ctx, cl, ref, st, false)
 	}
-	w, err := cl.engine.Get(ctx, ref)
+	ref, w, err := p.workload(ctx, cl, ref, base)
 	if err != nil {
 		return nil, err
 	}
-	w, _, err = cl.engine.Wait(ctx, ref.Spec, w, engine.Ready)
+	pinned := pinnedPodUID(m, w)
+	w, pod, err := cl.engine.AwaitPod(ctx, ref.Spec, w)
 	if err != nil {
+		var te *engine.TerminalError
+		if errors.As(err, &te) {
+			return nil, fmt.Errorf("%s cannot be used: %w", ref, err)
+		}
 		return nil, err
 	}
-	pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
-	if err != nil {
-		return nil, err
+	if pinned != "" && string(pod.GetUID()) != pinned {
+		return nil, fmt.Errorf("the pod of %s was replaced (pod UID %s is gone, %s is a new pod); its workspace is lost, acquire a new lease", ref, pinned, pod.GetName())
 	}
-	if m.PodUID != "" && string(pod.GetUID()) != m.PodUID {
-		return nil, fmt.Errorf("the pod of %s was replaced (pod UID %s is gone, %s is a new pod); its workspace is lost, acquire a new lease", ref, m.PodUID, pod.GetName())
+	if pinned == "" {
+		// Pin the pod on the workload, where the first resume of a lease
+		// kept for reuse reads it (the host's metadata of that lease is
+		// the one acquire returned, without a pod).
+		if err := cl.engine.Annotate(ctx, ref, policy.AnnotationPodUID, string(pod.GetUID())); err != nil {
+			return nil, err
+		}
 	}
 	podSpec, _ := p.Catalog.Pod()
-	if pod, _, err = cl.engine.Wait(ctx, podSpec, pod, engine.Ready); err != nil {
-		return nil, err
-	}
-	st := &leaseState{workloadUID: string(w.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID())}
+	st := &leaseState{owner: owner, workloadUID: string(w.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID())}
 	// The watch lives until the pod ends, the lease is released, or a day
 	// past the lease's expiry at the latest.
 	life := 24 * time.Hour
@@ -203,7 +216,7 @@ func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, m 
 	fctx, stop := context.WithTimeout(context.Background(), life)
 	st.stop = stop
 	st.follow(fctx, cl.engine, podSpec, pod)
-	if old, loaded := p.leases.Swap(ref.Name, st); loaded {
+	if old, loaded := p.leases.Swap(leaseKey(ref), st); loaded {
 		old.(*leaseState).stop()
 	}
 	return st, nil
@@ -235,8 +248,8 @@ func (p *Provider) checkPod(ctx context.Context, cl *cluster, ref engine.Ref, st
 }
 
 // awaitLogs waits for a run-to-completion workload and returns its pod's log.
-func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, meta map[string]any) (ExecuteResult, error) {
-	w, err := cl.engine.Get(ctx, ref)
+func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, base BaseParams, meta map[string]any) (ExecuteResult, error) {
+	ref, w, err := p.workload(ctx, cl, ref, base)
 	if err != nil {
 		return ExecuteResult{}, err
 	}
@@ -275,9 +288,22 @@ func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, m
 	return out, nil
 }
 
+// pinnedPodUID is the UID of the pod a lease was pinned to: the lease's
+// metadata (from a resume), else the workload's annotation (set by the
+// first command). "" when the lease has not used a pod yet.
+func pinnedPodUID(m LeaseMetadata, w *unstructured.Unstructured) string {
+	if m.PodUID != "" {
+		return m.PodUID
+	}
+	return w.GetAnnotations()[policy.AnnotationPodUID]
+}
+
+// leaseKey keys what the worker remembers of a lease.
+func leaseKey(ref engine.Ref) string { return ref.Namespace + "/" + ref.Name }
+
 // forget drops what the worker remembers of a lease and stops its watch.
-func (p *Provider) forget(id string) {
-	if v, ok := p.leases.LoadAndDelete(id); ok {
+func (p *Provider) forget(ref engine.Ref) {
+	if v, ok := p.leases.LoadAndDelete(leaseKey(ref)); ok {
 		v.(*leaseState).stop()
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
 )
 
 // AcquireParams are environmentAcquireLease's params.
@@ -86,6 +87,9 @@ func strPtr(s string) *string { return &s }
 // without waiting for the pod. If a step after the claim fails, everything
 // this call created is deleted again and the error says so.
 func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, error) {
+	if err := requireIDs(in.BaseParams, "runId", in.RunID); err != nil {
+		return Lease{}, err
+	}
 	cfg, err := p.parseConfig(in.Config)
 	if err != nil {
 		return Lease{}, err
@@ -94,7 +98,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	if err != nil {
 		return Lease{}, err
 	}
-	ns, err := cfg.Namespace(in.CompanyID)
+	ns, err := p.tenantNamespace(cfg, in.CompanyID)
 	if err != nil {
 		return Lease{}, err
 	}
@@ -155,8 +159,11 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		"cidrs": grant.AllowCidrs,
 	}
 	runGrant["any"] = len(runGrant["fqdns"].([]string))+len(grant.AllowCidrs) > 0
-	labels := policy.Labels(policy.RunIdentity{RunID: in.RunID, AgentID: in.AgentID, CompanyID: in.CompanyID, AdapterType: adapterType})
+	labels := policy.Labels(policy.RunIdentity{RunID: in.RunID, AgentID: in.AgentID, CompanyID: in.CompanyID, EnvironmentID: in.EnvironmentID, AdapterType: adapterType})
 	values := maps.Clone(tenant)
+	if values["operator"], err = p.operatorValues(); err != nil {
+		return Lease{}, err
+	}
 	values["grant"] = runGrant
 	values["run"] = map[string]any{
 		"id":               policy.LabelValue(in.RunID),
@@ -193,7 +200,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	for _, s := range p.Catalog.Scoped(engine.ScopeRun) {
 		o, err := cl.engine.Create(ctx, s, ns, values, workload)
 		if err != nil {
-			return Lease{}, p.undoAcquire(cl, backend, workload, created, err)
+			return Lease{}, p.undoAcquire(ctx, cl, backend, workload, created, err)
 		}
 		if o == nil {
 			continue // not wanted under this config
@@ -212,8 +219,10 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 
 // undoAcquire deletes what a failed acquire created, newest first, and
 // returns an error that says what failed and whether cleanup was complete.
-func (p *Provider) undoAcquire(cl *cluster, backend *engine.Spec, workload *unstructured.Unstructured, created []engine.Ref, cause error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func (p *Provider) undoAcquire(ctx context.Context, cl *cluster, backend *engine.Spec, workload *unstructured.Unstructured, created []engine.Ref, cause error) error {
+	// The acquire's own context may have ended (that may be the cause):
+	// clean up within what is left until the reply is due.
+	ctx, cancel := engine.CleanupContext(ctx)
 	defer cancel()
 	var failed []string
 	refs := append([]engine.Ref{engine.RefOf(backend, workload)}, created...)
@@ -258,7 +267,14 @@ func (p *Provider) ensureTenant(ctx context.Context, cl *cluster, ns string, val
 	if t, ok := cl.tenants.Load(key); ok && !force && p.Now().Sub(t.(time.Time)) < tenantRecheck {
 		return nil
 	}
-	if _, err := cl.engine.Apply(ctx, p.Catalog.Scoped(engine.ScopeTenant), ns, values); err != nil {
+	specs := p.Catalog.Scoped(engine.ScopeTenant)
+	// The namespace must be this company's (created by the provider for
+	// it) before anything is applied to it.
+	if err := cl.engine.Claim(ctx, specs, ns, values); err != nil {
+		cl.tenants.Delete(key)
+		return fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
+	}
+	if _, err := cl.engine.Apply(ctx, specs, ns, values); err != nil {
 		cl.tenants.Delete(key)
 		return fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
 	}
@@ -292,9 +308,17 @@ type LeaseParams struct {
 	CancelActiveWork bool           `json:"cancelActiveWork,omitempty"`
 }
 
-// leaseTarget reads what a lease points at: its namespace, backend spec and
-// workload reference (UID-pinned when the metadata has it).
+// leaseTarget says which workload a lease may touch. What it may touch
+// is derived from the config and the company, never taken from the host's
+// lease metadata: the namespace is the company's tenant namespace under
+// this config (metadata naming another one is refused), the name must be a
+// run name, and the workload is used only once ownedBy accepts its labels.
+// The metadata's backend and workload UID only narrow the choice (a UID
+// becomes a precondition).
 func (p *Provider) leaseTarget(cfg policy.Config, companyID, id string, m LeaseMetadata) (engine.Ref, error) {
+	if !policy.IsRunName(id) {
+		return engine.Ref{}, rpc.Errorf(rpc.CodeInvalidParams, "providerLeaseId %q is not a lease of this provider (want %s followed by 26 lowercase letters and digits)", id, policy.RunNamePrefix)
+	}
 	backendName := m.Backend
 	if backendName == "" {
 		backendName = cfg.Backend
@@ -303,13 +327,80 @@ func (p *Provider) leaseTarget(cfg policy.Config, companyID, id string, m LeaseM
 	if err != nil {
 		return engine.Ref{}, err
 	}
-	ns := m.Namespace
-	if ns == "" {
-		if ns, err = cfg.Namespace(companyID); err != nil {
-			return engine.Ref{}, err
-		}
+	ns, err := p.tenantNamespace(cfg, companyID)
+	if err != nil {
+		return engine.Ref{}, err
+	}
+	if m.Namespace != "" && m.Namespace != ns {
+		return engine.Ref{}, fmt.Errorf("lease %s: its metadata names namespace %q, but this company's tenant namespace under this environment's config is %q; "+
+			"the lease belongs to another company or environment (or the config's namespacePrefix/companySlug changed since it was acquired), so nothing was touched", id, m.Namespace, ns)
 	}
 	return engine.Ref{Spec: backend, Namespace: ns, Name: id, UID: types.UID(m.WorkloadUID)}, nil
+}
+
+// ownedBy checks that a workload is this company's and this environment's:
+// it carries the provider's managed-by label, the company's label and, when
+// it has one (workloads of the first edition have none), the environment's.
+func ownedBy(ref engine.Ref, w *unstructured.Unstructured, companyID, environmentID string) error {
+	l := w.GetLabels()
+	var wrong []string
+	if l[policy.LabelManagedBy] != policy.ManagedByValue {
+		wrong = append(wrong, fmt.Sprintf("%s is %q (want %q)", policy.LabelManagedBy, l[policy.LabelManagedBy], policy.ManagedByValue))
+	}
+	if want := policy.LabelValue(companyID); l[policy.LabelCompanyID] != want {
+		wrong = append(wrong, fmt.Sprintf("%s is %q (want %q)", policy.LabelCompanyID, l[policy.LabelCompanyID], want))
+	}
+	if got, ok := l[policy.LabelEnvironmentID]; ok && got != policy.LabelValue(environmentID) {
+		wrong = append(wrong, fmt.Sprintf("%s is %q (want %q)", policy.LabelEnvironmentID, got, policy.LabelValue(environmentID)))
+	}
+	if len(wrong) > 0 {
+		return fmt.Errorf("%s is not a workload of this company and environment (%s); refusing to use it, nothing was touched", ref, strings.Join(wrong, ", "))
+	}
+	return nil
+}
+
+// workload reads a lease's workload and checks that it is the company's
+// (ownedBy); the returned ref is pinned to the workload's UID. A workload
+// that is gone comes back as an engine.GoneError.
+func (p *Provider) workload(ctx context.Context, cl *cluster, ref engine.Ref, base BaseParams) (engine.Ref, *unstructured.Unstructured, error) {
+	w, err := cl.engine.Get(ctx, ref)
+	if err != nil {
+		return ref, nil, err
+	}
+	if err := ownedBy(ref, w, base.CompanyID, base.EnvironmentID); err != nil {
+		return ref, nil, err
+	}
+	ref.UID = w.GetUID()
+	return ref, w, nil
+}
+
+// requireIDs refuses a hook whose companyId (or another required id, given
+// as name/value pairs) is blank: every name the provider derives starts
+// from them.
+func requireIDs(base BaseParams, more ...string) error {
+	if strings.TrimSpace(base.CompanyID) == "" {
+		return rpc.Errorf(rpc.CodeInvalidParams, "companyId is required and must not be blank: the tenant namespace and the labels of every object derive from it")
+	}
+	for i := 0; i+1 < len(more); i += 2 {
+		if strings.TrimSpace(more[i+1]) == "" {
+			return rpc.Errorf(rpc.CodeInvalidParams, "%s is required and must not be blank: the run's labels derive from it", more[i])
+		}
+	}
+	return nil
+}
+
+// tenantNamespace is the company's tenant namespace under cfg. Besides the
+// names the cluster reserves (policy.Reserved), the namespace the worker
+// itself runs in is never one.
+func (p *Provider) tenantNamespace(cfg policy.Config, companyID string) (string, error) {
+	ns, err := cfg.Namespace(companyID)
+	if err != nil {
+		return "", err
+	}
+	if own := p.ownNamespace(); own != "" && ns == own {
+		return "", fmt.Errorf("namespace %q is the namespace the Paperclip worker runs in and cannot be a tenant namespace; choose another namespacePrefix or companySlug", ns)
+	}
+	return ns, nil
 }
 
 // ResumeLease reports whether a lease's workload and pod still exist as
@@ -322,6 +413,9 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 		}
 		p.Log.Info("lease expired", "lease", id, "reason", reason)
 		return Lease{ProviderLeaseID: nil, Metadata: map[string]any{"expired": true, "reason": reason}}, nil
+	}
+	if err := requireIDs(in.BaseParams); err != nil {
+		return Lease{}, err
 	}
 	if in.ProviderLeaseID == nil || *in.ProviderLeaseID == "" {
 		return expired("the lease has no provider lease id")
@@ -339,7 +433,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	if err != nil {
 		return Lease{}, err
 	}
-	w, err := cl.engine.Get(ctx, ref)
+	ref, w, err := p.workload(ctx, cl, ref, in.BaseParams)
 	if engine.IsGone(err) {
 		return expired(err.Error())
 	}
@@ -368,7 +462,6 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	// The deadline is read from the object already in hand: only a lease
 	// whose deadline was moved costs a patch.
 	if exp, err := time.Parse(time.RFC3339, m.ExpiresAt); err == nil && ref.Spec.Backend.DeadlinePath != "" && !deadlineIs(ref.Spec, w, exp) {
-		ref.UID = w.GetUID()
 		if err := cl.engine.SetDeadline(ctx, ref, exp); err != nil {
 			if engine.IsGone(err) {
 				return expired(err.Error())
@@ -395,10 +488,11 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 // it is found and pinned too. It returns the pod (nil when none exists yet)
 // or why the lease expired.
 func (p *Provider) resumePod(ctx context.Context, cl *cluster, ref engine.Ref, w *unstructured.Unstructured, st engine.Status, m LeaseMetadata) (*unstructured.Unstructured, string, error) {
+	pinned := pinnedPodUID(m, w)
 	pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
 	switch {
-	case errors.Is(err, engine.ErrNoPod) && m.PodUID != "":
-		return nil, fmt.Sprintf("the pod of %s is gone (pod UID %s); its workspace is lost", ref, m.PodUID), nil
+	case errors.Is(err, engine.ErrNoPod) && pinned != "":
+		return nil, fmt.Sprintf("the pod of %s is gone (pod UID %s); its workspace is lost", ref, pinned), nil
 	case errors.Is(err, engine.ErrNoPod) && st.State == engine.Ready:
 		return nil, err.Error(), nil
 	case errors.Is(err, engine.ErrNoPod):
@@ -406,8 +500,8 @@ func (p *Provider) resumePod(ctx context.Context, cl *cluster, ref engine.Ref, w
 	case err != nil:
 		return nil, "", err
 	}
-	if m.PodUID != "" && string(pod.GetUID()) != m.PodUID {
-		return nil, fmt.Sprintf("the pod of %s was replaced (pod UID %s is gone); its workspace is lost", ref, m.PodUID), nil
+	if pinned != "" && string(pod.GetUID()) != pinned {
+		return nil, fmt.Sprintf("the pod of %s was replaced (pod UID %s is gone); its workspace is lost", ref, pinned), nil
 	}
 	if podSpec, ok := p.Catalog.Pod(); ok {
 		if ps := cl.engine.Status(podSpec, pod); ps.State.Terminal() {
@@ -461,11 +555,13 @@ func (p *Provider) DestroyLease(ctx context.Context, in LeaseParams) (*Receipt, 
 }
 
 func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, direct bool) (*Receipt, error) {
+	if err := requireIDs(in.BaseParams); err != nil {
+		return nil, err
+	}
 	if in.ProviderLeaseID == nil || *in.ProviderLeaseID == "" {
 		return nil, nil
 	}
 	id := *in.ProviderLeaseID
-	p.forget(id)
 	cfg, err := p.parseConfig(in.Config)
 	if err != nil {
 		return nil, err
@@ -479,6 +575,20 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 	if err != nil {
 		return nil, err
 	}
+	ref, _, err = p.workload(ctx, cl, ref, in.BaseParams)
+	var missing *engine.APIMissingError
+	if engine.IsGone(err) || errors.As(err, &missing) {
+		// Already gone (or replaced by another object of that name, or its
+		// API removed with all its objects): released; run objects went
+		// with it through their owner.
+		p.forget(ref)
+		p.Log.Info("lease "+state, "workload", ref.String(), "deleted", false)
+		return &Receipt{ProviderLeaseID: id, State: state}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.forget(ref)
 	if !direct && keptForReuse(in, ref) {
 		// The host may never come back (it does not resume the lease of a
 		// failed run): end the workload after reusableLeaseIdleSec unless a
@@ -495,21 +605,23 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 		p.Log.Info("lease kept for reuse", "workload", ref.String(), "idleUntil", until.UTC().Format(time.RFC3339))
 		return nil, nil // nothing was stopped: no termination receipt
 	}
-	deleted, err := cl.engine.Release(ctx, ref)
-	if err != nil {
-		return nil, err
-	}
 	if direct {
+		// Before the workload, while its UID says which run objects are
+		// its own: only objects it controls are deleted.
 		for _, ro := range m.RunObjects {
 			specName, objName, ok := strings.Cut(ro, "/")
 			s, found := p.Catalog.Get(specName)
-			if !ok || !found {
+			if !ok || !found || s.Scope != engine.ScopeRun {
 				continue
 			}
-			if _, err := cl.engine.Release(ctx, engine.Ref{Spec: s, Namespace: ref.Namespace, Name: objName}); err != nil {
+			if _, err := cl.engine.ReleaseOwned(ctx, engine.Ref{Spec: s, Namespace: ref.Namespace, Name: objName}, ref.UID); err != nil {
 				return nil, err
 			}
 		}
+	}
+	deleted, err := cl.engine.Release(ctx, ref)
+	if err != nil {
+		return nil, err
 	}
 	p.Log.Info("lease "+state, "workload", ref.String(), "deleted", deleted)
 	return &Receipt{ProviderLeaseID: id, State: state}, nil
@@ -533,19 +645,60 @@ type RealizeResult struct {
 	Metadata map[string]any `json:"metadata,omitempty"`
 }
 
-// RealizeWorkspace picks the working directory: the host's remote path,
-// else the lease's remoteCwd, else the configured workspacePath.
-func (p *Provider) RealizeWorkspace(_ context.Context, in RealizeParams) (RealizeResult, error) {
+// RealizeWorkspace picks the working directory (the host's remote path,
+// else the lease's remoteCwd, else the configured workspacePath) and, on
+// exec backends, waits for the lease's workload and pod to be ready: the
+// host gives this call max(timeoutMs, bridgeRequestTimeoutMs) + 30 s, while
+// its first command (a Git-context read) has a fixed 15 s. A pod that will
+// not start (an image that cannot be pulled, say) fails it at once, naming
+// the workload, the pod, the reason and the fix.
+func (p *Provider) RealizeWorkspace(ctx context.Context, in RealizeParams) (RealizeResult, error) {
+	if err := requireIDs(in.BaseParams); err != nil {
+		return RealizeResult{}, err
+	}
+	cfg, err := p.parseConfig(in.Config)
+	if err != nil {
+		return RealizeResult{}, err
+	}
+	m := metadataFrom(in.Lease.Metadata)
 	cwd := strings.TrimSpace(in.Workspace.RemotePath)
 	if cwd == "" {
-		cwd = metadataFrom(in.Lease.Metadata).RemoteCwd
+		cwd = m.RemoteCwd
 	}
 	if cwd == "" {
-		cfg, err := p.parseConfig(in.Config)
-		if err != nil {
-			return RealizeResult{}, err
-		}
 		cwd = cfg.WorkspacePath
 	}
-	return RealizeResult{Cwd: cwd, Metadata: map[string]any{"provider": "kubernetes", "remoteCwd": cwd}}, nil
+	out := RealizeResult{Cwd: cwd, Metadata: map[string]any{"provider": "kubernetes", "remoteCwd": cwd}}
+	if in.Lease.ProviderLeaseID == nil || *in.Lease.ProviderLeaseID == "" {
+		return out, nil
+	}
+	ref, err := p.leaseTarget(cfg, in.CompanyID, *in.Lease.ProviderLeaseID, m)
+	if err != nil {
+		return RealizeResult{}, err
+	}
+	if ref.Spec.Backend.Mode != engine.ModeExec {
+		return out, nil // the workload runs to completion: execute awaits it
+	}
+	cl, err := p.cluster(cfg)
+	if err != nil {
+		return RealizeResult{}, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(cfg.PodActivityDeadlineSec)*time.Second)
+		defer cancel()
+	}
+	start := time.Now()
+	st, err := p.readyPod(ctx, cl, ref, in.BaseParams, m)
+	if err != nil {
+		var we *engine.WaitError
+		if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
+			return RealizeResult{}, fmt.Errorf("%s was not ready within the time the host gives a workspace realization (%s; raise timeoutMs in the environment config to wait longer); last status: %s",
+				ref, time.Since(start).Round(time.Second), we.Last)
+		}
+		return RealizeResult{}, err
+	}
+	out.Metadata["podName"] = st.podName
+	p.Log.Info("workspace ready", "workload", ref.String(), "pod", st.podName, "waited", time.Since(start).Round(time.Millisecond))
+	return out, nil
 }

@@ -147,6 +147,9 @@ func (p *Provider) sync(ctx context.Context, in SyncParams, method string) (Sync
 		return out, rpc.Errorf(rpc.CodeInvalidParams, "%s: the lease has no providerLeaseId", method)
 	}
 	id := *in.Lease.ProviderLeaseID
+	if err := requireIDs(in.BaseParams); err != nil {
+		return out, err
+	}
 	cfg, err := p.parseConfig(in.Config)
 	if err != nil {
 		return out, err
@@ -180,7 +183,7 @@ func (p *Provider) sync(ctx context.Context, in SyncParams, method string) (Sync
 	timeout := time.Duration(cfg.PodActivityDeadlineSec) * time.Second
 	s := &syncer{p: p, method: method, cl: cl, ref: ref, root: root, cfg: cfg, deadline: time.Now().Add(timeout), leaseID: id}
 	waitCtx, cancel := context.WithDeadline(ctx, s.deadline)
-	s.st, err = p.readyPod(waitCtx, cl, ref, m)
+	s.st, err = p.readyPod(waitCtx, cl, ref, in.BaseParams, m)
 	cancel()
 	if err != nil {
 		return out, fmt.Errorf("%s: %w", method, err)
@@ -426,7 +429,7 @@ func (s *syncer) run(ctx context.Context, script string, args []string, stdin io
 		checkCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if _, gerr := s.p.checkPod(checkCtx, s.cl, s.ref, s.st, true); gerr != nil {
-			s.p.forget(s.leaseID)
+			s.p.forget(s.ref)
 			return res, gerr
 		}
 		return res, fmt.Errorf("exec in pod %s/%s: %w", s.ref.Namespace, s.st.podName, err)

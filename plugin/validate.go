@@ -2,11 +2,13 @@ package plugin
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/version"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
@@ -61,7 +63,10 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 		return ProbeResult{OK: false, Summary: "Invalid Kubernetes provider configuration.",
 			Metadata: map[string]any{"errors": policy.FieldErrors(errs).Strings()}}, nil
 	}
-	ns, err := cfg.Namespace(in.CompanyID)
+	if err := requireIDs(in); err != nil {
+		return ProbeResult{}, err
+	}
+	ns, err := p.tenantNamespace(cfg, in.CompanyID)
 	if err != nil {
 		return ProbeResult{OK: false, Summary: "Invalid Kubernetes provider configuration.", Metadata: map[string]any{"errors": []string{err.Error()}}}, nil
 	}
@@ -73,7 +78,11 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 	if err != nil {
 		return fail("Kubernetes cluster probe failed.", Diagnostic{Severity: "error", Code: "credentials", Message: err.Error()})
 	}
-	v, err := cl.kube.Discovery().ServerVersion()
+	var v version.Info
+	raw, err := cl.kube.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Raw()
+	if err == nil {
+		err = json.Unmarshal(raw, &v)
+	}
 	if err != nil {
 		return fail("Kubernetes cluster probe failed.", Diagnostic{Severity: "error", Code: "unreachable", Message: "the API server did not answer: " + err.Error()})
 	}
@@ -84,6 +93,7 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 	if err != nil {
 		return fail("Kubernetes cluster probe failed.", Diagnostic{Severity: "error", Code: "backend", Message: err.Error()})
 	}
+	cl.engine.Forget(backend) // a probe always asks the API server
 	if r, err := cl.engine.Resolve(backend); err != nil {
 		ok = false
 		diags = append(diags, Diagnostic{Severity: "error", Code: "api-missing", Message: err.Error()})
@@ -98,7 +108,11 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 		if backend.API.Group != "" {
 			gv = backend.API.Group + "/" + v
 		}
-		if _, err := cl.kube.Discovery().ServerResourcesForGroupVersion(gv); err == nil {
+		path := "/apis/" + gv
+		if backend.API.Group == "" {
+			path = "/api/" + gv
+		}
+		if err := cl.kube.Discovery().RESTClient().Get().AbsPath(path).Do(ctx).Error(); err == nil {
 			served = append(served, gv)
 		}
 	}

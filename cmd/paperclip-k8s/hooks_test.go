@@ -479,7 +479,7 @@ func TestHookRealizeWorkspace(t *testing.T) {
 		}
 		w.mustCall("environmentRealizeWorkspace", map[string]any{
 			"driverKey": "kubernetes", "companyId": "c1", "environmentId": "e1", "config": cfg,
-			"lease":     map[string]any{"providerLeaseId": "pc-x", "metadata": meta},
+			"lease":     map[string]any{"providerLeaseId": nil, "metadata": meta},
 			"workspace": map[string]any{"localPath": "/host/ws", "remotePath": remotePath, "mode": "isolated_workspace"},
 		}, &r)
 		is.Equal(r.Metadata["remoteCwd"], r.Cwd)

@@ -46,10 +46,39 @@ func slugWithMax(input string, max int) string {
 	return head + "-" + hex.EncodeToString(sum[:])[:8]
 }
 
+// ReservedPrefixes start the names of namespaces that belong to the cluster
+// or its distribution; a tenant namespace never has one.
+var ReservedPrefixes = []string{"kube-", "openshift-"}
+
+// ReservedNames are namespaces that are never a tenant namespace.
+var ReservedNames = []string{"default", "openshift"}
+
+// Reserved returns why ns can never be a tenant namespace ("" when it can):
+// a name the cluster owns (default, openshift) or one with a prefix the
+// cluster reserves (kube-, openshift-).
+func Reserved(ns string) string {
+	for _, n := range ReservedNames {
+		if ns == n {
+			return fmt.Sprintf("%q is a namespace the cluster owns", ns)
+		}
+	}
+	for _, p := range ReservedPrefixes {
+		if strings.HasPrefix(ns, p) {
+			return fmt.Sprintf("%q starts with %q, a prefix reserved for the cluster's own namespaces", ns, p)
+		}
+	}
+	return ""
+}
+
 // NamespaceName returns prefix+slug, or an error when that is longer than 63
-// characters or not a DNS label (the reference did not check).
+// characters, not a DNS label (the reference did not check), or reserved
+// (see Reserved).
 func NamespaceName(prefix, slug string) (string, error) {
 	ns := prefix + slug
+	if why := Reserved(ns); why != "" {
+		return "", fmt.Errorf("namespace %q (namespacePrefix %q + company slug %q) cannot be a tenant namespace: %s; choose another namespacePrefix or companySlug",
+			ns, prefix, slug, why)
+	}
 	if len(ns) > MaxNamespaceLength {
 		return "", fmt.Errorf("namespace %q (namespacePrefix %q + company slug %q) is %d characters; the limit is %d: shorten namespacePrefix or companySlug",
 			ns, prefix, slug, len(ns), MaxNamespaceLength)
@@ -82,6 +111,11 @@ const RunNamePrefix = "pc-"
 
 const crockford = "0123456789abcdefghjkmnpqrstvwxyz"
 
+var runNameRE = regexp.MustCompile(`^` + RunNamePrefix + `[0-9a-hjkmnp-tv-z]{26}$`)
+
+// IsRunName reports whether s has the form of NewRunName's names.
+func IsRunName(s string) bool { return runNameRE.MatchString(s) }
+
 // NewRunName returns a workload name: "pc-" + a 26-character lowercase
 // Crockford-base32 ULID (10 characters of millisecond time, most significant
 // first, then 16 random characters from crypto/rand). It is a valid DNS
@@ -110,9 +144,16 @@ const (
 	LabelRunID     = "paperclip.io/run-id"
 	LabelAgentID   = "paperclip.io/agent-id"
 	LabelCompanyID = "paperclip.io/company-id"
-	LabelAdapter   = "paperclip.io/adapter"
-	LabelManagedBy = "paperclip.io/managed-by"
-	LabelRole      = "paperclip.io/role"
+	// LabelEnvironmentID is on every workload: a lease is used only with
+	// the config of the environment that acquired it.
+	LabelEnvironmentID = "paperclip.io/environment-id"
+	LabelAdapter       = "paperclip.io/adapter"
+	LabelManagedBy     = "paperclip.io/managed-by"
+	LabelRole          = "paperclip.io/role"
+
+	// AnnotationPodUID on a workload is the UID of the pod its lease was
+	// pinned to by its first command.
+	AnnotationPodUID = "paperclip.io/pod-uid"
 
 	ManagedByValue = "paperclip-k8s-plugin"
 	RoleAgent      = "agent"
@@ -120,23 +161,25 @@ const (
 
 // RunIdentity identifies a run for labelling.
 type RunIdentity struct {
-	RunID       string
-	AgentID     string // the Paperclip agent id; "" when the host sent none
-	CompanyID   string
-	AdapterType string
+	RunID         string
+	AgentID       string // the Paperclip agent id; "" when the host sent none
+	CompanyID     string
+	EnvironmentID string
+	AdapterType   string
 }
 
 // Labels returns the paperclip.io/* labels of a run's objects: run-id,
 // agent-id (the real agent id; omitted when unknown — the reference put the
-// run id there), company-id, adapter, and managed-by. Values go through
+// run id there), company-id, environment-id, adapter, and managed-by. Values go through
 // LabelValue; labels with empty values are omitted.
 func Labels(run RunIdentity) map[string]string {
 	l := map[string]string{LabelManagedBy: ManagedByValue}
 	for k, v := range map[string]string{
-		LabelRunID:     run.RunID,
-		LabelAgentID:   run.AgentID,
-		LabelCompanyID: run.CompanyID,
-		LabelAdapter:   run.AdapterType,
+		LabelRunID:         run.RunID,
+		LabelAgentID:       run.AgentID,
+		LabelCompanyID:     run.CompanyID,
+		LabelEnvironmentID: run.EnvironmentID,
+		LabelAdapter:       run.AdapterType,
 	} {
 		if v := LabelValue(v); v != "" {
 			l[k] = v

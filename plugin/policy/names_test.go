@@ -202,3 +202,28 @@ func sha8(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])[:8]
 }
+
+func TestReservedNamespacesAreNeverTenants(t *testing.T) {
+	is := is.New(t)
+	for _, c := range []struct{ prefix, slug string }{
+		{"kube-", "system"}, {"kube-", "public"}, {"openshift-", "x"}, {"de", "fault"}, {"open", "shift"},
+	} {
+		_, err := NamespaceName(c.prefix, c.slug)
+		is.True(err != nil)
+		is.True(strings.Contains(err.Error(), "cannot be a tenant namespace"))
+	}
+	_, err := Config{NamespacePrefix: "kube-"}.Namespace("system")
+	is.True(err != nil)
+	ns, err := Config{NamespacePrefix: "paperclip-"}.Namespace("kube-system")
+	is.NoErr(err)
+	is.Equal(ns, "paperclip-kube-system") // a company id is only ever a suffix
+	is.Equal(Reserved("paperclip-acme"), "")
+}
+
+func TestIsRunName(t *testing.T) {
+	is := is.New(t)
+	is.True(IsRunName(NewRunName()))
+	for _, s := range []string{"", "pc-", "paperclip-deny-all", "pc-01jd8x6m9q2r3s4t5v6w7x8y9", "pc-01jd8x6m9q2r3s4t5v6w7x8y9zz", "pc-01JD8X6M9Q2R3S4T5V6W7X8Y9Z", "pc-01jd8x6m9q2r3s4t5v6w7x8y9i"} {
+		is.True(!IsRunName(s))
+	}
+}

@@ -581,6 +581,11 @@ func (v *validation) check(backends []string) {
 	}
 
 	// Namespace.
+	for _, p := range ReservedPrefixes {
+		if strings.HasPrefix(c.NamespacePrefix, p) && !v.bad("/namespacePrefix") {
+			v.add("/namespacePrefix", fmt.Sprintf("%q starts with %q, a prefix reserved for the cluster's own namespaces; tenant namespaces need a prefix of their own, e.g. \"paperclip-\"", c.NamespacePrefix, p))
+		}
+	}
 	if c.CompanySlug != "" && !v.bad("/namespacePrefix") && !v.bad("/companySlug") {
 		if _, err := NamespaceName(c.NamespacePrefix, c.CompanySlug); err != nil {
 			v.add("/companySlug", err.Error())
@@ -814,9 +819,6 @@ func (v *validation) warn() {
 	}
 	if c.InCluster && v.secret != "" && !v.bad("/kubeconfig") {
 		v.warnings = append(v.warnings, "inCluster is true, so kubeconfig is ignored")
-	}
-	if strings.HasPrefix(c.NamespacePrefix, "kube-") && !v.bad("/namespacePrefix") {
-		v.warnings = append(v.warnings, fmt.Sprintf("namespacePrefix %q starts with \"kube-\", a prefix Kubernetes reserves for system namespaces", c.NamespacePrefix))
 	}
 	if c.ImageRegistry != "" && !v.bad("/imageRegistry") && registryIsDockerHubNamespace(c.ImageRegistry) {
 		first, _, _ := strings.Cut(c.ImageRegistry, "/")

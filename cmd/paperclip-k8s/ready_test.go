@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/matryer/is"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// realize calls environmentRealizeWorkspace for a lease.
+func (h *hooks) realize(l lease) (map[string]any, *rpcError) {
+	h.t.Helper()
+	m, _ := h.w.call("environmentRealizeWorkspace", h.with(map[string]any{
+		"lease":     l,
+		"workspace": map[string]any{"localPath": "/host/ws", "mode": "isolated_workspace"},
+	}))
+	if m.err != nil {
+		return nil, m.err
+	}
+	var r struct {
+		Metadata map[string]any `json:"metadata"`
+	}
+	if err := json.Unmarshal(m.result, &r); err != nil {
+		h.t.Fatal(err)
+	}
+	return r.Metadata, nil
+}
+
+// Realize waits for the lease's pod (the host's first command has only
+// 15 s) and pins it on the workload, so that the first resume of a lease
+// kept for reuse (its metadata is acquire's, without a pod) notices a
+// replaced pod.
+func TestRealizeWaitsAndPinsThePod(t *testing.T) {
+	is := is.New(t)
+	h := newHooks(t, "sandbox", nil)
+	ctx := context.Background()
+	l := h.acquire(nil)
+	is.Equal(l.meta("podUid"), "")
+
+	meta, rerr := h.realize(l)
+	if rerr != nil {
+		t.Fatalf("realize: %v", rerr)
+	}
+	pod := h.waitPod(l, "")
+	is.Equal(meta["podName"], pod.Name)
+	sb, err := h.dyn().Resource(gvrSandbox).Namespace(h.namespace()).Get(ctx, l.id(), metav1.GetOptions{})
+	is.NoErr(err)
+	is.Equal(sb.GetAnnotations()["paperclip.io/pod-uid"], string(pod.UID))
+	r := h.exec(l, "echo ready", nil)
+	is.Equal(r.Stdout, "ready\n")
+
+	// The pod is replaced while the lease is kept for reuse.
+	zero := int64(0)
+	is.NoErr(h.kube().CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}))
+	h.waitPod(l, string(pod.UID))
+	var got lease
+	h.w.mustCall("environmentResumeLease", h.leaseParams(l), &got) // acquire's metadata
+	is.Equal(got.ProviderLeaseID, nil)
+	is.Equal(got.Metadata["expired"], true)
+	is.True(strings.Contains(got.meta("reason"), "was replaced (pod UID "+string(pod.UID)))
+}
+
+// podStage starts hooks whose agent pods carry a kwok stage annotation
+// (internal/devcluster/kwok), through the operator's pod annotations.
+func podStage(t *testing.T, backend string, annotations map[string]string) *hooks {
+	b, err := json.Marshal(annotations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newHooks(t, backend, nil, workerOpts{env: []string{"PAPERCLIP_K8S_POD_ANNOTATIONS=" + string(b)}})
+}
+
+// A pod that is ready only after a while (a cold image pull): realize
+// waits for it, and the first command runs.
+func TestRealizeWaitsForASlowPod(t *testing.T) {
+	is := is.New(t)
+	h := podStage(t, "sandbox", map[string]string{"paperclip-k8s.test/ready-after": "5s"})
+	l := h.acquire(nil)
+	if _, rerr := h.realize(l); rerr != nil {
+		t.Fatalf("realize: %v", rerr)
+	}
+	r := h.exec(l, "echo up", nil)
+	is.Equal(r.Stdout, "up\n")
+}
+
+// A pod that will not start fails realize at once, with the workload, the
+// pod, the kubelet's reason and message, and the fix.
+func TestRealizeFailsFastOnAPodThatWillNotStart(t *testing.T) {
+	for _, c := range []struct{ reason, want, fix string }{
+		{"ErrImagePull", "Failed/ImagePullBackOff: Back-off pulling image", "imagePullSecrets"},
+		{"InvalidImageName", "Failed/InvalidImageName: Failed to apply default image tag", "fix the adapter's runtimeImage"},
+		{"CreateContainerConfigError", "Failed/CreateContainerConfigError", "is missing or invalid"},
+	} {
+		t.Run(c.reason, func(t *testing.T) {
+			t.Parallel()
+			msg := map[string]string{"paperclip-k8s.test/container-waiting": c.reason}
+			if c.reason == "CreateContainerConfigError" {
+				msg["paperclip-k8s.test/container-waiting-message"] = "container has runAsNonRoot and image will run as root"
+			}
+			h := podStage(t, "sandbox", msg)
+			l := h.acquire(nil)
+			_, rerr := h.realize(l)
+			wantErr(t, rerr, "Sandbox "+h.namespace()+"/"+l.id()+" cannot be used", "Pod "+h.namespace()+"/", c.want, c.fix)
+			// A command fails the same way, at once.
+			wantErr(t, h.w.callErr("environmentExecute", h.execParams(l, "true", nil)), c.want)
+		})
+	}
+}

@@ -1,0 +1,107 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/matryer/is"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+)
+
+var gvrNamespace = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
+
+func namespaceObj(name string, labels map[string]string) *unstructured.Unstructured {
+	o := &unstructured.Unstructured{}
+	o.SetAPIVersion("v1")
+	o.SetKind("Namespace")
+	o.SetName(name)
+	o.SetLabels(labels)
+	return o
+}
+
+// Claim creates an absent namespace with the rendered labels, accepts one
+// that carries them, and refuses, without changing it, one that lacks them
+// or carries another company's.
+func TestClaimNamespace(t *testing.T) {
+	is := is.New(t)
+	c := catalog(t)
+	vc := loadValues(t, "standard-job")
+	e, dyn := fakeEngine(t, c)
+	ctx := context.Background()
+	ns := vc.Values["namespace"].(string)
+	tenant := c.Scoped(engine.ScopeTenant)
+
+	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values)) // absent: created
+	got, err := dyn.Resource(gvrNamespace).Get(ctx, ns, metav1.GetOptions{})
+	is.NoErr(err)
+	is.Equal(got.GetLabels()["paperclip.io/company-id"], "5f0c2a7e-1b7d-4c8e-9a51-3c2d1e0f9a88")
+	is.Equal(got.GetLabels()["pod-security.kubernetes.io/enforce"], "restricted")
+	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values)) // ours: accepted
+
+	for name, labels := range map[string]map[string]string{
+		"unmarked":  {"team": "x"},
+		"other-co":  {"paperclip.io/managed-by": "paperclip-k8s", "paperclip.io/company-id": "another"},
+		"unmanaged": {"paperclip.io/company-id": "5f0c2a7e-1b7d-4c8e-9a51-3c2d1e0f9a88"},
+	} {
+		_, err := dyn.Resource(gvrNamespace).Create(ctx, namespaceObj(name, labels), metav1.CreateOptions{})
+		is.NoErr(err)
+		v := map[string]any{}
+		for k, x := range vc.Values {
+			v[k] = x
+		}
+		v["namespace"] = name
+		err = e.Claim(ctx, tenant, name, v)
+		var ce *engine.ClaimError
+		is.True(errors.As(err, &ce))
+		is.True(strings.Contains(err.Error(), "Namespace "+name+" exists but was not created by this provider"))
+		got, err := dyn.Resource(gvrNamespace).Get(ctx, name, metav1.GetOptions{})
+		is.NoErr(err)
+		is.Equal(got.GetLabels(), labels) // unchanged
+	}
+}
+
+// ReleaseOwned deletes only an object an ownerReference ties to the owner.
+func TestReleaseOwnedChecksTheOwner(t *testing.T) {
+	is := is.New(t)
+	c := catalog(t)
+	e, dyn := fakeEngine(t, c)
+	ctx := context.Background()
+	secret, _ := c.Get("secret")
+	gvr := schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+	mk := func(name string, owner types.UID) {
+		o := &unstructured.Unstructured{}
+		o.SetAPIVersion("v1")
+		o.SetKind("Secret")
+		o.SetName(name)
+		if owner != "" {
+			o.SetOwnerReferences([]metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: "w", UID: owner}})
+		}
+		_, err := dyn.Resource(gvr).Namespace("ns").Create(ctx, o, metav1.CreateOptions{})
+		is.NoErr(err)
+	}
+	mk("mine", "uid-w")
+	mk("theirs", "uid-other")
+	mk("nobodys", "")
+
+	deleted, err := e.ReleaseOwned(ctx, engine.Ref{Spec: secret, Namespace: "ns", Name: "mine"}, "uid-w")
+	is.NoErr(err)
+	is.True(deleted)
+	for _, n := range []string{"theirs", "nobodys", "absent"} {
+		deleted, err := e.ReleaseOwned(ctx, engine.Ref{Spec: secret, Namespace: "ns", Name: n}, "uid-w")
+		is.NoErr(err)
+		is.True(!deleted)
+	}
+	_, err = dyn.Resource(gvr).Namespace("ns").Get(ctx, "theirs", metav1.GetOptions{})
+	is.NoErr(err)
+	_, err = dyn.Resource(gvr).Namespace("ns").Get(ctx, "nobodys", metav1.GetOptions{})
+	is.NoErr(err)
+	_, err = e.ReleaseOwned(ctx, engine.Ref{Spec: secret, Namespace: "ns", Name: "mine"}, "")
+	is.True(err != nil) // no owner to check against: refused
+}
