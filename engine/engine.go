@@ -192,7 +192,8 @@ type Applied struct {
 // Apply server-side applies every spec whose conditions hold and prunes
 // the objects of those whose conditions do not (only objects this field
 // manager owns fields of). Cluster-scoped objects go first, so a namespace
-// exists before what lives in it.
+// exists before what lives in it; then the objects that grant the provider
+// its permissions in the namespace (grantsAccess), then the rest.
 func (e *Engine) Apply(ctx context.Context, specs []*Spec, namespace string, values map[string]any) ([]Applied, error) {
 	type item struct {
 		spec   *Spec
@@ -210,13 +211,33 @@ func (e *Engine) Apply(ctx context.Context, specs []*Spec, namespace string, val
 			}
 			return nil, err
 		}
+		if r.Namespaced == s.API.ClusterScoped {
+			// The RBAC the provider prints splits on this flag: a wrong one
+			// grants a permission in the wrong place.
+			return nil, &FileError{File: s.File, Pointer: "/api/clusterScoped",
+				Problem: fmt.Sprintf("is %t, but the server says %s is namespaced: %t; fix the file", s.API.ClusterScoped, s.API.Kind, r.Namespaced)}
+		}
 		items = append(items, item{s, o, wanted, r})
 	}
-	sort.SliceStable(items, func(i, j int) bool { return !items[i].res.Namespaced && items[j].res.Namespaced })
+	rank := func(it item) int {
+		switch {
+		case !it.res.Namespaced:
+			return 0
+		case it.spec.GrantsAccess:
+			return 1
+		}
+		return 2
+	}
+	sort.SliceStable(items, func(i, j int) bool { return rank(items[i]) < rank(items[j]) })
 	var out []Applied
+	var granted *Applied // the last grantsAccess object applied
 	for _, it := range items {
 		if !it.wanted {
-			pruned, err := e.prune(ctx, it.spec, it.obj)
+			var pruned bool
+			err := e.afterGrant(ctx, granted, func() (err error) {
+				pruned, err = e.prune(ctx, it.spec, it.obj)
+				return err
+			})
 			if err != nil {
 				return out, err
 			}
@@ -227,14 +248,69 @@ func (e *Engine) Apply(ctx context.Context, specs []*Spec, namespace string, val
 		if err != nil {
 			return out, err
 		}
-		got, err := c.Apply(ctx, it.obj.GetName(), it.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+		var got *unstructured.Unstructured
+		err = e.afterGrant(ctx, granted, func() (err error) {
+			got, err = c.Apply(ctx, it.obj.GetName(), it.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+			return err
+		})
 		if err != nil {
 			return out, fmt.Errorf("applying %s from %s: %w", RefOf(it.spec, it.obj), it.spec.File, err)
 		}
 		e.Log.Debug("applied", "object", RefOf(it.spec, got).String(), "resourceVersion", got.GetResourceVersion())
 		out = append(out, Applied{Spec: it.spec, Object: got})
+		if it.spec.GrantsAccess {
+			g := out[len(out)-1]
+			granted = &g
+		}
 	}
 	return out, nil
+}
+
+// grantBackoff are the waits between attempts when a call is Forbidden
+// right after a grantsAccess object was applied (about 5 s in all).
+var grantBackoff = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond,
+	400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond, 1600 * time.Millisecond}
+
+// afterGrant runs call and, once a grantsAccess object was applied, retries
+// it while the API server answers Forbidden. This is the one retry of the
+// engine, and why: the RBAC authorizer (and the escalation check on Roles
+// and RoleBindings) reads bindings from an informer cache, so for a moment
+// after the provider's RoleBinding is created the API server may still deny
+// what it grants. There is no event to wait for (the provider cannot watch
+// the authorizer), so the wait is a short, bounded backoff; past it the
+// Forbidden is real and the error says what to check.
+func (e *Engine) afterGrant(ctx context.Context, granted *Applied, call func() error) error {
+	err := call()
+	if granted == nil {
+		return err
+	}
+	for i, d := range grantBackoff {
+		if !apierrors.IsForbidden(err) {
+			return err
+		}
+		e.Log.Debug("forbidden right after the provider's permissions were granted; retrying", "grant", RefOf(granted.Spec, granted.Object).String(), "attempt", i+1, "wait", d)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		err = call()
+	}
+	if apierrors.IsForbidden(err) {
+		return fmt.Errorf("%w (still forbidden %s after %s from %s granted the provider its permissions in this namespace: check that the role it references exists and holds them; `paperclip-k8s rbac` prints it)",
+			err, totalBackoff(), RefOf(granted.Spec, granted.Object), granted.Spec.File)
+	}
+	return err
+}
+
+func totalBackoff() time.Duration {
+	var t time.Duration
+	for _, d := range grantBackoff {
+		t += d
+	}
+	return t
 }
 
 // prune deletes an unwanted object if this field manager owns part of it.

@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"fmt"
 	"sort"
+	"strings"
 )
 
 // Permission is one resource (or subresource) and the verbs the engine uses
@@ -10,6 +12,10 @@ type Permission struct {
 	Group    string
 	Resource string // "pods" or "pods/exec"
 	Verbs    []string
+	// ClusterScoped: the resource is not namespaced (api.clusterScoped in
+	// its file), so the permission must be granted cluster-wide; the others
+	// are granted in each tenant namespace.
+	ClusterScoped bool
 }
 
 // scopeVerbs are the calls the engine makes on objects of each scope:
@@ -34,6 +40,7 @@ var scopeVerbs = map[Scope][]string{
 // merged per resource and sorted, for a ClusterRole or access reviews.
 func (c *Catalog) Permissions() []Permission {
 	verbs := map[[2]string]map[string]bool{}
+	cluster := map[[2]string]bool{}
 	add := func(group, resource string, vs ...string) {
 		k := [2]string{group, resource}
 		if verbs[k] == nil {
@@ -46,6 +53,9 @@ func (c *Catalog) Permissions() []Permission {
 	for _, s := range c.All() {
 		if s.API == nil {
 			continue
+		}
+		if s.API.ClusterScoped {
+			cluster[[2]string{s.API.Group, s.API.Resource}] = true
 		}
 		add(s.API.Group, s.API.Resource, scopeVerbs[s.Scope]...)
 		if s.Scope == ScopeTenant && len(s.When) > 0 {
@@ -74,7 +84,8 @@ func (c *Catalog) Permissions() []Permission {
 	}
 	out := make([]Permission, 0, len(verbs))
 	for k, vs := range verbs {
-		p := Permission{Group: k[0], Resource: k[1]}
+		base, _, _ := strings.Cut(k[1], "/")
+		p := Permission{Group: k[0], Resource: k[1], ClusterScoped: cluster[[2]string{k[0], base}]}
 		for v := range vs {
 			p.Verbs = append(p.Verbs, v)
 		}
@@ -87,5 +98,28 @@ func (c *Catalog) Permissions() []Permission {
 		}
 		return out[i].Resource < out[j].Resource
 	})
+	return out
+}
+
+// GrantName is the literal metadata.name of a spec's template, for a
+// grantsAccess object: the cluster-wide ClusterRole grants create and patch
+// on that one name, so it cannot be computed from values.
+func (s *Spec) GrantName() (string, error) {
+	meta, _ := s.Template["metadata"].(map[string]any)
+	name, _ := meta["name"].(string)
+	if name == "" || strings.Contains(name, "${") {
+		return "", &FileError{File: s.File, Pointer: "/template/metadata/name", Problem: fmt.Sprintf("is %q, but a grantsAccess object needs a literal name (RBAC grants on it by name)", name)}
+	}
+	return name, nil
+}
+
+// Grants returns the tenant specs marked grantsAccess.
+func (c *Catalog) Grants() []*Spec {
+	var out []*Spec
+	for _, s := range c.Scoped(ScopeTenant) {
+		if s.GrantsAccess {
+			out = append(out, s)
+		}
+	}
 	return out
 }

@@ -45,6 +45,10 @@ type API struct {
 	Resource string   `json:"resource"`
 	Versions []string `json:"versions"`
 	Missing  string   `json:"missing,omitempty"`
+	// ClusterScoped says the objects are not namespaced (a Namespace), so
+	// their permissions are granted cluster-wide; everything else is
+	// granted per tenant namespace.
+	ClusterScoped bool `json:"clusterScoped,omitempty"`
 }
 
 // Match tests one gjson path of a JSON document.
@@ -117,6 +121,10 @@ type Backend struct {
 	// DeadlinePath is where a "time" deadline lives in the workload
 	// (dotted path), so it can be moved on a live workload.
 	DeadlinePath string `json:"deadlinePath,omitempty"`
+	// PodSpecPath is where the pod spec lives in the workload (dotted path,
+	// e.g. spec.template.spec), for the admission policy that confines the
+	// pods the provider may create.
+	PodSpecPath string `json:"podSpecPath"`
 }
 
 // Subresource names a pod subresource such as log or exec.
@@ -161,6 +169,11 @@ type Spec struct {
 	// Claim makes a tenant object one the provider owns by its labels
 	// (see Engine.Claim).
 	Claim *Claim `json:"claim,omitempty"`
+	// GrantsAccess marks a tenant object that grants the provider its
+	// permissions in the tenant namespace (its RoleBinding): Apply applies
+	// it right after the cluster-scoped objects and retries Forbidden on
+	// the objects after it while the authorizer catches up.
+	GrantsAccess bool `json:"grantsAccess,omitempty"`
 
 	// File is where the spec was read from.
 	File string `json:"-"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 
 	authzv1 "k8s.io/api/authorization/v1"
@@ -130,35 +131,61 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 	return ProbeResult{OK: ok, Summary: summary, Diagnostics: diags, Metadata: meta}, nil
 }
 
-// accessReviews asks the API server whether the provider's identity may do
-// each thing the engine and the exec layer do, in the tenant namespace.
+// accessReviews asks the API server, with SelfSubjectAccessReviews,
+// whether the provider's identity holds what `paperclip-k8s rbac` grants:
+// the cluster-wide ClusterRole's rules (bind on the tenant ClusterRole
+// included), then the tenant ClusterRole's namespaced rules in the tenant
+// namespace. Those come with the provider's RoleBinding there, which
+// acquire applies with the tenant: while it does not exist, missing
+// namespaced permissions are one note, not errors.
 func (p *Provider) accessReviews(ctx context.Context, cl *cluster, cfg policy.Config, ns string) []Diagnostic {
 	type check struct {
-		group, resource, sub, verb, ns string
+		group, resource, sub, verb, ns, name string
+		tenant                               bool
+	}
+	split := func(resource string) (string, string) {
+		res, sub, _ := strings.Cut(resource, "/")
+		return res, sub
 	}
 	var checks []check
-	for _, perm := range p.Catalog.Permissions() {
-		s := p.specFor(perm.Group, perm.Resource)
-		if s == nil {
-			continue
-		}
-		r, err := cl.engine.Resolve(s)
-		if err != nil {
-			continue // an API the cluster does not serve (e.g. Cilium in standard mode)
-		}
-		res, sub := perm.Resource, ""
-		for i := range res {
-			if res[i] == '/' {
-				res, sub = perm.Resource[:i], perm.Resource[i+1:]
-				break
+	clusterRules, err := p.ClusterRules()
+	if err != nil {
+		return []Diagnostic{{Severity: "error", Code: "resources", Message: err.Error()}}
+	}
+	for _, r := range clusterRules {
+		for _, g := range r.APIGroups {
+			for _, resource := range r.Resources {
+				if g == "authorization.k8s.io" && resource == "selfsubjectaccessreviews" {
+					continue // this very call
+				}
+				res, sub := split(resource)
+				names := r.ResourceNames
+				if len(names) == 0 {
+					names = []string{""}
+				}
+				for _, v := range r.Verbs {
+					for _, n := range names {
+						checks = append(checks, check{group: g, resource: res, sub: sub, verb: v, name: n})
+					}
+				}
 			}
 		}
-		for _, verb := range perm.Verbs {
-			c := check{group: perm.Group, resource: res, sub: sub, verb: verb}
-			if r.Namespaced {
-				c.ns = ns
+	}
+	for _, r := range p.TenantRules() {
+		for _, g := range r.APIGroups {
+			for _, resource := range r.Resources {
+				s := p.specFor(g, resource)
+				if s == nil {
+					continue
+				}
+				if _, err := cl.engine.Resolve(s); err != nil {
+					continue // an API the cluster does not serve (e.g. Cilium in standard mode)
+				}
+				res, sub := split(resource)
+				for _, v := range r.Verbs {
+					checks = append(checks, check{group: g, resource: res, sub: sub, verb: v, ns: ns, tenant: true})
+				}
 			}
-			checks = append(checks, c)
 		}
 	}
 	out := make([]Diagnostic, len(checks))
@@ -177,13 +204,18 @@ func (p *Provider) accessReviews(ctx context.Context, cl *cluster, cfg policy.Co
 			if c.group != "" {
 				what += "." + c.group
 			}
+			if c.name != "" {
+				what += " " + c.name
+			}
 			where := "cluster-wide"
+			role := ClusterRoleName + " (and its ClusterRoleBinding)"
 			if c.ns != "" {
 				where = "in namespace " + c.ns
+				role = TenantClusterRoleName
 			}
 			rev, err := cl.kube.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authzv1.SelfSubjectAccessReview{
 				Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authzv1.ResourceAttributes{
-					Namespace: c.ns, Verb: c.verb, Group: c.group, Resource: c.resource, Subresource: c.sub,
+					Namespace: c.ns, Verb: c.verb, Group: c.group, Resource: c.resource, Subresource: c.sub, Name: c.name,
 				}},
 			}, metav1.CreateOptions{})
 			switch {
@@ -191,28 +223,54 @@ func (p *Provider) accessReviews(ctx context.Context, cl *cluster, cfg policy.Co
 				out[i] = Diagnostic{Severity: "warning", Code: "access-review-failed",
 					Message: fmt.Sprintf("could not check %s %s %s: %v", c.verb, what, where, err)}
 			case !rev.Status.Allowed:
+				d := map[string]any{"verb": c.verb, "group": c.group, "resource": c.resource, "subresource": c.sub, "namespace": c.ns}
+				if c.name != "" {
+					d["name"] = c.name
+				}
 				out[i] = Diagnostic{Severity: "error", Code: "forbidden",
-					Message: fmt.Sprintf("missing permission: %s %s %s (grant the ClusterRole printed by `paperclip-k8s rbac`)", c.verb, what, where),
-					Details: map[string]any{"verb": c.verb, "group": c.group, "resource": c.resource, "subresource": c.sub, "namespace": c.ns}}
+					Message: fmt.Sprintf("missing permission: %s %s %s (apply the ClusterRole %s printed by `paperclip-k8s rbac --service-account <namespace>/<name>`)", c.verb, what, where, role),
+					Details: d}
 			}
 		}()
 	}
 	wg.Wait()
-	var diags []Diagnostic
-	for _, d := range out {
-		if d.Message != "" {
+	var diags, tenant []Diagnostic
+	for i, d := range out {
+		switch {
+		case d.Message == "":
+		case checks[i].tenant && d.Code == "forbidden":
+			tenant = append(tenant, d)
+		default:
 			diags = append(diags, d)
 		}
+	}
+	if len(tenant) == 0 {
+		return diags
+	}
+	// Namespaced permissions are missing: errors if the provider's
+	// RoleBinding is there (the tenant ClusterRole lacks them), else a note.
+	for _, g := range p.Catalog.Grants() {
+		name, err := g.GrantName()
+		if err != nil {
+			return append(diags, Diagnostic{Severity: "error", Code: "resources", Message: err.Error()})
+		}
+		_, err = cl.engine.Get(ctx, engine.Ref{Spec: g, Namespace: ns, Name: name})
+		if !engine.IsGone(err) {
+			return append(diags, tenant...)
+		}
+		diags = append(diags, Diagnostic{Severity: "info", Code: "tenant-permissions-pending",
+			Message: fmt.Sprintf("the provider holds no permission in namespace %s yet (%d namespaced permissions): they come with the %s %s (%s) that acquire applies with the tenant, binding the ClusterRole %s printed by `paperclip-k8s rbac`",
+				ns, len(tenant), g.API.Kind, name, g.File, TenantClusterRoleName),
+			Details: map[string]any{"namespace": ns, "missing": len(tenant)}})
 	}
 	return diags
 }
 
+// specFor returns the data file of a resource or subresource.
 func (p *Provider) specFor(group, resource string) *engine.Spec {
+	base, _, _ := strings.Cut(resource, "/")
 	for _, s := range p.Catalog.All() {
-		if s.API == nil || s.API.Group != group {
-			continue
-		}
-		if resource == s.API.Resource || len(resource) > len(s.API.Resource) && resource[:len(s.API.Resource)+1] == s.API.Resource+"/" {
+		if s.API != nil && s.API.Group == group && s.API.Resource == base {
 			return s
 		}
 	}

@@ -2,7 +2,7 @@
 //
 //	paperclip-k8s [worker]   serve the plugin protocol on stdin/stdout
 //	paperclip-k8s manifest   print the plugin manifest (JSON)
-//	paperclip-k8s rbac       print the ClusterRole the provider needs
+//	paperclip-k8s rbac       print the RBAC and admission policy of the provider identity
 //	paperclip-k8s demo       acquire → exec → release on a local control plane
 //	paperclip-k8s version
 package main
@@ -32,7 +32,7 @@ func main() {
 	case "manifest":
 		err = printManifest()
 	case "rbac":
-		err = printRBAC(os.Stdout)
+		err = printRBAC(os.Stdout, os.Args[2:])
 	case "demo":
 		err = demo(os.Args[2:])
 	case "version":
@@ -52,7 +52,8 @@ func main() {
 const usage = `usage: paperclip-k8s [command]
   worker     serve the Paperclip plugin protocol on stdin/stdout (the default)
   manifest   print the plugin manifest as JSON
-  rbac       print the ClusterRole the provider needs (YAML)
+  rbac       print the ClusterRoles, binding and admission policy that confine
+             the provider identity (YAML; --service-account <ns>/<name>)
   demo       acquire a lease, exec in it and release it; starts a local
              control plane unless --kubeconfig is given (demo -h for flags)
   version    print the version
