@@ -20,10 +20,11 @@ type Permission struct {
 
 // scopeVerbs are the calls the engine makes on objects of each scope:
 // tenant objects are server-side applied (patch; create when absent) and,
-// when their file has conditions, pruned (get, delete: see pruneVerbs); run objects are only created and deleted (never
-// read: a cluster-wide "get secrets" would let the provider read every
-// Secret of the cluster); backends are also read, listed and watched
-// (Wait); pods are read, listed and watched.
+// when their file has conditions, pruned (get, delete: see pruneVerbs); run
+// objects are created, deleted, and read only to check their owner before a
+// destroy deletes them (ReleaseOwned); namespaced permissions are granted
+// per tenant namespace, never cluster-wide; backends are also read, listed
+// and watched (Wait); pods are read, listed and watched.
 // pruneVerbs are added for tenant objects that can be pruned (files with
 // "when" conditions): nothing else is ever read back or deleted, so, for
 // instance, the provider cannot delete namespaces.
@@ -31,7 +32,7 @@ var pruneVerbs = []string{"get", "delete"}
 
 var scopeVerbs = map[Scope][]string{
 	ScopeTenant:  {"create", "patch"},
-	ScopeRun:     {"create", "delete"},
+	ScopeRun:     {"create", "delete", "get"},
 	ScopeBackend: {"get", "list", "watch", "create", "delete"},
 	ScopePod:     {"get", "list", "watch"},
 }

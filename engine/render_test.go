@@ -193,7 +193,7 @@ func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {
 	is.Equal(perms["agents.x-k8s.io/sandboxes/finalizers"], []string{"update"})
 	is.Equal(perms["networking.k8s.io/networkpolicies"], []string{"create", "delete", "get", "patch"}) // tenant ∪ run
 	is.Equal(perms["/namespaces"], []string{"create", "get", "patch"})                                 // read to check the claim; never deleted
-	is.Equal(perms["/secrets"], []string{"create", "delete"})                                          // never read
+	is.Equal(perms["/secrets"], []string{"create", "delete", "get"})                                   // read only to check the owner (destroy)
 	for _, s := range c.All() {
 		if s.API != nil {
 			_, ok := perms[s.API.Group+"/"+s.API.Resource]

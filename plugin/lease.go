@@ -258,6 +258,11 @@ const tenantRecheck = 5 * time.Minute
 // applied the very same values to this cluster within tenantRecheck, so an
 // acquire costs one apply per tenant change rather than one per object.
 func (p *Provider) ensureTenant(ctx context.Context, cl *cluster, ns string, values map[string]any, force bool) error {
+	// Who the provider is (its RoleBinding in the tenant names it) is part
+	// of the values, and so of the cache key.
+	if err := p.addProviderIdentity(ctx, cl, values); err != nil {
+		return err
+	}
 	b, err := json.Marshal(values)
 	if err != nil {
 		return err
