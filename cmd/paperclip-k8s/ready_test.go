@@ -8,6 +8,8 @@ import (
 
 	"github.com/matryer/is"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/paperclip-k8s/paperclip-k8s/internal/sandboxctl"
 )
 
 // realize calls environmentRealizeWorkspace for a lease.
@@ -108,4 +110,48 @@ func TestRealizeFailsFastOnAPodThatWillNotStart(t *testing.T) {
 			wantErr(t, h.w.callErr("environmentExecute", h.execParams(l, "true", nil)), c.want)
 		})
 	}
+}
+
+// The real Sandbox controller clears the pod-name annotation and keeps
+// Ready=True for a moment when the pod vanishes. A lease whose first use
+// falls in that window waits for the replacement pod instead of failing.
+func TestRealizeWaitsOutAStaleReady(t *testing.T) {
+	is := is.New(t)
+	h := newHooks(t, "sandbox", nil)
+	ctx := context.Background()
+	l := h.acquire(nil)
+	pod := h.waitPod(l, "")
+
+	hold := h.env.SandboxController().Hold(h.namespace(), l.id(), sandboxctl.PodGone)
+	zero := int64(0)
+	is.NoErr(h.kube().CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}))
+	<-hold.Reached() // no pod, annotation cleared, Ready=True still
+	sb, err := h.dyn().Resource(gvrSandbox).Namespace(h.namespace()).Get(ctx, l.id(), metav1.GetOptions{})
+	is.NoErr(err)
+	is.Equal(sb.GetAnnotations()["agents.x-k8s.io/pod-name"], "")
+
+	type res struct {
+		meta map[string]any
+		err  *rpcError
+	}
+	done := make(chan res, 1)
+	go func() {
+		m, e := h.realize(l)
+		done <- res{m, e}
+	}()
+	// realize is waiting for a pod: it has not answered while none exists.
+	select {
+	case r := <-done:
+		t.Fatalf("realize answered while the Sandbox had no pod: %v %v", r.meta, r.err)
+	default:
+	}
+	hold.Release()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("realize: %v", r.err)
+	}
+	newPod := h.waitPod(l, string(pod.UID))
+	is.Equal(r.meta["podName"], newPod.Name)
+	out := h.exec(l, "echo new", nil)
+	is.Equal(out.Stdout, "new\n")
 }
