@@ -128,7 +128,9 @@ func TestTrustForgedMetadataDeletesNothingElsewhere(t *testing.T) {
 	victim := "victim-" + randHex(4)
 	_, err := admin.CoreV1().Secrets("kube-system").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: victim}}, metav1.CreateOptions{})
 	is.NoErr(err)
-	t.Cleanup(func() { _ = admin.CoreV1().Secrets("kube-system").Delete(context.Background(), victim, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = admin.CoreV1().Secrets("kube-system").Delete(context.Background(), victim, metav1.DeleteOptions{})
+	})
 
 	la := a.acquire(nil)
 	// A Secret in A's own namespace that no workload owns.
@@ -235,7 +237,9 @@ func TestTrustTenantNamespaceMustBeTheCompanys(t *testing.T) {
 		"paperclip.io/managed-by": "paperclip-k8s-plugin", "paperclip.io/company-id": c.company,
 	}}}, metav1.CreateOptions{})
 	is.NoErr(err)
-	t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(context.Background(), c.namespace(), metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = admin.CoreV1().Namespaces().Delete(context.Background(), c.namespace(), metav1.DeleteOptions{})
+	})
 	c.acquire(nil)
 }
 
