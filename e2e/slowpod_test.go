@@ -235,25 +235,17 @@ func TestPaperclipSlowPod(t *testing.T) {
 	is.True(realized != "") // realize waited for the run's pod
 }
 
-// bakeWorkerEnv makes the package's worker.js set env before it starts the
-// Go worker: the real launcher moves to worker-launcher.js and worker.js
-// becomes a wrapper that sets the variables and imports it (the launcher
-// copies process.env when it execs the binary). Paperclip 2026.916.1 gives a
-// plugin worker only a fixed list of variables, so an operator's
-// PAPERCLIP_K8S_* setting cannot come from the server's environment.
+// bakeWorkerEnv writes the operator's worker settings where the package's
+// launcher reads them: paperclip-k8s.env next to worker.js. Paperclip
+// 2026.916.1 gives a plugin worker only a fixed list of variables, so an
+// operator's PAPERCLIP_K8S_* setting cannot come from the server's
+// environment.
 func bakeWorkerEnv(pkgDir string, env map[string]string) error {
-	launcher := filepath.Join(pkgDir, "worker-launcher.js")
-	if err := os.Rename(filepath.Join(pkgDir, "worker.js"), launcher); err != nil {
-		return err
+	src := "# e2e/slowpod_test.go: the operator's worker settings\n"
+	for k, v := range env {
+		src += k + "=" + v + "\n"
 	}
-	vars, err := json.Marshal(env)
-	if err != nil {
-		return err
-	}
-	src := "// Test wrapper (e2e/slowpod_test.go): the operator's worker environment.\n" +
-		"Object.assign(process.env, " + string(vars) + ");\n" +
-		"await import(\"./worker-launcher.js\");\n"
-	return os.WriteFile(filepath.Join(pkgDir, "worker.js"), []byte(src), 0o644)
+	return os.WriteFile(filepath.Join(pkgDir, "paperclip-k8s.env"), []byte(src), 0o644)
 }
 
 // podHistory keeps, per pod UID, the last version of every agent pod (label

@@ -15,4 +15,22 @@ if (!fs.existsSync(bin)) {
 }
 const env = { ...process.env };
 if (!env.HOME) { try { env.HOME = os.userInfo().homedir; } catch {} }
+// The host gives a worker none of its own environment's PAPERCLIP_K8S_*
+// variables, so the operator's settings live in paperclip-k8s.env next to
+// this file (KEY=VALUE lines, # comments): only PAPERCLIP_K8S_* and
+// POD_NAMESPACE are taken. A company admin cannot write here.
+const envFile = path.join(path.dirname(fileURLToPath(import.meta.url)), "paperclip-k8s.env");
+if (fs.existsSync(envFile)) {
+  for (const [i, raw] of fs.readFileSync(envFile, "utf8").split("\n").entries()) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) continue;
+    const eq = line.indexOf("=");
+    const key = eq > 0 ? line.slice(0, eq).trim() : "";
+    if (!/^(PAPERCLIP_K8S_[A-Z0-9_]+|POD_NAMESPACE)$/.test(key)) {
+      process.stderr.write(`paperclip-k8s: ${envFile}:${i + 1}: ignored (want PAPERCLIP_K8S_*=value or POD_NAMESPACE=value)\n`);
+      continue;
+    }
+    env[key] = line.slice(eq + 1).trim();
+  }
+}
 process.execve(bin, [bin, "worker"], env);
