@@ -22,7 +22,9 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
-const gadgetFile = `name: gadget
+const gadgetFile = `apiVersion: paperclip-k8s.io/v1alpha1
+kind: Resource
+name: gadget
 description: A run object of a CRD the test installs and removes.
 scope: run
 api: {group: test.paperclip-k8s.io, kind: Gadget, resource: gadgets, versions: [v1], missing: install the gadget CRD}

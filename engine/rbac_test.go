@@ -57,12 +57,12 @@ func TestProviderRoleBindingSubject(t *testing.T) {
 	is.Equal(subjects(nil), []any{}) // grants nothing
 
 	// A grant must have a literal name: RBAC grants on it by name.
-	bad, err := engine.Parse("resources/grant.yaml", []byte("name: grant\ndescription: d\nscope: tenant\ngrantsAccess: true\napi: {group: rbac.authorization.k8s.io, kind: RoleBinding, resource: rolebindings, versions: [v1]}\ntemplate: {metadata: {name: \"${namespace}-x\"}}\n"))
+	bad, err := engine.Parse("resources/grant.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: grant\ndescription: d\nscope: tenant\ngrantsAccess: true\napi: {group: rbac.authorization.k8s.io, kind: RoleBinding, resource: rolebindings, versions: [v1]}\ntemplate: {metadata: {name: \"${namespace}-x\"}}\n"))
 	is.NoErr(err)
 	_, err = bad.GrantName()
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/grant.yaml: /template/metadata/name: "))
-	_, err = engine.Parse("resources/grant.yaml", []byte("name: grant\ndescription: d\nscope: run\ngrantsAccess: true\napi: {group: g, kind: K, resource: ks, versions: [v1]}\ntemplate: {}\n"))
+	_, err = engine.Parse("resources/grant.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: grant\ndescription: d\nscope: run\ngrantsAccess: true\napi: {group: g, kind: K, resource: ks, versions: [v1]}\ntemplate: {}\n"))
 	is.True(err != nil) // only a tenant object can grant
 	is.True(strings.Contains(err.Error(), "resources/grant.yaml: /scope: "))
 }

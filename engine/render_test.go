@@ -154,6 +154,8 @@ func TestRenderMissingValueNamesFileAndPath(t *testing.T) {
 func TestMalformedFileNamesFilePathAndProblem(t *testing.T) {
 	is := is.New(t)
 	_, err := engine.Parse("resources/broken.yaml", []byte(`
+apiVersion: paperclip-k8s.io/v1alpha1
+kind: Resource
 name: broken
 description: a backend with a typo in a rule
 scope: backend
@@ -169,13 +171,25 @@ health:
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/broken.yaml: /health/rules/1/state:"))
 
-	_, err = engine.Parse("resources/nover.yaml", []byte("name: x\ndescription: d\nscope: tenant\napi: {group: g, kind: K, resource: ks, versions: []}\ntemplate: {}\n"))
+	_, err = engine.Parse("resources/nover.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: x\ndescription: d\nscope: tenant\napi: {group: g, kind: K, resource: ks, versions: []}\ntemplate: {}\n"))
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/nover.yaml: /api/versions:"))
 
-	_, err = engine.Parse("resources/bad.yaml", []byte("name: [unclosed\n"))
+	_, err = engine.Parse("resources/bad.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: [unclosed\n"))
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/bad.yaml: not valid YAML"))
+
+	// The file format is versioned: another version or kind is refused
+	// before the schema, with what to write instead.
+	_, err = engine.Parse("resources/old.yaml", []byte("name: x\ndescription: d\nscope: tenant\n"))
+	is.True(err != nil)
+	is.Equal(err.Error(), `resources/old.yaml: /apiVersion: is missing; start the file with "apiVersion: paperclip-k8s.io/v1alpha1" and "kind: Resource"`)
+	_, err = engine.Parse("resources/new.yaml", []byte("apiVersion: paperclip-k8s.io/v2\nkind: Resource\nname: x\n"))
+	is.True(err != nil)
+	is.True(strings.HasPrefix(err.Error(), "resources/new.yaml: /apiVersion: is paperclip-k8s.io/v2, a version this provider does not read; it reads paperclip-k8s.io/v1alpha1"))
+	_, err = engine.Parse("resources/kind.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Pod\nname: x\n"))
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "resources/kind.yaml: /kind: is Pod; a data file of paperclip-k8s.io/v1alpha1 has kind Resource"))
 }
 
 func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {

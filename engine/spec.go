@@ -150,8 +150,17 @@ type Release struct {
 	PropagationPolicy string `json:"propagationPolicy,omitempty"`
 }
 
+// FormatVersion and FormatKind head every data file: the version of the
+// file format this engine reads (as kapp's Config, kwok's Stage).
+const (
+	FormatVersion = "paperclip-k8s.io/v1alpha1"
+	FormatKind    = "Resource"
+)
+
 // Spec is one resource data file.
 type Spec struct {
+	APIVersion  string         `json:"apiVersion"`
+	Kind        string         `json:"kind"`
 	Name        string         `json:"name"`
 	Description string         `json:"description"`
 	Aliases     []string       `json:"aliases,omitempty"`
@@ -266,6 +275,9 @@ func Parse(file string, raw []byte) (*Spec, error) {
 	if err := dec.Decode(&doc); err != nil {
 		return nil, &FileError{File: file, Problem: err.Error()}
 	}
+	if err := checkFormat(file, doc); err != nil {
+		return nil, err
+	}
 	if err := resourceSchema.Validate(doc); err != nil {
 		var ve *jsonschema.ValidationError
 		if errors.As(err, &ve) {
@@ -288,6 +300,30 @@ func Parse(file string, raw []byte) (*Spec, error) {
 	}
 	s.File = file
 	return &s, nil
+}
+
+// checkFormat refuses a file of another format version or kind before the
+// schema is applied, so the error says what to change rather than listing
+// every field the schema does not know.
+func checkFormat(file string, doc any) error {
+	m, ok := doc.(map[string]any)
+	if !ok {
+		return &FileError{File: file, Problem: "is not a YAML map; a data file starts with apiVersion: " + FormatVersion + " and kind: " + FormatKind}
+	}
+	v, _ := m["apiVersion"].(string)
+	switch {
+	case m["apiVersion"] == nil:
+		return &FileError{File: file, Pointer: "/apiVersion", Problem: "is missing; start the file with \"apiVersion: " + FormatVersion + "\" and \"kind: " + FormatKind + "\""}
+	case v != FormatVersion:
+		return &FileError{File: file, Pointer: "/apiVersion", Problem: fmt.Sprintf("is %v, a version this provider does not read; it reads %s: rewrite the file for that version (schemas/resource.schema.json) or use a provider release that reads %v", m["apiVersion"], FormatVersion, m["apiVersion"])}
+	}
+	if k, _ := m["kind"].(string); k != FormatKind {
+		if m["kind"] == nil {
+			return &FileError{File: file, Pointer: "/kind", Problem: "is missing; add \"kind: " + FormatKind + "\" after the apiVersion"}
+		}
+		return &FileError{File: file, Pointer: "/kind", Problem: fmt.Sprintf("is %v; a data file of %s has kind %s (the Kubernetes kind it describes goes in api.kind)", m["kind"], FormatVersion, FormatKind)}
+	}
+	return nil
 }
 
 func leaves(ve *jsonschema.ValidationError) []*jsonschema.ValidationError {
