@@ -155,3 +155,19 @@ func TestRealizeWaitsOutAStaleReady(t *testing.T) {
 	out := h.exec(l, "echo new", nil)
 	is.Equal(out.Stdout, "new\n")
 }
+
+// A pod the company's quota does not allow fails realize at once (the
+// controller reports the refusal), naming the quota and the fix.
+func TestRealizeFailsFastWhenTheQuotaIsUsedUp(t *testing.T) {
+	is := is.New(t)
+	h := newHooks(t, "sandbox", map[string]any{"resourceQuota": map[string]any{"pods": "1"}})
+	first := h.acquire(nil)
+	if _, rerr := h.realize(first); rerr != nil {
+		t.Fatalf("realize of the first lease: %v", rerr)
+	}
+	second := h.acquire(nil)
+	_, rerr := h.realize(second)
+	wantErr(t, rerr, "Sandbox "+h.namespace()+"/"+second.id()+" cannot be used", "QuotaExceeded", "exceeded quota: paperclip-quota", "resourceQuota in the environment config")
+	r := h.exec(first, "echo still", nil)
+	is.Equal(r.Stdout, "still\n") // the first run is unaffected
+}
