@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/matryer/is"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/paperclip-k8s/paperclip-k8s/internal/sandboxctl"
@@ -170,4 +173,60 @@ func TestRealizeFailsFastWhenTheQuotaIsUsedUp(t *testing.T) {
 	wantErr(t, rerr, "Sandbox "+h.namespace()+"/"+second.id()+" cannot be used", "QuotaExceeded", "exceeded quota: paperclip-quota", "resourceQuota in the environment config")
 	r := h.exec(first, "echo still", nil)
 	is.Equal(r.Stdout, "still\n") // the first run is unaffected
+}
+
+// A pod being deleted (kubelet grace period) is not a pod to run in: the
+// lease's pod watch sees the deletion at once, commands are refused, and
+// resume says the lease expired — while the Sandbox still says Ready.
+func TestTerminatingPodEndsTheLease(t *testing.T) {
+	is := is.New(t)
+	h := podStage(t, "sandbox", map[string]string{"paperclip-k8s.test/terminating-for": "1h"})
+	ctx := context.Background()
+	l := h.acquire(nil)
+	is.Equal(h.exec(l, "true", nil).code(), 0)
+	pod := h.waitPod(l, "")
+	is.NoErr(h.kube().CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{}))
+	t.Cleanup(func() { // let kwok finish the delete
+		p, err := h.kube().CoreV1().Pods(pod.Namespace).Get(context.Background(), pod.Name, metav1.GetOptions{})
+		if err == nil {
+			p.Annotations["paperclip-k8s.test/terminating-for"] = "0s"
+			_, _ = h.kube().CoreV1().Pods(pod.Namespace).Update(context.Background(), p, metav1.UpdateOptions{})
+		}
+	})
+	// The worker learns of the deletion from its watch: wait for that event.
+	eventually(t, 30*time.Second, "execute refuses the Terminating pod", func() error {
+		m, _ := h.w.call("environmentExecute", h.execParams(l, "true", nil))
+		if m.err != nil && strings.Contains(m.err.Message, "can no longer be used") {
+			return nil
+		}
+		return fmt.Errorf("execute still answered %s / %v", m.result, m.err)
+	})
+	var got lease
+	h.w.mustCall("environmentResumeLease", h.leaseParams(l), &got)
+	is.Equal(got.Metadata["expired"], true)
+	is.True(strings.Contains(got.meta("reason"), "Terminating"))
+}
+
+// Two pods for one Sandbox: the controller reports MultiplePods (Ready
+// False) and a resume says the lease expired, naming the reason.
+func TestMultiplePodsExpireTheLease(t *testing.T) {
+	is := is.New(t)
+	h := newHooks(t, "sandbox", nil)
+	ctx := context.Background()
+	l := h.acquire(nil)
+	is.Equal(h.exec(l, "true", nil).code(), 0)
+	pod := h.waitPod(l, "")
+	twin := pod.DeepCopy()
+	twin.ObjectMeta = metav1.ObjectMeta{Name: pod.Name + "-twin", Namespace: pod.Namespace, Labels: pod.Labels, OwnerReferences: pod.OwnerReferences}
+	twin.Status = corev1.PodStatus{}
+	_, err := h.kube().CoreV1().Pods(pod.Namespace).Create(ctx, twin, metav1.CreateOptions{})
+	is.NoErr(err)
+	eventually(t, 30*time.Second, "the Sandbox reports MultiplePods", func() error {
+		var got lease
+		h.w.mustCall("environmentResumeLease", h.leaseParams(l), &got)
+		if got.Metadata["expired"] == true && strings.Contains(got.meta("reason"), "MultiplePods") {
+			return nil
+		}
+		return fmt.Errorf("resume answered %+v", got.Metadata)
+	})
 }
