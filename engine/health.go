@@ -61,6 +61,9 @@ func (s *Spec) Evaluate(obj []byte) Status {
 		return Status{State: Ready, Reason: "NoRules", Rule: -1}
 	}
 	doc := gjson.ParseBytes(obj)
+	if st, ok := s.generic(doc); ok {
+		return st
+	}
 	condPath := s.Health.ConditionsPath
 	if condPath == "" {
 		condPath = "status.conditions"
@@ -84,6 +87,27 @@ func (s *Spec) Evaluate(obj []byte) Status {
 		return st
 	}
 	return Status{State: Pending, Reason: "NoRuleMatched", Rule: -1}
+}
+
+// generic applies the rules every object follows before its file's own
+// (kstatus's checkGenericProperties): an object being deleted is
+// Terminating, and one whose controller has not yet observed its latest
+// spec (status.observedGeneration older than metadata.generation) is
+// Pending, whatever its conditions say.
+func (s *Spec) generic(doc gjson.Result) (Status, bool) {
+	kind := "object"
+	if s.API != nil {
+		kind = s.API.Kind
+	}
+	if doc.Get("metadata.deletionTimestamp").Exists() {
+		return Status{State: Terminating, Reason: "Terminating", Message: "the " + kind + " is being deleted", Rule: -1}, true
+	}
+	gen, seen := doc.Get("metadata.generation"), doc.Get("status.observedGeneration")
+	if gen.Exists() && seen.Exists() && seen.Int() < gen.Int() {
+		return Status{State: Pending, Reason: "LatestGenerationNotObserved", Rule: -1,
+			Message: fmt.Sprintf("the %s's controller has observed generation %d, not yet %d", kind, seen.Int(), gen.Int())}, true
+	}
+	return Status{}, false
 }
 
 func first(vals ...string) string {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/fstest"
 
 	"github.com/matryer/is"
 
@@ -48,6 +49,8 @@ func TestReadinessRules(t *testing.T) {
 	}
 }
 
+const header = "apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\n"
+
 func TestReadinessMessagesComeFromTheCondition(t *testing.T) {
 	is := is.New(t)
 	c := catalog(t)
@@ -58,4 +61,63 @@ func TestReadinessMessagesComeFromTheCondition(t *testing.T) {
 	is.Equal(st.Message, "Job was active longer than specified deadline")
 	is.True(st.State.Terminal())
 	is.Equal(st.String(), "Failed/DeadlineExceeded: Job was active longer than specified deadline")
+}
+
+// The generic rules come before each file's own, as kstatus's
+// checkGenericProperties: deletion is Terminating (no file repeats it), and
+// a status.observedGeneration older than metadata.generation is Pending even
+// when the conditions say Ready.
+func TestGenericRulesComeFirst(t *testing.T) {
+	is := is.New(t)
+	c := catalog(t)
+	sb, _ := c.Get("sandbox")
+	ready, err := os.ReadFile(filepath.Join("..", "testdata", "objects", "sandbox-ready.json"))
+	is.NoErr(err)
+	var obj map[string]any
+	is.NoErr(json.Unmarshal(ready, &obj))
+	obj["status"].(map[string]any)["observedGeneration"] = 0 // metadata.generation is 1
+	stale, _ := json.Marshal(obj)
+	st := sb.Evaluate(stale)
+	is.Equal(st.State, engine.Pending)
+	is.Equal(st.Reason, "LatestGenerationNotObserved")
+	is.Equal(st.Message, "the Sandbox's controller has observed generation 0, not yet 1")
+	obj["status"].(map[string]any)["observedGeneration"] = 1
+	current, _ := json.Marshal(obj)
+	is.Equal(sb.Evaluate(current).State, engine.Ready)
+
+	obj["metadata"].(map[string]any)["deletionTimestamp"] = "2026-11-27T04:40:33Z"
+	deleting, _ := json.Marshal(obj)
+	st = sb.Evaluate(deleting)
+	is.Equal(st.String(), "Terminating/Terminating: the Sandbox is being deleted")
+	for _, s := range c.All() {
+		if s.Health == nil {
+			continue
+		}
+		for _, r := range s.Health.Rules {
+			for _, m := range r.Match {
+				is.True(m.Path != "metadata.deletionTimestamp") // generic, not repeated per file
+			}
+		}
+	}
+}
+
+// {$use: file} in health.rules stands for that file's rules.
+func TestHealthRulesAreSharedByUse(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	bare, _ := c.Get("barepod")
+	pod, _ := c.Get("pod")
+	is.Equal(bare.Health.Rules, pod.Health.Rules)
+	failed, err := os.ReadFile(filepath.Join("..", "testdata", "objects", "pod-imagepullbackoff.json"))
+	is.NoErr(err)
+	is.Equal(bare.Evaluate(failed), pod.Evaluate(failed))
+
+	_, err = engine.Load(fstest.MapFS{
+		"a.yaml": {Data: []byte(header + "name: a\ndescription: d\nscope: pod\napi: {group: '', kind: Pod, resource: pods, versions: [v1]}\nhealth: {rules: [{$use: b}]}\n")},
+		"b.yaml": {Data: []byte(header + "name: b\ndescription: d\nscope: backend\napi: {group: '', kind: Pod, resource: pods, versions: [v1]}\nbackend: {mode: exec, deadline: seconds, podSpecPath: spec}\ntemplate: {metadata: {name: x}}\npods: {container: c, find: [{self: true}]}\nhealth: {rules: [{$use: a}]}\n")},
+		"c.yaml": {Data: []byte(header + "name: c\ndescription: d\nscope: run\napi: {group: '', kind: Secret, resource: secrets, versions: [v1]}\ntemplate: {metadata: {name: x}}\nhealth: {rules: [{state: Ready}, {$use: nothere}]}\n")},
+	}, ".")
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "a.yaml: /health/rules: $use makes a cycle: a -> b -> a"))
+	is.True(strings.Contains(err.Error(), `c.yaml: /health/rules/1/$use: names "nothere", which is not a file with health rules in the catalog`))
 }

@@ -67,8 +67,10 @@ type ConditionMatch struct {
 	Reason []string `json:"reason,omitempty"`
 }
 
-// Rule maps an object that satisfies every test to a State.
+// Rule maps an object that satisfies every test to a State. A rule that
+// is only {$use: file} stands for that file's rules, in order.
 type Rule struct {
+	Use         string          `json:"$use,omitempty"`
 	State       State           `json:"state"`
 	Match       []Match         `json:"match,omitempty"`
 	Condition   *ConditionMatch `json:"condition,omitempty"`
@@ -373,6 +375,14 @@ func (c *Catalog) check() []error {
 				errs = append(errs, &FileError{File: s.File, Pointer: "/scope", Problem: "only one file may describe pods"})
 			}
 		}
+		if s.Health != nil {
+			rules, err := c.expandRules(s, nil)
+			if err != nil {
+				errs = append(errs, err)
+			} else {
+				s.Health.Rules = rules
+			}
+		}
 		walkUses(s.Template, "/template", func(ptr, name string) {
 			f, ok := c.specs[name]
 			if !ok || f.Scope != ScopeFragment {
@@ -381,6 +391,33 @@ func (c *Catalog) check() []error {
 		})
 	}
 	return errs
+}
+
+// expandRules returns a file's readiness rules with each {$use: file}
+// replaced by that file's rules.
+func (c *Catalog) expandRules(s *Spec, seen []string) ([]Rule, error) {
+	for _, n := range seen {
+		if n == s.Name {
+			return nil, &FileError{File: s.File, Pointer: "/health/rules", Problem: fmt.Sprintf("$use makes a cycle: %s", strings.Join(append(seen, s.Name), " -> "))}
+		}
+	}
+	var out []Rule
+	for i, r := range s.Health.Rules {
+		if r.Use == "" {
+			out = append(out, r)
+			continue
+		}
+		u, ok := c.specs[r.Use]
+		if !ok || u.Health == nil {
+			return nil, &FileError{File: s.File, Pointer: fmt.Sprintf("/health/rules/%d/$use", i), Problem: fmt.Sprintf("names %q, which is not a file with health rules in the catalog", r.Use)}
+		}
+		more, err := c.expandRules(u, append(seen, s.Name))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, more...)
+	}
+	return out, nil
 }
 
 func walkUses(node any, ptr string, fn func(ptr, name string)) {
