@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -499,7 +498,11 @@ func (s *Spec) Deadline(o *unstructured.Unstructured) (t time.Time, ok bool) {
 	if s.Backend == nil || s.Backend.DeadlinePath == "" {
 		return time.Time{}, false
 	}
-	v, found, err := unstructured.NestedString(o.Object, strings.Split(s.Backend.DeadlinePath, ".")...)
+	keys, err := splitPath(s.Backend.DeadlinePath)
+	if err != nil {
+		return time.Time{}, false
+	}
+	v, found, err := unstructured.NestedString(o.Object, keys...)
 	if !found || err != nil {
 		return time.Time{}, false
 	}
@@ -520,9 +523,12 @@ func (e *Engine) SetDeadline(ctx context.Context, ref Ref, t time.Time) error {
 	if err != nil {
 		return err
 	}
+	parts, err := splitPath(b.DeadlinePath)
+	if err != nil {
+		return &FileError{File: ref.Spec.File, Pointer: "/backend/deadlinePath", Problem: err.Error()}
+	}
 	patch := map[string]any{}
 	cur := patch
-	parts := strings.Split(b.DeadlinePath, ".")
 	for _, p := range parts[:len(parts)-1] {
 		next := map[string]any{}
 		cur[p] = next

@@ -168,15 +168,12 @@ func (t Match) eval(r gjson.Result) (bool, error) {
 		return r.Exists() && r.Num > *t.Gt, nil
 	case t.Equals != nil:
 		return sameJSON(r, t.Equals)
-	case t.In != nil:
-		for _, x := range t.In {
-			if ok, err := sameJSON(r, x); ok || err != nil {
-				return ok, err
-			}
-		}
-		return false, nil
 	}
-	return r.Exists() && !empty(r.Value()) && r.Raw != "0", nil
+	blank := !r.Exists() || empty(r.Value()) || r.Raw == "0"
+	if t.Empty != nil {
+		return blank == *t.Empty, nil
+	}
+	return !blank, nil
 }
 
 func sameJSON(r gjson.Result, want any) (bool, error) {

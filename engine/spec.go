@@ -51,13 +51,15 @@ type API struct {
 	ClusterScoped bool `json:"clusterScoped,omitempty"`
 }
 
-// Match tests one gjson path of a JSON document.
+// Match tests the value at one path: equals, exists, gt or empty; with no
+// test, the value must be set and not empty (null, false, 0, "", [], {}).
+// when and $if test the values, health rules the object.
 type Match struct {
 	Path   string   `json:"path"`
 	Equals any      `json:"equals,omitempty"`
-	In     []any    `json:"in,omitempty"`
 	Exists *bool    `json:"exists,omitempty"`
 	Gt     *float64 `json:"gt,omitempty"`
+	Empty  *bool    `json:"empty,omitempty"`
 }
 
 // ConditionMatch selects a status condition by type, status and reason.

@@ -7,23 +7,26 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/tidwall/gjson"
 )
 
-// A template is a YAML tree. Strings may hold placeholders:
+// A template is a YAML tree. Strings may hold placeholders, each a plain
+// path into the values (see path.go):
 //
 //	${a.b}          the value at a.b, with its type (a list stays a list)
 //	${a.b?}         the same, but the field or list item disappears when
 //	                the value is unset, null or empty
-//	${a.b|string}   the value converted (string, int)
+//	${a.b|string}   the value as a string (a port Cilium wants quoted)
 //	"x-${a}"        placeholders inside text are interpolated (scalars only)
 //
 // and maps may be directives:
 //
-//	{$merge: [m1, m2]}                       shallow merge, later wins
-//	{$if: [path, "!path"], then: X, else: Y} X when every path is set and
-//	                                          non-empty (or empty for "!")
-//	{$each: path, as: v, do: X}              one X per item; spliced into lists
-//	{$use: fragment, with: {k: v}}           a fragment's template with k bound
+//	{$merge: [m1, m2]}                 shallow merge, later wins
+//	{$if: [match...], then: X, else: Y} X when every match holds (the match
+//	                                    objects of when and health.rules)
+//	{$each: path, as: v, do: X}        one X per item; spliced into lists
+//	{$use: fragment, with: {k: v}}     a fragment's template with k bound
 //
 // Nothing is built by joining YAML text.
 
@@ -44,30 +47,19 @@ func (r *renderer) errAt(ptr, format string, args ...any) error {
 	return &FileError{File: r.file, Pointer: ptr, Problem: fmt.Sprintf(format, args...)}
 }
 
+// lookup reads a plain path: its first key may name a variable ($each's
+// as, $use's with), innermost first, else a top-level value.
 func (r *renderer) lookup(path string) (any, bool) {
-	parts := strings.Split(path, ".")
-	var cur any
-	found := false
-	for i := len(r.vars) - 1; i >= 0 && !found; i-- {
-		cur, found = r.vars[i][parts[0]]
-	}
-	if !found {
-		cur, found = r.values[parts[0]]
-	}
-	if !found {
+	keys, err := splitPath(path)
+	if err != nil {
 		return nil, false
 	}
-	for _, p := range parts[1:] {
-		m, ok := cur.(map[string]any)
-		if !ok {
-			return nil, false
-		}
-		cur, ok = m[p]
-		if !ok {
-			return nil, false
+	for i := len(r.vars) - 1; i >= 0; i-- {
+		if v, ok := r.vars[i][keys[0]]; ok {
+			return getPath(v, keys[1:])
 		}
 	}
-	return cur, true
+	return getPath(r.values, keys)
 }
 
 func empty(v any) bool {
@@ -222,25 +214,61 @@ func (r *renderer) renderMap(m map[string]any, ptr string) (any, bool, error) {
 	return out, true, nil
 }
 
-// cond evaluates a $if list: every path must hold a non-empty value, or an
-// empty one when written "!path".
+// cond evaluates a $if list of match objects: all must hold.
 func (r *renderer) cond(c any, ptr string) (bool, error) {
 	list, ok := c.([]any)
 	if !ok {
-		list = []any{c}
+		return false, r.errAt(ptr, "$if takes a list of match objects ({path: ..., equals: ...})")
 	}
-	for _, item := range list {
-		p, ok := item.(string)
-		if !ok {
-			return false, r.errAt(ptr, "$if takes value paths")
+	for i, item := range list {
+		m, err := matchOf(item)
+		if err != nil {
+			return false, r.errAt(fmt.Sprintf("%s/%d", ptr, i), "%v", err)
 		}
-		neg := strings.HasPrefix(p, "!")
-		v, _ := r.lookup(strings.TrimPrefix(p, "!"))
-		if empty(v) != neg {
+		ok, err := r.holds(m)
+		if err != nil {
+			return false, r.errAt(fmt.Sprintf("%s/%d", ptr, i), "%v", err)
+		}
+		if !ok {
 			return false, nil
 		}
 	}
 	return true, nil
+}
+
+// holds evaluates a match object on the values.
+func (r *renderer) holds(m Match) (bool, error) {
+	v, found := r.lookup(m.Path)
+	if !found {
+		return m.eval(gjson.Result{})
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return false, err
+	}
+	return m.eval(gjson.ParseBytes(b))
+}
+
+// matchOf reads a match object written inside a template.
+func matchOf(item any) (Match, error) {
+	raw, ok := item.(map[string]any)
+	if !ok {
+		return Match{}, fmt.Errorf("a $if item is a match object ({path: ..., equals: ...}), not a %T", item)
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return Match{}, err
+	}
+	var m Match
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return Match{}, fmt.Errorf("not a match object: %v", err)
+	}
+	if m.Path == "" {
+		return Match{}, fmt.Errorf("a match object needs a path")
+	}
+	return m, nil
 }
 
 func (r *renderer) renderString(s, ptr string) (any, bool, error) {
@@ -316,23 +344,8 @@ func convert(v any, conv string) (any, error) {
 			return strconv.FormatBool(x), nil
 		}
 		return nil, fmt.Errorf("a %T has no string form", v)
-	case "int":
-		switch x := v.(type) {
-		case int64:
-			return x, nil
-		case float64:
-			if x == float64(int64(x)) {
-				return int64(x), nil
-			}
-		case string:
-			n, err := strconv.ParseInt(x, 10, 64)
-			if err == nil {
-				return n, nil
-			}
-		}
-		return nil, fmt.Errorf("%v is not an integer", v)
 	}
-	return nil, fmt.Errorf("unknown conversion %q (use string or int)", conv)
+	return nil, fmt.Errorf("unknown conversion %q (the one conversion is string)", conv)
 }
 
 // Render builds the object's manifest from the values. wanted is false when
@@ -346,7 +359,7 @@ func (s *Spec) Render(values map[string]any) (obj map[string]any, wanted bool, e
 		return nil, false, fmt.Errorf("%s: values: %w", s.File, err)
 	}
 	vm, _ := norm.(map[string]any)
-	if wanted, err = s.Wanted(vm); err != nil {
+	if wanted, err = s.wanted(vm); err != nil {
 		return nil, false, err
 	}
 	r := &renderer{catalog: s.catalog, values: vm, file: s.File}
@@ -366,15 +379,26 @@ func (s *Spec) Wanted(values map[string]any) (bool, error) {
 	if len(s.When) == 0 {
 		return true, nil
 	}
-	doc, err := json.Marshal(values)
+	norm, err := Normalize(values)
 	if err != nil {
 		return false, fmt.Errorf("%s: values: %w", s.File, err)
 	}
-	ok, err := matchAll(s.When, doc)
-	if err != nil {
-		return false, &FileError{File: s.File, Pointer: "/when", Problem: err.Error()}
+	vm, _ := norm.(map[string]any)
+	return s.wanted(vm)
+}
+
+func (s *Spec) wanted(vm map[string]any) (bool, error) {
+	r := &renderer{values: vm, file: s.File}
+	for i, m := range s.When {
+		ok, err := r.holds(m)
+		if err != nil {
+			return false, &FileError{File: s.File, Pointer: fmt.Sprintf("/when/%d", i), Problem: err.Error()}
+		}
+		if !ok {
+			return false, nil
+		}
 	}
-	return ok, nil
+	return true, nil
 }
 
 // Normalize turns any JSON-able value into the plain form templates and

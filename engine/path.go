@@ -1,0 +1,78 @@
+package engine
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Every path in a data file is a gjson path (github.com/tidwall/gjson,
+// SYNTAX.md): keys separated by ".", a list item by its index, "\" before
+// a character that would otherwise be special (labels.paperclip\.io/role).
+//
+// Paths read from Kubernetes objects (health rules, conditionsPath,
+// reasonFrom, messageFrom, pods.find) may use all of gjson: queries
+// (#(type=="Ready")), wildcards, modifiers and pipes. Paths into the values
+// (${path}, $if, $each, when) and paths the provider writes or names
+// (backend.deadlinePath, backend.podSpecPath) are plain: keys and indexes
+// only, which Load checks. A plain path means the same here as in gjson.
+
+// plainPathSpecial are the characters that make a gjson path more than a
+// plain path when they are not escaped.
+const plainPathSpecial = "*?#|@!=<>%()[]{}"
+
+// splitPath splits a plain gjson path into its keys.
+func splitPath(p string) ([]string, error) {
+	if p == "" {
+		return nil, fmt.Errorf("the path is empty")
+	}
+	var parts []string
+	var cur strings.Builder
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c == '\\':
+			if i+1 == len(p) {
+				return nil, fmt.Errorf("path %q ends with a lone \\", p)
+			}
+			i++
+			cur.WriteByte(p[i])
+		case c == '.':
+			if cur.Len() == 0 {
+				return nil, fmt.Errorf("path %q has an empty key", p)
+			}
+			parts = append(parts, cur.String())
+			cur.Reset()
+		case strings.IndexByte(plainPathSpecial, c) >= 0:
+			return nil, fmt.Errorf("path %q uses %q, which only paths into Kubernetes objects may use (here a path is keys and list indexes, with \\ before a special character)", p, c)
+		default:
+			cur.WriteByte(c)
+		}
+	}
+	if cur.Len() == 0 {
+		return nil, fmt.Errorf("path %q has an empty key", p)
+	}
+	return append(parts, cur.String()), nil
+}
+
+// getPath follows keys (and list indexes) from v.
+func getPath(v any, keys []string) (any, bool) {
+	for _, k := range keys {
+		switch x := v.(type) {
+		case map[string]any:
+			var ok bool
+			if v, ok = x[k]; !ok {
+				return nil, false
+			}
+		case []any:
+			i, err := strconv.Atoi(k)
+			if err != nil || i < 0 || i >= len(x) {
+				return nil, false
+			}
+			v = x[i]
+		default:
+			return nil, false
+		}
+	}
+	return v, true
+}
