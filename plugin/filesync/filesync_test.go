@@ -1,4 +1,4 @@
-package plugin
+package filesync
 
 import (
 	"archive/tar"
@@ -15,8 +15,6 @@ import (
 	"testing"
 
 	"github.com/matryer/is"
-
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
 )
 
 func TestExcluded(t *testing.T) {
@@ -85,34 +83,34 @@ func TestConfineRemote(t *testing.T) {
 	}
 }
 
-func TestPlanSync(t *testing.T) {
+func TestNewPlan(t *testing.T) {
 	is := is.New(t)
-	op := func(files []SyncFileMapping, cmds ...PostUploadCommand) []SyncOperation {
-		return []SyncOperation{{OperationID: "op-1", Files: files, PostUploadCommands: cmds}}
+	op := func(files []FileMapping, cmds ...PostUploadCommand) []Operation {
+		return []Operation{{OperationID: "op-1", Files: files, PostUploadCommands: cmds}}
 	}
-	_, err := planSync(rpc.MethodEnvironmentSyncIn, "/ws", op([]SyncFileMapping{{SourcePath: "/h/a", TargetPath: "/ws/a", Kind: "file"}}))
+	_, err := NewPlan(In, "/ws", op([]FileMapping{{SourcePath: "/h/a", TargetPath: "/ws/a", Kind: "file"}}))
 	is.NoErr(err)
 	for _, c := range []struct {
-		ops  []SyncOperation
+		ops  []Operation
 		want string
 	}{
-		{op([]SyncFileMapping{{SourcePath: "/h/a", TargetPath: "/ws/../etc/a", Kind: "file"}}), `operation "op-1": files[0]: the sandbox path "/ws/../etc/a" has a ".." component`},
-		{op([]SyncFileMapping{{SourcePath: "/h/a", TargetPath: "/tmp/a", Kind: "file"}}), "is outside the remote root /ws"},
-		{op([]SyncFileMapping{{SourcePath: "rel/a", TargetPath: "/ws/a", Kind: "file"}}), "the host path \"rel/a\" is not an absolute path"},
-		{op([]SyncFileMapping{{SourcePath: "/h/a", TargetPath: "/ws", Kind: "file"}}), "remote root itself"},
-		{op([]SyncFileMapping{{SourcePath: "/h/a", TargetPath: "/ws/a", Kind: "socket"}}), `kind "socket"`},
+		{op([]FileMapping{{SourcePath: "/h/a", TargetPath: "/ws/../etc/a", Kind: "file"}}), `operation "op-1": files[0]: the sandbox path "/ws/../etc/a" has a ".." component`},
+		{op([]FileMapping{{SourcePath: "/h/a", TargetPath: "/tmp/a", Kind: "file"}}), "is outside the remote root /ws"},
+		{op([]FileMapping{{SourcePath: "rel/a", TargetPath: "/ws/a", Kind: "file"}}), "the host path \"rel/a\" is not an absolute path"},
+		{op([]FileMapping{{SourcePath: "/h/a", TargetPath: "/ws", Kind: "file"}}), "remote root itself"},
+		{op([]FileMapping{{SourcePath: "/h/a", TargetPath: "/ws/a", Kind: "socket"}}), `kind "socket"`},
 		{op(nil, PostUploadCommand{Command: "true", Cwd: "/etc"}), `postUploadCommands[0]: the cwd "/etc" is outside`},
 		{op(nil, PostUploadCommand{Command: " "}), "postUploadCommands[0]: the command is empty"},
-		{[]SyncOperation{{OperationID: ""}}, "no operationId"},
-		{[]SyncOperation{{OperationID: "x"}, {OperationID: "x"}}, "used twice"},
+		{[]Operation{{OperationID: ""}}, "no operationId"},
+		{[]Operation{{OperationID: "x"}, {OperationID: "x"}}, "used twice"},
 	} {
-		_, err := planSync(rpc.MethodEnvironmentSyncIn, "/ws", c.ops)
+		_, err := NewPlan(In, "/ws", c.ops)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("planSync: %v; want an error with %q", err, c.want)
+			t.Errorf("NewPlan: %v; want an error with %q", err, c.want)
 		}
 	}
 	// syncOut: the sandbox side is the source.
-	_, err = planSync(rpc.MethodEnvironmentSyncOut, "/ws", op([]SyncFileMapping{{SourcePath: "/etc/shadow", TargetPath: "/h/x", Kind: "file"}}))
+	_, err = NewPlan(Out, "/ws", op([]FileMapping{{SourcePath: "/etc/shadow", TargetPath: "/h/x", Kind: "file"}}))
 	is.True(err != nil && strings.Contains(err.Error(), `the sandbox path "/etc/shadow" is outside the remote root /ws`))
 }
 
@@ -195,7 +193,7 @@ func TestWriteUpload(t *testing.T) {
 	stats, err := writeUpload(&buf, items)
 	is.NoErr(err)
 	ents, order := readTar(t, buf.Bytes(), true)
-	is.Equal(order[len(order)-1], syncEndEntry) // the end marker comes last
+	is.Equal(order[len(order)-1], endEntry) // the end marker comes last
 
 	is.Equal(ents["0"], tarEntry{typ: tar.TypeReg, mode: 0o600, body: "s3cret"}) // the mapping's mode wins
 	is.Equal(stats[0], transferStats{files: 1, bytes: 6})
@@ -421,7 +419,7 @@ func TestExtractArchive(t *testing.T) {
 // shell (e.g. /bin/sh, or BusyBox's sh with only BusyBox applets in PATH).
 func localScript(t *testing.T, shell []string, env []string, script string, args []string, stdin io.Reader, stdout io.Writer) (int, string) {
 	t.Helper()
-	argv, preamble := syncCommand(script, args) // as s.run sends it
+	argv, preamble := command(script, args) // as s.run sends it
 	cmd := exec.Command(shell[0], append(shell[1:], argv[1:]...)...)
 	cmd.Env = env
 	if stdin == nil {
@@ -683,12 +681,12 @@ func TestSyncScriptsLocal(t *testing.T) {
 	}
 }
 
-// TestSyncCommand: the argv is a short bootstrap whatever the arguments;
+// TestCommand: the argv is a short bootstrap whatever the arguments;
 // a preamble cut short runs nothing.
-func TestSyncCommand(t *testing.T) {
+func TestCommand(t *testing.T) {
 	is := is.New(t)
 	long := strings.Repeat("x", 100_000)
-	argv, preamble := syncCommand(syncOutDirScript, []string{"/ws", ".", "0", "--exclude=" + long, "it's"})
+	argv, preamble := command(syncOutDirScript, []string{"/ws", ".", "0", "--exclude=" + long, "it's"})
 	is.True(len(strings.Join(argv, " ")) < 400)
 	is.True(strings.Contains(string(preamble), long))
 	is.True(!strings.Contains(strings.Join(argv, " "), "/ws"))
@@ -700,7 +698,7 @@ func TestSyncCommand(t *testing.T) {
 			is := is.New(t)
 			dir := t.TempDir()
 			script := `printf '%s|' "$@" > "$1/ran"; cat > "$1/stdin"`
-			argv, preamble := syncCommand(script, []string{dir, "a b", "it's", "$(x)"})
+			argv, preamble := command(script, []string{dir, "a b", "it's", "$(x)"})
 			run := func(pre []byte) int {
 				cmd := exec.Command(sh.shell[0], append(sh.shell[1:], argv[1:]...)...)
 				cmd.Env = sh.env

@@ -1,4 +1,4 @@
-package plugin
+package filesync
 
 import (
 	"archive/tar"
@@ -18,10 +18,6 @@ import (
 // files (syncIn) and checking and extracting the archive a pod sends
 // (syncOut). Host paths come from the host and are trusted; archive entries
 // from a pod are not.
-
-// syncEndEntry is the last entry of an upload archive; the pod script
-// refuses an archive without it (a stream cut short).
-const syncEndEntry = "paperclip-sync-end"
 
 // alwaysExcluded is added to every mapping's exclude list, as the reference
 // does (macOS AppleDouble sidecars).
@@ -49,7 +45,7 @@ type uploadItem struct {
 
 // writeUpload writes the archive of a syncIn operation to w: item i as the
 // entry "i" (a regular file, or a directory and its tree), then
-// syncEndEntry. Every item's stats are returned. Entries carry no owner,
+// endEntry. Every item's stats are returned. Entries carry no owner,
 // no xattrs and only permission bits (07777); special files (devices,
 // fifos, sockets) are skipped. Symbolic links are archived as links unless
 // followSymlinks is set (then they are followed; a dangling one stays a
@@ -72,7 +68,7 @@ func writeUpload(w io.Writer, items []uploadItem) ([]transferStats, error) {
 			return stats, &mappingError{index: i, err: err}
 		}
 	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: syncEndEntry, Mode: 0o600, ModTime: mtime(time.Now())}); err != nil {
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: endEntry, Mode: 0o600, ModTime: mtime(time.Now())}); err != nil {
 		return stats, err
 	}
 	return stats, tw.Close()
