@@ -107,9 +107,11 @@ func Defaults(adapterType string, registry []AdapterEntry) (AdapterDefaults, err
 				continue
 			}
 			if !e.IsEnabled() {
+				//lint:ignore ST1005 the reference's message, word for word
 				return AdapterDefaults{}, fmt.Errorf("Adapter %q is disabled in the configured adapter registry", adapterType)
 			}
 			if strings.TrimSpace(e.RuntimeImage) == "" {
+				//lint:ignore ST1005 the reference's message, word for word
 				return AdapterDefaults{}, fmt.Errorf("Adapter %q is missing required runtime field: runtimeImage", adapterType)
 			}
 			return AdapterDefaults{
@@ -121,10 +123,12 @@ func Defaults(adapterType string, registry []AdapterEntry) (AdapterDefaults, err
 				DefaultEnv:   cloneMap(e.DefaultEnv),
 			}, nil
 		}
+		//lint:ignore ST1005 the reference's message, word for word
 		return AdapterDefaults{}, fmt.Errorf("Adapter %q is not in the configured adapter registry", adapterType)
 	}
 	b, ok := builtinAdapters[adapterType]
 	if !ok {
+		//lint:ignore ST1005 the reference's message, word for word
 		return AdapterDefaults{}, fmt.Errorf("Unknown adapter type: %s", adapterType)
 	}
 	return AdapterDefaults{

@@ -31,6 +31,7 @@ func ResolveImage(override, runtimeImage string, allowList []string, registry st
 				return o, nil
 			}
 		}
+		//lint:ignore ST1005 the reference's message, word for word
 		return "", fmt.Errorf("Image override %q is not in allowlist", o)
 	}
 	img := strings.TrimSpace(runtimeImage)
