@@ -49,6 +49,9 @@ type cluster struct {
 	tenants sync.Map
 }
 
+// WrapTransport, when set, wraps the transports of clusters built afterwards (under the apiGate): `paperclip-k8s bench` counts requests with it.
+var WrapTransport func(http.RoundTripper) http.RoundTripper
+
 type clusters struct {
 	mu sync.Mutex
 	m  map[string]*cluster
@@ -93,6 +96,7 @@ func RESTConfig(cfg policy.Config, getenv func(string) string) (*rest.Config, er
 	}
 	rc.QPS, rc.Burst = 50, 100
 	rc.UserAgent = "paperclip-k8s"
+	rc.Wrap(WrapTransport)
 	return rc, nil
 }
 

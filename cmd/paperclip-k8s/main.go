@@ -35,6 +35,8 @@ func main() {
 		err = printRBAC(os.Stdout, os.Args[2:])
 	case "demo":
 		err = demo(os.Args[2:])
+	case "bench":
+		err = runBench(os.Args[2:])
 	case "version":
 		fmt.Println(plugin.Version)
 	case "-h", "--help", "help":
