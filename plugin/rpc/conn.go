@@ -90,6 +90,18 @@ type Conn struct {
 	pmu       sync.Mutex
 	pending   map[int64]chan callResult
 	inputDone bool
+
+	// ready is set once the reply to initialize was written (the handshake is
+	// done): from then on Log may send records to the host.
+	ready atomic.Bool
+	// logs are the `log` requests sent by Log whose response has not come
+	// (under pmu): their responses are dropped, and one refused for its
+	// company scope is sent again without it.
+	logs map[int64]logParams
+	// invs are the invocations of host requests whose reply is not written
+	// yet (under wmu): the host accepts a company-scoped worker→host call only
+	// while one of them is open.
+	invs map[string]*openInvocation
 }
 
 type callResult struct {
@@ -111,6 +123,8 @@ func NewConn(r io.Reader, w io.Writer, h Handler, opts Options) *Conn {
 		writeFailed:  make(chan struct{}),
 		shutdownDone: make(chan struct{}),
 		pending:      map[int64]chan callResult{},
+		logs:         map[int64]logParams{},
+		invs:         map[string]*openInvocation{},
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -268,6 +282,9 @@ func (c *Conn) dispatch(m message) {
 			}
 			return
 		}
+		if m.kind == kindRequest && m.inv != nil {
+			c.openInvocation(*m.inv)
+		}
 		c.inflight.Add(1)
 		go c.serve(m)
 	}
@@ -291,7 +308,10 @@ func (c *Conn) serve(m message) {
 		return
 	}
 	b, code := c.buildReply(&m, res, err)
-	if werr := c.write(b, false); werr != nil && !errors.Is(werr, ErrClosed) {
+	if code != 0 {
+		c.logHookFailure(c.msgCtx(&m), &m, code, b, time.Since(start))
+	}
+	if werr := c.writeReply(b, m.inv, code == 0 && m.method == MethodInitialize); werr != nil && !errors.Is(werr, ErrClosed) {
 		c.log.Warn("rpc: writing reply failed", "method", m.method, "id", logID(m.id), "error", werr.Error())
 	}
 	c.log.Debug("rpc: request done", "method", m.method, "id", logID(m.id), "code", code, "duration", time.Since(start))
@@ -440,6 +460,28 @@ func encodeValue(buf *bytes.Buffer, v any, ifNil json.RawMessage) error {
 func (c *Conn) write(b []byte, final bool) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	return c.writeLocked(b, final)
+}
+
+// writeReply writes the reply to a request that carried inv (nil: none),
+// closing the invocation first under the same lock: a Log line that uses it
+// is written before the reply, never after. handshake marks the successful
+// reply to initialize: Log sends from then on (its lines wait for the lock,
+// so they follow the reply).
+func (c *Conn) writeReply(b []byte, inv *Invocation, handshake bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if inv != nil {
+		c.closeInvocationLocked(inv.ID)
+	}
+	if handshake {
+		c.ready.Store(true)
+	}
+	return c.writeLocked(b, false)
+}
+
+// writeLocked is write with c.wmu held.
+func (c *Conn) writeLocked(b []byte, final bool) error {
 	if c.wclosed {
 		return ErrClosed
 	}
@@ -595,7 +637,13 @@ func (c *Conn) complete(rawID json.RawMessage, r callResult) bool {
 	c.pmu.Lock()
 	ch := c.pending[id]
 	delete(c.pending, id)
+	lp, isLog := c.logs[id]
+	delete(c.logs, id)
 	c.pmu.Unlock()
+	if isLog {
+		c.logAnswered(lp, r)
+		return true
+	}
 	if ch == nil {
 		return false
 	}
@@ -608,6 +656,7 @@ func (c *Conn) closeInput() {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	c.inputDone = true
+	clear(c.logs)
 	for id, ch := range c.pending {
 		delete(c.pending, id)
 		ch <- callResult{err: ErrClosed}
