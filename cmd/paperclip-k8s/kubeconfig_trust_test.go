@@ -219,7 +219,7 @@ func TestKubeconfigTokenFileNeverRead(t *testing.T) {
 		h := trustHooks(t, kubeconfig)
 		refusedEverywhere(t, h, "users[0].user.tokenFile reads a file on the Paperclip host")
 		is.True(!sawSecret()) // the file's content never reached the server
-		for _, line := range h.w.stderrLines() {
+		for _, line := range h.w.diagnostics() {
 			is.True(!strings.Contains(line, secret))
 		}
 	})
@@ -291,7 +291,7 @@ func TestKubeconfigServerBodiesNeverEchoed(t *testing.T) {
 			after, _ := api.requests()
 			is.True(after > hits) // acquire and release did talk to the server
 
-			for _, r := range append(replies, h.w.stderrLines()...) {
+			for _, r := range append(replies, h.w.diagnostics()...) {
 				if strings.Contains(r, secret) || strings.Contains(r, "internal page") {
 					t.Errorf("a server's answer was relayed: %s", r)
 				}
@@ -342,7 +342,7 @@ func TestKubeconfigNoRedirectToAnotherHost(t *testing.T) {
 	is.True(strings.Contains(m.err.Message, "redirected the worker to another host"))
 	hits, _ := internal.requests()
 	is.Equal(hits, 0) // the internal endpoint was never asked
-	for _, r := range append([]string{raw, string(m.raw)}, h.w.stderrLines()...) {
+	for _, r := range append([]string{raw, string(m.raw)}, h.w.diagnostics()...) {
 		if strings.Contains(r, secret) {
 			t.Errorf("the internal endpoint's answer was relayed: %s", r)
 		}

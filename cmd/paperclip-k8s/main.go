@@ -18,6 +18,7 @@ import (
 
 	"github.com/paperclip-k8s/paperclip-k8s/plugin"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
+	"k8s.io/klog/v2"
 )
 
 func main() {
@@ -62,20 +63,28 @@ const usage = `usage: paperclip-k8s [command]
 `
 
 // worker serves the protocol until stdin closes or the host says shutdown.
-// stdout carries the protocol only; logs go to stderr.
+// stdout carries the protocol only; logs go to the host once initialized,
+// to stderr before.
 func worker() error {
 	level := slog.LevelInfo
 	if os.Getenv("PAPERCLIP_K8S_DEBUG") != "" {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// Records go to the host's plugin log (`log` messages) once the
+	// handshake is done; before it, and when the host is gone, to stderr.
+	logs := rpc.NewLogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}), level)
+	log := slog.New(logs)
+	// client-go logs through klog: the same way, marked as such.
+	klog.SetSlogLogger(log.With("component", "client-go"))
 	p, err := plugin.New(log)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	err = rpc.Serve(ctx, os.Stdin, os.Stdout, p.Methods(), rpc.Options{Logger: log})
+	conn := rpc.NewConn(os.Stdin, os.Stdout, p.Methods(), rpc.Options{Logger: log})
+	logs.Attach(conn)
+	err = conn.Serve(ctx)
 	if ctx.Err() != nil {
 		return nil // terminated by signal
 	}

@@ -140,18 +140,29 @@ func testSecretsNeverLeak(t *testing.T, debug bool) {
 	is.True(h.w.waitExit(exitCeiling))
 
 	stderr := h.w.stderrLines()
-	stdout := h.w.stdoutLines()
-	debugLines := 0
+	stdout := h.w.stdoutLines() // replies, notifications and the `log` requests
+	logs := h.w.hostLogs()
+	debugLines, failedHooks := 0, 0
 	for _, line := range stderr {
 		if strings.Contains(line, "level=DEBUG") {
 			debugLines++
 		}
 	}
-	t.Logf("scanned %d stderr lines (%d debug) and %d stdout messages", len(stderr), debugLines, len(stdout))
+	for _, l := range logs {
+		if l.Level == "debug" {
+			debugLines++
+		}
+		if l.Level == "error" && strings.HasSuffix(l.Message, " failed") {
+			failedHooks++
+		}
+	}
+	t.Logf("scanned %d stderr lines and %d stdout messages (%d log requests, %d debug, %d failed hooks)",
+		len(stderr), len(stdout), len(logs), debugLines, failedHooks)
 	if debug {
 		is.True(debugLines > 0) // the debug run really logged at debug level
 	}
-	is.True(len(stderr) > 0)
+	is.True(len(logs) > 0)
+	is.True(failedHooks > 0) // the failed acquire (its config carries the kubeconfig) was logged
 	for what, s := range secrets {
 		for _, form := range encodings(s) {
 			for i, line := range stderr {

@@ -160,14 +160,17 @@ func TestWorkerIDTypes(t *testing.T) {
 	}
 }
 
-// nextLine waits for the stdout line after the first n lines.
+// nextLine waits for the stdout line after the first n lines, skipping
+// the worker's `log` requests.
 func (w *proc) nextLine(t testing.TB, n int) *message {
 	t.Helper()
 	var m *message
 	if !w.waitUntil(callTimeout, func() bool {
-		if len(w.out) > n {
-			m = w.out[n]
-			return true
+		for _, o := range w.out[min(n, len(w.out)):] {
+			if o.method != "log" {
+				m = o
+				return true
+			}
 		}
 		return false
 	}) {
