@@ -29,9 +29,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
-	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devenv"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
 var env *devenv.Env
@@ -279,9 +279,9 @@ func TestClusterSandboxLifecycle(t *testing.T) {
 	is.True(engine.ControlledBy(pod, w))
 	is.Equal(pod.GetLabels()["paperclip.io/role"], "agent")
 
-	ex, err := pexec.NewExecutor(env.RESTConfig(), pexec.Options{})
+	ex, err := podexec.NewExecutor(env.RESTConfig(), podexec.Options{})
 	is.NoErr(err)
-	res, err := ex.Run(ctx, pexec.Request{Namespace: ns, Pod: pod.GetName(), Container: sb.Pods.Container, Command: "echo hello from $0"})
+	res, err := ex.Run(ctx, podexec.Request{Namespace: ns, Pod: pod.GetName(), Container: sb.Pods.Container, Command: "echo hello from $0"})
 	is.NoErr(err)
 	is.Equal(*res.ExitCode, 0)
 	is.True(strings.HasPrefix(string(res.Stdout), "hello from"))

@@ -31,8 +31,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
-	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
 // cluster holds the clients for one API server, built once per distinct
@@ -41,7 +41,7 @@ type cluster struct {
 	config *rest.Config
 	kube   kubernetes.Interface
 	engine *engine.Engine
-	exec   *pexec.Executor
+	exec   *podexec.Executor
 	// gate verifies, once, that a kubeconfig's server is a Kubernetes API
 	// server before anything else is sent to it (nil for inCluster).
 	gate *apiGate
@@ -153,7 +153,7 @@ func (p *Provider) newCluster(rc *rest.Config) (*cluster, error) {
 		return nil, fmt.Errorf("building a discovery client: %w", err)
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
-	ex, err := pexec.NewExecutor(rc, pexec.Options{Transport: p.Transport})
+	ex, err := podexec.NewExecutor(rc, podexec.Options{Transport: p.Transport})
 	if err != nil {
 		return nil, err
 	}

@@ -14,8 +14,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
 func testKubeconfig(t *testing.T, server string) policy.Secret {
@@ -36,7 +36,7 @@ func testKubeconfig(t *testing.T, server string) policy.Secret {
 // the gate reaches them through rest.Config.Proxy: a server that is not a
 // Kubernetes API server gets no exec request, and its answer is not relayed.
 func TestGateCoversExec(t *testing.T) {
-	for _, tr := range []pexec.Transport{pexec.TransportWebSocket, pexec.TransportSPDY} {
+	for _, tr := range []podexec.Transport{podexec.TransportWebSocket, podexec.TransportSPDY} {
 		t.Run(tr.String(), func(t *testing.T) {
 			is := is.New(t)
 			const secret = "GATE-BODY-SECRET"
@@ -55,7 +55,7 @@ func TestGateCoversExec(t *testing.T) {
 			p.Transport = tr
 			cl, err := p.cluster(policy.Config{Kubeconfig: testKubeconfig(t, srv.URL)})
 			is.NoErr(err)
-			_, err = cl.exec.Run(context.Background(), pexec.Request{Namespace: "ns", Pod: "pod", Command: "true"})
+			_, err = cl.exec.Run(context.Background(), podexec.Request{Namespace: "ns", Pod: "pod", Command: "true"})
 			is.True(err != nil)
 			is.True(strings.Contains(err.Error(), "did not answer /version as a Kubernetes API server (HTTP 400)"))
 			is.True(!strings.Contains(err.Error(), secret))

@@ -11,9 +11,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
-	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
 // ExecuteParams are environmentExecute's params. Env and Stdin are secret.
@@ -135,7 +135,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 	if remaining <= 0 {
 		return ExecuteResult{TimedOut: true, Stderr: fmt.Sprintf("[paperclip-k8s] timed out after %v waiting for %s to become ready; the command was not run.\n", timeout, ref), Metadata: meta}, nil
 	}
-	req := pexec.Request{
+	req := podexec.Request{
 		Namespace: ref.Namespace, Pod: st.podName, Container: ref.Spec.Pods.Container,
 		Command: in.Command, Args: in.Args, Env: in.Env, Cwd: in.Cwd,
 		Timeout:   remaining,
@@ -149,7 +149,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 	}
 	res, err := cl.exec.Run(ctx, req)
 	if err != nil {
-		var limit *pexec.OutputLimitError
+		var limit *podexec.OutputLimitError
 		if errors.As(err, &limit) {
 			one := 1
 			return ExecuteResult{ExitCode: &one, Stderr: err.Error() + " (raise execMaxOutputBytes in the provider config)", Metadata: meta}, nil

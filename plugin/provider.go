@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
-	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
@@ -29,7 +29,7 @@ type Provider struct {
 	Getenv func(string) string
 	Now    func() time.Time
 	// Transport is the exec transport (auto: WebSocket, then SPDY).
-	Transport pexec.Transport
+	Transport podexec.Transport
 
 	clusters clusters
 	leases   sync.Map // providerLeaseId -> *leaseState

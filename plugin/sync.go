@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
-	pexec "github.com/paperclip-k8s/paperclip-k8s/exec"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/filesync"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
 // Native file sync (environmentSyncIn / environmentSyncOut) for exec-mode
@@ -113,14 +113,14 @@ func (p *Provider) sync(ctx context.Context, in SyncParams, dir filesync.Directi
 // (other than by its output caps), the pod is checked: a pod that is gone
 // or replaced is forgotten and reported as such.
 func (p *Provider) syncExec(cl *cluster, ref engine.Ref, st *leaseState) filesync.Exec {
-	return func(ctx context.Context, req pexec.Request) (*pexec.Result, error) {
+	return func(ctx context.Context, req podexec.Request) (*podexec.Result, error) {
 		req.Namespace, req.Pod, req.Container = ref.Namespace, st.podName, ref.Spec.Pods.Container
 		res, err := cl.exec.Run(ctx, req)
 		if err == nil {
 			return res, nil
 		}
-		var limit *pexec.OutputLimitError
-		var werr *pexec.StdoutWriteError
+		var limit *podexec.OutputLimitError
+		var werr *podexec.StdoutWriteError
 		if errors.As(err, &limit) || errors.As(err, &werr) {
 			return res, err
 		}

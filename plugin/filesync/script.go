@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/paperclip-k8s/paperclip-k8s/exec"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
 // The pod side of the sync: POSIX sh scripts (scripts/*.sh, checked by
@@ -122,7 +122,7 @@ func scriptHeader() string {
 		fmt.Fprintf(&b, "%s=%d\n", c.shell, c.code)
 	}
 	for _, v := range [][2]string{{"_PC_FAIL_PREFIX", failPrefix}, {"_PC_END_ENTRY", endEntry}, {"_PC_STAGE_PREFIX", stagePrefix}} {
-		fmt.Fprintf(&b, "%s=%s\n", v[0], exec.ShellQuote(v[1]))
+		fmt.Fprintf(&b, "%s=%s\n", v[0], podexec.ShellQuote(v[1]))
 	}
 	return b.String()
 }
@@ -169,7 +169,7 @@ func command(script string, args []string) (argv []string, preamble []byte) {
 	b.WriteString("set --")
 	for _, a := range args {
 		b.WriteString(" ")
-		b.WriteString(exec.ShellQuote(a))
+		b.WriteString(podexec.ShellQuote(a))
 	}
 	b.WriteString("\n")
 	b.WriteString(script)
@@ -178,7 +178,7 @@ func command(script string, args []string) (argv []string, preamble []byte) {
 	boot := fmt.Sprintf(`_pc_boot=$(dd bs=1 count=%d 2>/dev/null) || _pc_boot=
 case $_pc_boot in *'%s') ;; *) echo "%s%d:-: could not read the sync script from stdin (the image needs dd)" >&2; exit %d ;; esac
 eval "$_pc_boot"`, b.Len(), scriptEnd, failPrefix, exitNoScript, exitNoScript)
-	return []string{exec.Shell, "-c", boot, "paperclip-k8s-sync"}, []byte(b.String())
+	return []string{podexec.Shell, "-c", boot, "paperclip-k8s-sync"}, []byte(b.String())
 }
 
 // scriptFailure is a sync script's own failure (one of exitCodes).

@@ -14,7 +14,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/paperclip-k8s/paperclip-k8s/exec"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
 const (
@@ -26,10 +26,10 @@ const (
 
 // Exec runs one command in the lease's pod; the request has no namespace,
 // pod or container (Exec sets them). It returns an error when the command
-// did not run to an exit status or a timeout: an *exec.OutputLimitError or
-// *exec.StdoutWriteError as Run returns them, any other error naming the
+// did not run to an exit status or a timeout: a *podexec.OutputLimitError or
+// *podexec.StdoutWriteError as Run returns them, any other error naming the
 // pod (and, if the pod is gone, saying so).
-type Exec func(ctx context.Context, req exec.Request) (*exec.Result, error)
+type Exec func(ctx context.Context, req podexec.Request) (*podexec.Result, error)
 
 // Syncer runs a Plan in one pod.
 type Syncer struct {
@@ -40,7 +40,7 @@ type Syncer struct {
 	Deadline     time.Time
 	DeadlineFrom string
 	// MaxCommandOutput caps each output stream of a post-upload command
-	// (as exec.Request's MaxStdout and MaxStderr).
+	// (as podexec.Request's MaxStdout and MaxStderr).
 	MaxCommandOutput int64
 	// Log gets what is worth a line (never a path or a command).
 	Log *slog.Logger
@@ -86,7 +86,7 @@ func (s *session) remaining() time.Duration {
 }
 
 // run runs a script (or, for post-upload commands, the wrapper) in the pod.
-func (s *session) run(ctx context.Context, script string, args []string, stdin io.Reader, stdout io.Writer, timeout time.Duration, maxOut int64) (*exec.Result, error) {
+func (s *session) run(ctx context.Context, script string, args []string, stdin io.Reader, stdout io.Writer, timeout time.Duration, maxOut int64) (*podexec.Result, error) {
 	if r := s.remaining(); timeout <= 0 || timeout > r {
 		timeout = r
 	}
@@ -98,7 +98,7 @@ func (s *session) run(ctx context.Context, script string, args []string, stdin i
 	if stdin != nil {
 		in = io.MultiReader(in, stdin)
 	}
-	req := exec.Request{
+	req := podexec.Request{
 		Command: argv[0], Args: argv[1:],
 		Stdin: in, Stdout: stdout, Timeout: timeout,
 		MaxStdout: maxOut, MaxStderr: maxOut,
@@ -115,7 +115,7 @@ func (s *session) run(ctx context.Context, script string, args []string, stdin i
 
 // scriptError turns a failed sync script into an error naming the
 // operation, the mapping (its sandbox and host paths) and the reason.
-func (s *session) scriptError(op Operation, mappings []plannedMapping, res *exec.Result) error {
+func (s *session) scriptError(op Operation, mappings []plannedMapping, res *podexec.Result) error {
 	code := *res.ExitCode
 	reason := exitReasons[code]
 	if reason == "" {

@@ -1,11 +1,11 @@
-package exec
+package podexec
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -61,7 +61,7 @@ func TestShellQuoteTable(t *testing.T) {
 // value for every tricky value.
 func TestShellQuoteRoundTripsThroughSh(t *testing.T) {
 	for _, v := range trickyValues {
-		out, err := osexec.Command("/bin/sh", "-c", "printf '%s' "+ShellQuote(v)).Output()
+		out, err := exec.Command("/bin/sh", "-c", "printf '%s' "+ShellQuote(v)).Output()
 		if err != nil {
 			t.Fatalf("value %q: %v", v, err)
 		}
@@ -204,7 +204,7 @@ func TestBuildCommandRoundTripLocalShell(t *testing.T) {
 				is.True(!strings.Contains(strings.Join(built.Argv, " "), v)) // values never in the argv
 			}
 		}
-		cmd := osexec.Command(built.Argv[0], built.Argv[1:]...)
+		cmd := exec.Command(built.Argv[0], built.Argv[1:]...)
 		cmd.Stdin = bytes.NewReader(built.Preamble)
 		cmd.Dir = base
 		cmd.Env = []string{"PATH=/usr/bin:/bin"}
@@ -216,7 +216,7 @@ func TestBuildCommandRoundTripLocalShell(t *testing.T) {
 	// PATH was not exported: the command sees the caller's PATH.
 	built, err := BuildCommand("/bin/sh", []string{"-c", `printf %s "$PATH"`}, map[string]string{"PATH": "/host/only", "X": "1"}, "")
 	is.NoErr(err)
-	cmd := osexec.Command(built.Argv[0], built.Argv[1:]...)
+	cmd := exec.Command(built.Argv[0], built.Argv[1:]...)
 	cmd.Stdin = bytes.NewReader(built.Preamble)
 	cmd.Env = []string{"PATH=/usr/bin:/bin"}
 	out, err := cmd.Output()
@@ -226,11 +226,11 @@ func TestBuildCommandRoundTripLocalShell(t *testing.T) {
 	// A missing cwd fails with exit status 1 and the shell's message.
 	built, err = BuildCommand("true", nil, nil, filepath.Join(base, "missing"))
 	is.NoErr(err)
-	cmd = osexec.Command(built.Argv[0], built.Argv[1:]...)
+	cmd = exec.Command(built.Argv[0], built.Argv[1:]...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	err = cmd.Run()
-	var ee *osexec.ExitError
+	var ee *exec.ExitError
 	is.True(errors.As(err, &ee))
 	is.Equal(ee.ExitCode(), 1)
 	is.True(stderr.Len() > 0)

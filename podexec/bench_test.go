@@ -1,4 +1,4 @@
-package exec
+package podexec
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ import (
 // same machine load (alternating which goes first). Reported: exec-ns/op, bare-ns/op and ours/bare (the
 // ratio of the two totals). ns/op is the sum of both.
 //
-//	go test -run '^$' -bench . -benchtime 50x ./exec
+//	go test -run '^$' -bench . -benchtime 50x ./podexec
 
 func bareStream(b *testing.B, tn *testNode, tr Transport, r Request, argv []string) {
 	b.Helper()

@@ -1,4 +1,4 @@
-// Package exec runs the host's commands in a workload pod through the API
+// Package podexec runs the host's commands in a workload pod through the API
 // server's pods/exec subresource (k8s.io/client-go/tools/remotecommand).
 //
 // Transport: WebSocket with the v5.channel.k8s.io protocol first (it can
@@ -14,7 +14,7 @@
 // travel in the argv (which is in the exec URL, so in API server audit logs,
 // and in /proc/<pid>/cmdline in the pod): they go first on the command's
 // stdin and the wrapper shell reads them from there (see BuildCommand).
-package exec
+package podexec
 
 import (
 	"bytes"
