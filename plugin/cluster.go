@@ -47,6 +47,8 @@ type cluster struct {
 	gate *apiGate
 	// tenants remembers which tenant values were applied when.
 	tenants sync.Map
+	// tenantFlights keeps one tenant apply per tenant in flight.
+	tenantFlights flights
 }
 
 // WrapTransport, when set, wraps the transports of clusters built afterwards (under the apiGate): `paperclip-k8s bench` counts requests with it.
@@ -94,7 +96,11 @@ func RESTConfig(cfg policy.Config, getenv func(string) string) (*rest.Config, er
 	default:
 		return nil, fmt.Errorf("config: neither inCluster nor kubeconfig is set; set kubeconfig to a kubeconfig YAML, or inCluster: true when the worker runs in a pod")
 	}
-	rc.QPS, rc.Burst = 50, 100
+	// No client-side rate limit: a burst of runs goes at the API server's
+	// pace, which API Priority and Fairness sets (`paperclip-k8s rbac`
+	// prints a FlowSchema for the provider); client-go retries 429s after
+	// the server's Retry-After.
+	rc.QPS, rc.Burst = -1, 0
 	rc.UserAgent = "paperclip-k8s"
 	rc.Wrap(WrapTransport)
 	return rc, nil

@@ -11,6 +11,8 @@ import (
 	"maps"
 	"math"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -196,17 +198,34 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		ScopedNetworkEgress: grant, RemoteCwd: cfg.WorkspacePath, ExpiresAt: deadline.UTC().Format(time.RFC3339),
 		Phase: "Pending", NativeFileSyncUnsupported: backend.Backend.Mode != engine.ModeExec,
 	}
+	// The run objects depend only on the workload (its UID owns them):
+	// create them at once, in parallel.
+	runSpecs := p.Catalog.Scoped(engine.ScopeRun)
+	objs := make([]*unstructured.Unstructured, len(runSpecs))
+	errs := make([]error, len(runSpecs))
+	var wg sync.WaitGroup
+	for i, s := range runSpecs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			objs[i], errs[i] = cl.engine.Create(ctx, s, ns, values, workload)
+		}()
+	}
+	wg.Wait()
 	var created []engine.Ref
-	for _, s := range p.Catalog.Scoped(engine.ScopeRun) {
-		o, err := cl.engine.Create(ctx, s, ns, values, workload)
-		if err != nil {
-			return Lease{}, p.undoAcquire(ctx, cl, backend, workload, created, err)
+	for i, o := range objs {
+		if o != nil {
+			created = append(created, engine.RefOf(runSpecs[i], o))
 		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Lease{}, p.undoAcquire(ctx, cl, backend, workload, created, err)
+	}
+	for i, o := range objs {
 		if o == nil {
 			continue // not wanted under this config
 		}
-		created = append(created, engine.RefOf(s, o))
-		meta.RunObjects = append(meta.RunObjects, s.Name+"/"+o.GetName())
+		meta.RunObjects = append(meta.RunObjects, runSpecs[i].Name+"/"+o.GetName())
 		if o.GetName() == name+"-egress" {
 			meta.ScopedNetworkPolicyName = o.GetName()
 		}
@@ -263,28 +282,87 @@ func (p *Provider) ensureTenant(ctx context.Context, cl *cluster, ns string, val
 	if err := p.addProviderIdentity(ctx, cl, values); err != nil {
 		return err
 	}
-	b, err := json.Marshal(values)
+	specs := p.Catalog.Scoped(engine.ScopeTenant)
+	key, err := tenantKey(specs, ns, values)
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(b)
-	key := ns + "/" + hex.EncodeToString(sum[:])
 	if t, ok := cl.tenants.Load(key); ok && !force && p.Now().Sub(t.(time.Time)) < tenantRecheck {
 		return nil
 	}
-	specs := p.Catalog.Scoped(engine.ScopeTenant)
-	// The namespace must be this company's (created by the provider for
-	// it) before anything is applied to it.
-	if err := cl.engine.Claim(ctx, specs, ns, values); err != nil {
-		cl.tenants.Delete(key)
-		return fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
+	// One apply per tenant at a time: concurrent acquires for a new
+	// company wait for the one in flight instead of applying it again.
+	return cl.tenantFlights.do(ctx, key, func() error {
+		if t, ok := cl.tenants.Load(key); ok && !force && p.Now().Sub(t.(time.Time)) < tenantRecheck {
+			return nil // applied while this call waited for its turn
+		}
+		// The namespace must be this company's (created by the provider
+		// for it) before anything is applied to it.
+		if err := cl.engine.Claim(ctx, specs, ns, values); err != nil {
+			cl.tenants.Delete(key)
+			return fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
+		}
+		if _, err := cl.engine.Apply(ctx, specs, ns, values); err != nil {
+			cl.tenants.Delete(key)
+			return fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
+		}
+		cl.tenants.Store(key, p.Now())
+		return nil
+	})
+}
+
+// tenantKey identifies what a tenant apply would write: the namespace and
+// the tenant objects as rendered (and whether each is wanted), so a config
+// change that no tenant file reads (the backend, say) does not apply the
+// tenant again.
+func tenantKey(specs []*engine.Spec, ns string, values map[string]any) (string, error) {
+	h := sha256.New()
+	h.Write([]byte(ns))
+	for _, s := range specs {
+		obj, wanted, err := s.Render(values)
+		if err != nil {
+			return "", err
+		}
+		b, err := json.Marshal(obj)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "\x00%s\x00%t\x00%s", s.Name, wanted, b)
 	}
-	if _, err := cl.engine.Apply(ctx, specs, ns, values); err != nil {
-		cl.tenants.Delete(key)
-		return fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
+	return ns + "/" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// flights runs one call per key at a time; callers that arrive while it
+// runs wait for it and share its result.
+type flights struct {
+	m       sync.Map     // key -> *flight
+	waiting atomic.Int32 // callers waiting for another's call
+}
+
+type flight struct {
+	done chan struct{}
+	err  error
+}
+
+func (f *flights) do(ctx context.Context, key string, call func() error) error {
+	fl := &flight{done: make(chan struct{})}
+	if v, running := f.m.LoadOrStore(key, fl); running {
+		other := v.(*flight)
+		f.waiting.Add(1)
+		defer f.waiting.Add(-1)
+		select {
+		case <-other.done:
+			return other.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	cl.tenants.Store(key, p.Now())
-	return nil
+	defer func() {
+		f.m.Delete(key)
+		close(fl.done)
+	}()
+	fl.err = call()
+	return fl.err
 }
 
 // tenantValues are the template values of the tenant objects.

@@ -102,8 +102,9 @@ func (p *Provider) TenantRules() []Rule {
 
 // RBAC returns everything an operator applies for a provider running as
 // the ServiceAccount namespace/name, in apply order: the cluster-wide
-// ClusterRole and its binding, the tenant ClusterRole, and the admission
-// policy that confines the identity to tenant namespaces.
+// ClusterRole and its binding, the tenant ClusterRole, the admission
+// policy that confines the identity to tenant namespaces, and the API
+// Priority and Fairness objects that pace its requests.
 func (p *Provider) RBAC(namespace, name string) ([]map[string]any, error) {
 	cluster, err := p.ClusterRules()
 	if err != nil {
@@ -133,6 +134,41 @@ func (p *Provider) RBAC(namespace, name string) ([]map[string]any, error) {
 		{
 			"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding", "metadata": meta(PolicyName),
 			"spec": map[string]any{"policyName": PolicyName, "validationActions": []string{"Deny"}},
+		},
+		// The worker does not limit its own request rate (a burst of runs
+		// goes at the API server's pace): API Priority and Fairness does,
+		// with a priority level of the provider's own, so a burst neither
+		// starves other clients nor is starved by them. 429s are retried
+		// by client-go with the server's Retry-After.
+		{
+			"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration", "metadata": meta(ClusterRoleName),
+			"spec": map[string]any{
+				"type": "Limited",
+				"limited": map[string]any{
+					"nominalConcurrencyShares": 30,
+					"lendablePercent":          50,
+					"limitResponse": map[string]any{
+						"type":    "Queue",
+						"queuing": map[string]any{"queues": 16, "handSize": 4, "queueLengthLimit": 100},
+					},
+				},
+			},
+		},
+		{
+			"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema", "metadata": meta(ClusterRoleName),
+			"spec": map[string]any{
+				"priorityLevelConfiguration": map[string]any{"name": ClusterRoleName},
+				"matchingPrecedence":         900,
+				"distinguisherMethod":        map[string]any{"type": "ByNamespace"},
+				"rules": []any{map[string]any{
+					"subjects": []any{map[string]any{"kind": "ServiceAccount", "serviceAccount": map[string]any{"namespace": namespace, "name": name}}},
+					"resourceRules": []any{map[string]any{
+						"verbs": []string{"*"}, "apiGroups": []string{"*"}, "resources": []string{"*"},
+						"namespaces": []string{"*"}, "clusterScope": true,
+					}},
+					"nonResourceRules": []any{map[string]any{"verbs": []string{"*"}, "nonResourceURLs": []string{"*"}}},
+				}},
+			},
 		},
 	}, nil
 }

@@ -23,7 +23,15 @@ func TestRBACSplitsClusterAndTenant(t *testing.T) {
 	is.NoErr(err)
 	docs, err := p.RBAC("ops", "paperclip")
 	is.NoErr(err)
-	is.Equal(len(docs), 5)
+	is.Equal(len(docs), 7)
+	var kinds []string
+	for _, d := range docs {
+		kinds = append(kinds, d["kind"].(string))
+	}
+	is.Equal(kinds, []string{"ClusterRole", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "PriorityLevelConfiguration", "FlowSchema"})
+	fs := docs[6]["spec"].(map[string]any)
+	subject := fs["rules"].([]any)[0].(map[string]any)["subjects"].([]any)[0].(map[string]any)
+	is.Equal(subject["serviceAccount"], map[string]any{"namespace": "ops", "name": "paperclip"}) // only the provider's requests
 	cluster := docs[0]["rules"].([]Rule)
 	// Cluster-wide: the namespaces, the provider's own RoleBinding by name,
 	// bind on the tenant role by name, the self reviews. Nothing else.

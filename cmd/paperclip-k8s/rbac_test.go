@@ -64,7 +64,8 @@ func TestRBACCommand(t *testing.T) {
 		kinds = append(kinds, d.GetKind()+"/"+d.GetName())
 	}
 	is.Equal(kinds, []string{"ClusterRole/paperclip-k8s", "ClusterRole/paperclip-k8s-tenant", "ClusterRoleBinding/paperclip-k8s",
-		"ValidatingAdmissionPolicy/paperclip-k8s", "ValidatingAdmissionPolicyBinding/paperclip-k8s"})
+		"ValidatingAdmissionPolicy/paperclip-k8s", "ValidatingAdmissionPolicyBinding/paperclip-k8s",
+		"PriorityLevelConfiguration/paperclip-k8s", "FlowSchema/paperclip-k8s"})
 	subjects, _, _ := unstructured.NestedSlice(docs[2].Object, "subjects")
 	is.Equal(subjects, []any{map[string]any{"kind": "ServiceAccount", "name": "paperclip", "namespace": "ops"}})
 	cond, _, _ := unstructured.NestedSlice(docs[3].Object, "spec", "matchConditions")
@@ -75,7 +76,7 @@ func TestRBACCommand(t *testing.T) {
 	out, err := exec.Command(workerBin, "rbac").Output()
 	is.NoErr(err)
 	is.True(bytes.Contains(out, []byte("system:serviceaccount:paperclip:paperclip-k8s")))
-	is.Equal(len(def), 5)
+	is.Equal(len(def), 7)
 	cmd := exec.Command(workerBin, "rbac", "--service-account", "no-slash")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
