@@ -23,13 +23,52 @@ import (
 //     image already under the registry is returned unchanged.
 //  3. Otherwise the runtime image is returned.
 //
+// A non-empty allowList bounds every image a run can use: the image of 2
+// or 3 (after the registry rewrite) must match one of its globs too, else
+// the error is a *NotAllowedError. An empty allowList allows every runtime
+// image.
+//
 // The registry must be a bare host[:port][/path] (no scheme).
 func ResolveImage(override, runtimeImage string, allowList []string, registry string) (string, error) {
+	img, err := resolveImage(override, runtimeImage, allowList, registry)
+	if err != nil || len(allowList) == 0 || strings.TrimSpace(override) != "" || allowed(img, allowList) {
+		return img, err
+	}
+	return "", &NotAllowedError{Image: img, AllowList: allowList}
+}
+
+// NotAllowedError says a run's image matches no imageAllowList pattern.
+type NotAllowedError struct {
+	Image     string
+	AllowList []string
+}
+
+func (e *NotAllowedError) Error() string {
+	return fmt.Sprintf("image %q matches no pattern of imageAllowList %s (a '*' never crosses '/'): add a pattern that matches it, "+
+		"point imageRegistry at an allowed registry, or change the adapter's runtimeImage", e.Image, quoteList(e.AllowList))
+}
+
+func quoteList(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+func allowed(image string, allowList []string) bool {
+	for _, g := range allowList {
+		if GlobMatch(g, image) {
+			return true
+		}
+	}
+	return false
+}
+
+func resolveImage(override, runtimeImage string, allowList []string, registry string) (string, error) {
 	if o := strings.TrimSpace(override); o != "" {
-		for _, g := range allowList {
-			if GlobMatch(g, o) {
-				return o, nil
-			}
+		if allowed(o, allowList) {
+			return o, nil
 		}
 		//lint:ignore ST1005 the reference's message, word for word
 		return "", fmt.Errorf("Image override %q is not in allowlist", o)

@@ -673,7 +673,42 @@ func (v *validation) check(backends []string) {
 	}
 
 	v.checkAdapters()
+	v.checkImages()
 	v.checkResources()
+}
+
+// checkImages bounds the image of every adapter a run can use (after
+// imageRegistry) by imageAllowList, when it is set.
+func (v *validation) checkImages() {
+	c := &v.cfg
+	if len(c.ImageAllowList) == 0 || v.bad("/imageAllowList") || v.bad("/imageRegistry") || v.bad("/adapters") {
+		return
+	}
+	var out []string
+	for _, t := range availableAdapters(c.Adapters) {
+		d, err := Defaults(t, c.Adapters)
+		if err != nil {
+			continue // reported by checkAdapters
+		}
+		var na *NotAllowedError
+		if _, err := ResolveImage("", d.RuntimeImage, c.ImageAllowList, c.ImageRegistry); errors.As(err, &na) {
+			out = append(out, fmt.Sprintf("adapter %q runs %s", t, imageOrigin(na.Image, d.RuntimeImage)))
+		}
+	}
+	if len(out) > 0 {
+		v.add("/imageAllowList", fmt.Sprintf("%s bounds every image a run can use, and matches no pattern for: %s. "+
+			"Add a pattern that matches each (a '*' never crosses '/'), point imageRegistry at an allowed registry, "+
+			"or change or disable those adapters", quoteList(c.ImageAllowList), strings.Join(out, "; ")))
+	}
+}
+
+// imageOrigin names a resolved image and, when imageRegistry rewrote it,
+// the runtimeImage it came from.
+func imageOrigin(resolved, runtimeImage string) string {
+	if resolved == runtimeImage {
+		return strconv.Quote(resolved)
+	}
+	return fmt.Sprintf("%q (its runtimeImage %q under imageRegistry)", resolved, runtimeImage)
 }
 
 func (v *validation) checkAdapters() {
