@@ -42,6 +42,7 @@ func runBench(args []string) error {
 	klog.SetSlogLogger(log.With("component", "client-go"))
 
 	var kc []byte
+	var pids []int
 	var err error
 	if *kubeconfig != "" {
 		if kc, err = os.ReadFile(*kubeconfig); err != nil {
@@ -58,6 +59,7 @@ func runBench(args []string) error {
 		}
 		defer env.Stop()
 		kc = env.KubeconfigBytes()
+		pids = env.PIDs()
 	}
 	worker := ""
 	if !*noWorker {
@@ -66,7 +68,7 @@ func runBench(args []string) error {
 		}
 	}
 	return bench.Run(ctx, bench.Options{
-		Kubeconfig: kc, Backend: *backend, N: *n, Parallel: *parallel, Worker: worker,
+		Kubeconfig: kc, Backend: *backend, N: *n, Parallel: *parallel, Worker: worker, ServerPIDs: pids,
 		Out: os.Stdout, Progress: os.Stderr, Log: log,
 	})
 }

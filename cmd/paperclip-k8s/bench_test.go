@@ -40,10 +40,11 @@ func TestBenchCommand(t *testing.T) {
 		"### First command",
 		"| samples | acquire p50 | first execute p50 | total p50 | total p95 |",
 		"### Acquire latency",
-		"| tenant | parallel | acquires | p50 | p95 | max | round | acquires/s | requests | tenant requests |",
+		"| tenant | parallel | acquires | p50 | p95 | max | round | acquires/s | requests | tenant requests | client-throttled | 429s |",
 		"| cold (one new company) | 2 | 2 |",
 		"### Sustained acquires (warm tenant)",
-		"| acquires | parallel | wall | acquires/s | API requests/s | p50 | p95 |",
+		"| acquires | parallel | wall | acquires/s | API requests/s | p50 | p95 | client-throttled | 429s |",
+		"CPU during the sustained round (cores, of ",
 		"### Worker process",
 		"| start (exec → initialize reply) | idle RSS | peak RSS (VmHWM) |",
 	} {

@@ -41,6 +41,9 @@ type Options struct {
 	// Worker is a paperclip-k8s binary to start as a worker for its start
 	// time and idle RSS ("" skips that table).
 	Worker string
+	// ServerPIDs are the control plane's processes, whose CPU use the
+	// sustained row reports (none: only this process's).
+	ServerPIDs []int
 	// Out receives the tables (Markdown), Progress one line per phase.
 	Out, Progress io.Writer
 	// Log is the provider's logger (nil: discarded).
@@ -83,6 +86,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
+	registerClientMetrics()
 	b := &bench{o: o, tag: fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)}
 	var out strings.Builder
 	fmt.Fprintf(&out, "paperclip-k8s bench: backend %s, n=%d, parallel=%d; %d CPUs, %s/%s, %s; load average at start %s\n",
@@ -246,9 +250,11 @@ func forEach(count, parallel int, f func(i int)) {
 
 // round is count acquires on parallel goroutines.
 type round struct {
-	lat  []time.Duration
-	wall time.Duration
-	reqs []Request
+	lat    []time.Duration
+	wall   time.Duration
+	reqs   []Request
+	client clientSample // client-side limiter waits and retries
+	cpu    string       // cores used per process
 }
 
 func (b *bench) round(ctx context.Context, count, parallel int, company func(i int) string) (round, error) {
@@ -256,6 +262,7 @@ func (b *bench) round(ctx context.Context, count, parallel int, company func(i i
 	var r round
 	r.lat = make([]time.Duration, count)
 	var failed atomic.Pointer[error]
+	client, cpu := readClient(), readCPU(b.o.ServerPIDs)
 	start := time.Now()
 	forEach(count, parallel, func(i int) {
 		if failed.Load() != nil {
@@ -269,6 +276,8 @@ func (b *bench) round(ctx context.Context, count, parallel int, company func(i i
 	})
 	r.wall = time.Since(start)
 	r.reqs = b.counter.Take()
+	r.client = readClient().since(client)
+	r.cpu = cpuLine(cpu, readCPU(b.o.ServerPIDs), r.wall)
 	if e := failed.Load(); e != nil {
 		return r, *e
 	}
@@ -348,13 +357,14 @@ func (b *bench) latency(ctx context.Context, out *strings.Builder, warm string) 
 		return err
 	}
 	fmt.Fprintf(out, "\n### Acquire latency\n\n")
-	fmt.Fprintf(out, "| tenant | parallel | acquires | p50 | p95 | max | round | acquires/s | requests | tenant requests |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(out, "| tenant | parallel | acquires | p50 | p95 | max | round | acquires/s | requests | tenant requests | client-throttled | 429s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {
 		s := Summarize(r.r.reqs)
-		fmt.Fprintf(out, "| %s | %d | %d | %s | %s | %s | %s | %.1f | %d | %d |\n", r.tenant, r.par, len(r.r.lat),
+		fmt.Fprintf(out, "| %s | %d | %d | %s | %s | %s | %s | %.1f | %d | %d | %s | %d |\n", r.tenant, r.par, len(r.r.lat),
 			ms(Percentile(r.r.lat, 50)), ms(Percentile(r.r.lat, 95)), ms(Percentile(r.r.lat, 100)), ms(r.r.wall),
-			float64(len(r.r.lat))/r.r.wall.Seconds(), s.Total, s.Tenant)
+			float64(len(r.r.lat))/r.r.wall.Seconds(), s.Total, s.Tenant, r.r.client.String(), s.TooMany)
 	}
+	fmt.Fprintf(out, "\nclient-throttled: requests that waited ≥ 1 ms in client-go's rate limiter (and their total wait).\n")
 	return nil
 }
 
@@ -368,9 +378,10 @@ func (b *bench) sustained(ctx context.Context, out *strings.Builder, warm string
 	}
 	s := Summarize(r.reqs)
 	fmt.Fprintf(out, "\n### Sustained acquires (warm tenant)\n\n")
-	fmt.Fprintf(out, "| acquires | parallel | wall | acquires/s | API requests/s | p50 | p95 |\n|---:|---:|---:|---:|---:|---:|---:|\n")
-	fmt.Fprintf(out, "| %d | %d | %s | %.1f | %.0f | %s | %s |\n", count, b.o.Parallel, ms(r.wall),
-		float64(count)/r.wall.Seconds(), float64(s.Total)/r.wall.Seconds(), ms(Percentile(r.lat, 50)), ms(Percentile(r.lat, 95)))
+	fmt.Fprintf(out, "| acquires | parallel | wall | acquires/s | API requests/s | p50 | p95 | client-throttled | 429s |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(out, "| %d | %d | %s | %.1f | %.0f | %s | %s | %s | %d |\n", count, b.o.Parallel, ms(r.wall),
+		float64(count)/r.wall.Seconds(), float64(s.Total)/r.wall.Seconds(), ms(Percentile(r.lat, 50)), ms(Percentile(r.lat, 95)), r.client.String(), s.TooMany)
+	fmt.Fprintf(out, "\nCPU during the sustained round (cores, of %d): %s\n", runtime.NumCPU(), r.cpu)
 	return nil
 }
 

@@ -23,6 +23,7 @@ type Request struct {
 	Resource string // plural resource ("" for discovery)
 	Name     string // object name in the path ("" for a collection)
 	Tenant   bool   // a request on a tenant object (see Counter.tenantRequest)
+	Status   int    // the HTTP status (0: no response)
 	Start    time.Time
 	End      time.Time
 }
@@ -83,6 +84,9 @@ func (t *counting) RoundTrip(req *http.Request) (*http.Response, error) {
 	r.Start = time.Now()
 	resp, err := t.rt.RoundTrip(req)
 	r.End = time.Now()
+	if resp != nil {
+		r.Status = resp.StatusCode
+	}
 	t.c.add(r)
 	return resp, err
 }
@@ -162,6 +166,8 @@ func (c *Counter) tenantRequest(r Request) bool {
 type Summary struct {
 	Total  int
 	Tenant int
+	// TooMany counts 429 answers (API Priority and Fairness refusing).
+	TooMany int
 	// Sequential is the longest chain of requests each sent after the
 	// previous one was answered: the round trips an acquire waits for one
 	// after the other (a lower bound when requests overlap).
@@ -176,6 +182,9 @@ func Summarize(reqs []Request) Summary {
 		s.ByVerb[r.Verb]++
 		if r.Tenant {
 			s.Tenant++
+		}
+		if r.Status == 429 {
+			s.TooMany++
 		}
 	}
 	s.Sequential = longestChain(reqs)

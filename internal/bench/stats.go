@@ -29,6 +29,8 @@ func Percentile(ds []time.Duration, q float64) time.Duration {
 func ms(d time.Duration) string {
 	f := float64(d) / float64(time.Millisecond)
 	switch {
+	case f >= 1000:
+		return fmt.Sprintf("%.2f s", f/1000)
 	case f >= 100:
 		return fmt.Sprintf("%.0f ms", f)
 	case f >= 10:
