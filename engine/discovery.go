@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -13,6 +14,7 @@ import (
 func (e *Engine) Forget(s *Spec) {
 	e.mu.Lock()
 	delete(e.resolved, s.Name)
+	e.refreshed = time.Now()
 	e.mu.Unlock()
 	if rm, ok := e.Mapper.(meta.ResettableRESTMapper); ok {
 		rm.Reset()
@@ -42,4 +44,29 @@ func (e *Engine) noteMissing(s *Spec, err error) error {
 		e.Forget(s)
 	}
 	return err
+}
+
+// DefaultDiscoveryRefresh is how often at most a miss (an API the cached
+// discovery does not know) makes the engine ask the API server again (see
+// Engine.DiscoveryRefresh): an API installed while the worker runs is found
+// within it, and an API that is not served (CiliumNetworkPolicy in
+// standard mode) does not cost a discovery round on every call.
+const DefaultDiscoveryRefresh = 30 * time.Second
+
+// refreshDiscovery resets the mapper's discovery cache unless that was done
+// less than e.DiscoveryRefresh ago; it reports whether it did.
+func (e *Engine) refreshDiscovery() bool {
+	rm, ok := e.Mapper.(meta.ResettableRESTMapper)
+	if !ok {
+		return false
+	}
+	e.mu.Lock()
+	if !e.refreshed.IsZero() && time.Since(e.refreshed) < e.DiscoveryRefresh {
+		e.mu.Unlock()
+		return false
+	}
+	e.refreshed = time.Now()
+	e.mu.Unlock()
+	rm.Reset()
+	return true
 }

@@ -78,6 +78,7 @@ func TestClusterAPIRemovedThenInstalled(t *testing.T) {
 	disc, err := discovery.NewDiscoveryClientForConfig(env.RESTConfig())
 	is.NoErr(err)
 	e := engine.New(c, env.Dynamic(), restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc)), nil, nil)
+	e.DiscoveryRefresh = 0 // every miss asks again (the interval is tested with a fake mapper)
 	ns, values := clusterValues(t, "standard-job")
 	_, err = env.Kube().CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 	is.NoErr(err)

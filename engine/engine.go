@@ -34,9 +34,14 @@ type Engine struct {
 	// REST reads subresources that return plain bytes (pod logs). Optional.
 	REST rest.Interface
 	Log  *slog.Logger
+	// DiscoveryRefresh bounds how often a miss resets the mapper
+	// (DefaultDiscoveryRefresh from New).
+	DiscoveryRefresh time.Duration
 
 	mu       sync.Mutex
 	resolved map[string]Resolved
+	// refreshed is when a miss last reset the mapper (refreshDiscovery).
+	refreshed time.Time
 }
 
 // New returns an engine over a catalog.
@@ -44,7 +49,7 @@ func New(c *Catalog, dyn dynamic.Interface, mapper meta.RESTMapper, restClient r
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Engine{Catalog: c, Dynamic: dyn, Mapper: mapper, REST: restClient, Log: log}
+	return &Engine{Catalog: c, Dynamic: dyn, Mapper: mapper, REST: restClient, Log: log, DiscoveryRefresh: DefaultDiscoveryRefresh}
 }
 
 // Resolved is a spec's API as the server serves it.
@@ -82,11 +87,8 @@ func (e *Engine) Resolve(s *Spec) (Resolved, error) {
 	r, err := e.resolve(s)
 	if err != nil {
 		var missing *APIMissingError
-		if errors.As(err, &missing) {
-			if rm, ok := e.Mapper.(meta.ResettableRESTMapper); ok {
-				rm.Reset()
-				r, err = e.resolve(s)
-			}
+		if errors.As(err, &missing) && e.refreshDiscovery() {
+			r, err = e.resolve(s)
 		}
 		if err != nil {
 			return Resolved{}, err
