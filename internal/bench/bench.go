@@ -322,6 +322,7 @@ func (b *bench) requestsPerAcquire(ctx context.Context, out *strings.Builder, wa
 	for _, r := range rows {
 		fmt.Fprintf(out, "| %s | %d | %d | %d | %s | %s |\n", r.name, r.s.Total, r.s.Sequential, r.s.Tenant, ms(r.d), r.s.Verbs())
 	}
+	fmt.Fprintf(out, "\nsequential: the longest chain of requests each sent after the previous one was answered; tenant: requests on the objects of the tenant files.\n")
 	return nil
 }
 
