@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -94,6 +95,9 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 	if err != nil {
 		return fail("Kubernetes cluster probe failed.", Diagnostic{Severity: "error", Code: "backend", Message: err.Error()})
 	}
+	if d, warn := p.execNote(backend); warn {
+		diags = append(diags, d)
+	}
 	cl.engine.Forget(backend) // a probe always asks the API server
 	if r, err := cl.engine.Resolve(backend); err != nil {
 		ok = false
@@ -129,6 +133,33 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 		summary = fmt.Sprintf("Kubernetes cluster reachable (%s), but the provider cannot work there yet: see diagnostics.", v.GitVersion)
 	}
 	return ProbeResult{OK: ok, Summary: summary, Diagnostics: diags, Metadata: meta}, nil
+}
+
+// execNote is a warning for a backend that does not run commands in a
+// pod (mode logs: execute returns the workload's log): Paperclip's agent
+// runs run many commands in their workspace, which needs an exec backend.
+func (p *Provider) execNote(backend *engine.Spec) (Diagnostic, bool) {
+	if backend.Backend.Mode == engine.ModeExec {
+		return Diagnostic{}, false
+	}
+	exec := []string{}
+	var quoted []string
+	for _, name := range p.Catalog.BackendNames() {
+		name = policy.CanonicalBackend(name) // "sandbox-cr" is an alias
+		if s, err := p.backend(name); err == nil && s.Backend.Mode == engine.ModeExec && !slices.Contains(exec, name) {
+			exec = append(exec, name)
+			quoted = append(quoted, fmt.Sprintf("%q", name))
+		}
+	}
+	use := "no loaded backend runs commands in a pod: add one (mode: exec) to resources/"
+	if len(exec) > 0 {
+		use = "use backend " + strings.Join(quoted, " or ") + " (mode exec: commands run in the pod through pods/exec) for agent runs"
+	}
+	return Diagnostic{Severity: "warning", Code: "backend-not-exec", Message: fmt.Sprintf(
+		"backend %q (mode %s) runs the workload to completion and answers every command with its pod's log: "+
+			"agent runs, which run commands in their workspace, fail at setup on it (the host reports setup_failed); %s. "+
+			"It suits one-shot jobs only", backend.Name, backend.Backend.Mode, use),
+		Details: map[string]any{"backend": backend.Name, "mode": backend.Backend.Mode, "execBackends": exec}}, true
 }
 
 // accessReviews asks the API server, with SelfSubjectAccessReviews,
