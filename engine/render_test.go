@@ -9,11 +9,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/fstest"
 
 	"github.com/matryer/is"
 	"sigs.k8s.io/yaml"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
@@ -28,26 +30,16 @@ func catalog(t testing.TB) *engine.Catalog {
 	return c
 }
 
-type valuesCase struct {
-	Backend string         `json:"backend"`
-	Values  map[string]any `json:"values"`
-}
-
-func loadValues(t testing.TB, name string) valuesCase {
+// loadValues builds the values of testdata/values/<name>.yaml (the inputs
+// of acquire) with the provider's own builder, plugin.BuildValues.
+func loadValues(t testing.TB, name string) valuestest.Case {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join("..", "testdata", "values", name+".yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vc valuesCase
-	if err := yaml.Unmarshal(raw, &vc); err != nil {
-		t.Fatal(err)
-	}
-	return vc
+	return valuestest.Load(t, catalog(t), name)
 }
 
 // TestGoldenManifests renders every tenant, run and backend file under each
-// representative config and compares with testdata/golden (go test -update
+// representative config, from the values plugin.BuildValues builds out of
+// testdata/values, and compares with testdata/golden (go test -update
 // rewrites them; review the diff).
 func TestGoldenManifests(t *testing.T) {
 	c := catalog(t)
@@ -232,4 +224,57 @@ func TestDeadlineIsReadFromTheWorkload(t *testing.T) {
 	is.NoErr(err)
 	_, ok = job.Deadline(&unstructured.Unstructured{Object: jobObj})
 	is.True(!ok) // a seconds deadline has no absolute time
+}
+
+// Load checks every path into the values against schemas/values.schema.json
+// and names the file and the place: a typo, a value the file's scope does
+// not have, a path that is not plain, a list that is not one.
+func TestLoadChecksValuePaths(t *testing.T) {
+	is := is.New(t)
+	const hdr = "apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\n"
+	bad := hdr + `name: bad
+description: every kind of wrong path
+scope: tenant
+when: [{path: config.egresMode, equals: standard}]
+api: {group: "", kind: ConfigMap, resource: configmaps, versions: [v1]}
+template:
+  metadata:
+    name: ${run.name}
+    labels: ${tenantLabels}
+  data:
+    a: ${config.workspacePath.x}
+    b: ${config.paperclipServerPort|int}
+    c: {$if: [{path: 'egress.fqdns.#'}], then: x}
+    d: {$each: namespace, as: ns, do: "${ns}"}
+    e: {$each: egress.fqdns, as: f, do: "${f.host}"}
+    f: ${nothere?}
+`
+	used := hdr + `name: usesfrag
+description: a tenant file that uses the agent pod fragment (run values only)
+scope: tenant
+api: {group: "", kind: ConfigMap, resource: configmaps, versions: [v1]}
+template:
+  metadata: {name: x}
+  data:
+    $use: agent-pod
+    with: {restartPolicy: Never, command: [x]}
+`
+	_, err := engine.Load(resources.FS, ".", fstest.MapFS{"bad.yaml": {Data: []byte(bad)}, "usesfrag.yaml": {Data: []byte(used)}})
+	is.True(err != nil)
+	msg := err.Error()
+	for _, want := range []string{
+		`bad.yaml: /when/0/path: config.egresMode: config has no "egresMode" (it has adapterType, adapters,`,
+		`bad.yaml: /template/metadata/name: run.name: run is set for run and backend files only, and this is read by a tenant file`,
+		`bad.yaml: /template/data/a: config.workspacePath.x: config.workspacePath is string and has no "x"`,
+		`bad.yaml: /template/data/b: ${config.paperclipServerPort|int} converts with "int"; the one conversion is string`,
+		`bad.yaml: /template/data/c/$if/0/path: path "egress.fqdns.#" uses '#', which only paths into Kubernetes objects may use`,
+		`bad.yaml: /template/data/d/$each: namespace is string, not a list`,
+		`bad.yaml: /template/data/e/do: f.host: f is string and has no "host"`,
+		`bad.yaml: /template/data/f: nothere: the values have no "nothere" (they are companyId, config, egress, grant, namespace, operator, provider, run, tenantLabels;`,
+		`agent-pod.yaml: /template/metadata/annotations: operator.podAnnotations: operator is set for run and backend files only, and this is read by a tenant file (schemas/values.schema.json) (in the fragment as usesfrag.yaml uses it)`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the error does not say %q:\n%s", want, msg)
+		}
+	}
 }

@@ -229,8 +229,10 @@ var resourceSchema = func() *jsonschema.Schema {
 }()
 
 // Load reads every *.yaml file in dir of fsys, validates each against
-// schemas/resource.schema.json and checks the references between them.
-// All problems are returned together.
+// schemas/resource.schema.json, checks the references between them and
+// checks every path into the values (${path}, $if, $each, when) against
+// schemas/values.schema.json. All problems are returned together, each
+// with its file and JSON pointer.
 func Load(fsys fs.FS, dir string, more ...fs.FS) (*Catalog, error) {
 	c := &Catalog{specs: map[string]*Spec{}, alias: map[string]string{}}
 	var errs []error
@@ -261,6 +263,9 @@ func Load(fsys fs.FS, dir string, more ...fs.FS) (*Catalog, error) {
 		}
 	}
 	errs = append(errs, c.check()...)
+	if len(errs) == 0 {
+		errs = c.checkValues()
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}

@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
-	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -104,32 +102,26 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	if err != nil {
 		return Lease{}, err
 	}
-	adapterType := policy.ResolveAdapterType(in.AdapterType, cfg.AdapterType)
-	adapter, err := policy.Defaults(adapterType, cfg.Adapters)
-	if err != nil {
-		return Lease{}, err
-	}
-	image, err := policy.ResolveImage("", adapter.RuntimeImage, cfg.ImageAllowList, cfg.ImageRegistry)
-	if err != nil {
-		return Lease{}, err
-	}
-	lifetime := cfg.PodActivityDeadlineSec
-	if backend.Backend.Mode == engine.ModeExec {
-		lifetime = cfg.SandboxLifetimeSec
-	}
-	now := p.Now()
 	requested := ""
 	if in.RequestedExpiresAt != nil {
 		requested = *in.RequestedExpiresAt
 	}
-	deadline, err := policy.LeaseDeadline(now, requested, lifetime)
+	name := policy.NewRunName()
+	token := make([]byte, 32)
+	if _, err := rand.Read(token); err != nil {
+		return Lease{}, err
+	}
+	runValues, run, err := BuildValues(cfg, ValuesInput{CompanyID: in.CompanyID, Namespace: ns, Getenv: p.Getenv, Run: &RunInput{
+		RunID: in.RunID, AgentID: in.AgentID, EnvironmentID: in.EnvironmentID, AdapterType: in.AdapterType,
+		ExecutionWorkspaceSettings: in.ExecutionWorkspaceSettings, RequestedExpiresAt: requested,
+		Mode: backend.Backend.Mode, Now: p.Now(), Name: name, Token: hex.EncodeToString(token)}})
 	if err != nil {
 		return Lease{}, err
 	}
-	grant, grantWarnings := policy.ParseEgressGrant(in.ExecutionWorkspaceSettings)
-	for _, w := range grantWarnings {
+	for _, w := range run.Warnings {
 		p.Log.Warn("task egress grant", "companyId", in.CompanyID, "warning", w)
 	}
+	grant, deadline, values := run.Grant, run.Deadline, runValues.Map()
 	cl, err := p.cluster(cfg)
 	if err != nil {
 		return Lease{}, err
@@ -141,43 +133,6 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	tenant := p.tenantValues(cfg, in.CompanyID, ns)
 	if err := p.ensureTenant(ctx, cl, ns, tenant, false); err != nil {
 		return Lease{}, err
-	}
-
-	name := policy.NewRunName()
-	env := policy.AdapterEnv(adapter, p.Getenv)
-	if _, ok := env["BOOTSTRAP_TOKEN"]; ok {
-		return Lease{}, fmt.Errorf("adapter %q sets BOOTSTRAP_TOKEN in defaultEnv or envKeys; that name is reserved for the provider", adapterType)
-	}
-	token := make([]byte, 32)
-	if _, err := rand.Read(token); err != nil {
-		return Lease{}, err
-	}
-	env["BOOTSTRAP_TOKEN"] = hex.EncodeToString(token)
-	for k, v := range policy.EgressEnv(grant) {
-		env[k] = v
-	}
-	runGrant := map[string]any{
-		"fqdns": union(adapter.AllowFqdns, grant.AllowFqdns),
-		"cidrs": grant.AllowCidrs,
-	}
-	runGrant["any"] = len(runGrant["fqdns"].([]string))+len(grant.AllowCidrs) > 0
-	labels := policy.Labels(policy.RunIdentity{RunID: in.RunID, AgentID: in.AgentID, CompanyID: in.CompanyID, EnvironmentID: in.EnvironmentID, AdapterType: adapterType})
-	values := maps.Clone(tenant)
-	if values["operator"], err = p.operatorValues(); err != nil {
-		return Lease{}, err
-	}
-	values["grant"] = runGrant
-	values["run"] = map[string]any{
-		"id":               policy.LabelValue(in.RunID),
-		"name":             name,
-		"secretName":       name + "-env",
-		"egressPolicyName": name + "-egress", // see ScopedNetworkPolicyName below
-		"labels":           labels,
-		"image":            image,
-		"resources":        cfg.DefaultResources,
-		"env":              env,
-		"deadlineSeconds":  int64(math.Ceil(deadline.Sub(now).Seconds())),
-		"deadlineTime":     deadline.UTC().Format(time.RFC3339),
 	}
 
 	workload, err := cl.engine.Create(ctx, backend, ns, values, nil)
@@ -367,20 +322,8 @@ func (f *flights) do(ctx context.Context, key string, call func() error) error {
 
 // tenantValues are the template values of the tenant objects.
 func (p *Provider) tenantValues(cfg policy.Config, companyID, ns string) map[string]any {
-	var config map[string]any
-	b, _ := json.Marshal(cfg)
-	_ = json.Unmarshal(b, &config)
-	delete(config, "kubeconfig")
-	return map[string]any{
-		"namespace": ns,
-		"companyId": companyID,
-		"tenantLabels": map[string]string{
-			policy.LabelCompanyID: policy.LabelValue(companyID),
-			policy.LabelManagedBy: policy.ManagedByValue,
-		},
-		"config": config,
-		"egress": map[string]any{"fqdns": cfg.EgressAllowFqdns, "cidrs": cfg.EgressAllowCidrs},
-	}
+	v, _, _ := BuildValues(cfg, ValuesInput{CompanyID: companyID, Namespace: ns})
+	return v.Map()
 }
 
 // LeaseParams are the params of resume, release and destroy.

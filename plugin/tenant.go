@@ -1,8 +1,6 @@
 package plugin
 
 import (
-	"encoding/json"
-	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -30,24 +28,4 @@ func (p *Provider) ownNamespace() string {
 		}
 	}
 	return ownNamespaceOnce()
-}
-
-// podAnnotationsEnv is the worker environment variable with annotations for
-// every agent pod (a JSON object of strings), e.g. for a service mesh or
-// the cluster autoscaler. It is the operator's; a company's config cannot
-// set pod annotations.
-const podAnnotationsEnv = "PAPERCLIP_K8S_POD_ANNOTATIONS"
-
-// operatorValues are the template values the operator sets through the
-// worker's environment.
-func (p *Provider) operatorValues() (map[string]any, error) {
-	out := map[string]any{}
-	if raw := strings.TrimSpace(p.Getenv(podAnnotationsEnv)); raw != "" {
-		var a map[string]string
-		if err := json.Unmarshal([]byte(raw), &a); err != nil {
-			return nil, fmt.Errorf("worker environment variable %s is not a JSON object of strings (%v); fix it in the environment the Paperclip server starts the plugin with", podAnnotationsEnv, err)
-		}
-		out["podAnnotations"] = a
-	}
-	return out, nil
 }
