@@ -489,7 +489,7 @@ func (e *Engine) List(ctx context.Context, s *Spec, namespace, selector string) 
 func (e *Engine) Status(s *Spec, o *unstructured.Unstructured) Status {
 	b, err := o.MarshalJSON()
 	if err != nil {
-		return Status{State: Pending, Reason: "Unreadable", Message: err.Error(), Rule: -1}
+		return Status{State: Pending, Reason: "Unreadable", Message: err.Error()}
 	}
 	return s.Evaluate(b)
 }

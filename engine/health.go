@@ -35,8 +35,6 @@ type Status struct {
 	Message string
 	// Hint says what to do about this state (the rule's hint).
 	Hint string
-	// Rule is the index of the rule that matched, -1 when none did.
-	Rule int
 }
 
 func (s Status) String() string {
@@ -58,35 +56,31 @@ func (s Status) String() string {
 // than the object's metadata.generation.
 func (s *Spec) Evaluate(obj []byte) Status {
 	if s.Health == nil {
-		return Status{State: Ready, Reason: "NoRules", Rule: -1}
+		return Status{State: Ready, Reason: "NoRules"}
 	}
 	doc := gjson.ParseBytes(obj)
 	if st, ok := s.generic(doc); ok {
 		return st
 	}
-	condPath := s.Health.ConditionsPath
-	if condPath == "" {
-		condPath = "status.conditions"
-	}
 	generation := doc.Get("metadata.generation")
-	for i, rule := range s.Health.Rules {
+	for _, rule := range s.Health.Rules {
 		ok, _ := matchAll(rule.Match, obj)
 		if !ok {
 			continue
 		}
 		var cond gjson.Result
 		if rule.Condition != nil {
-			cond = findCondition(doc.Get(condPath), generation, *rule.Condition)
+			cond = findCondition(doc.Get("status.conditions"), generation, *rule.Condition)
 			if !cond.Exists() {
 				continue
 			}
 		}
-		st := Status{State: rule.State, Hint: rule.Hint, Rule: i}
+		st := Status{State: rule.State, Hint: rule.Hint}
 		st.Reason = first(doc.Get(rule.ReasonFrom).String(), rule.Reason, cond.Get("reason").String())
 		st.Message = first(doc.Get(rule.MessageFrom).String(), rule.Message, cond.Get("message").String())
 		return st
 	}
-	return Status{State: Pending, Reason: "NoRuleMatched", Rule: -1}
+	return Status{State: Pending, Reason: "NoRuleMatched"}
 }
 
 // generic applies the rules every object follows before its file's own
@@ -100,11 +94,11 @@ func (s *Spec) generic(doc gjson.Result) (Status, bool) {
 		kind = s.API.Kind
 	}
 	if doc.Get("metadata.deletionTimestamp").Exists() {
-		return Status{State: Terminating, Reason: "Terminating", Message: "the " + kind + " is being deleted", Rule: -1}, true
+		return Status{State: Terminating, Reason: "Terminating", Message: "the " + kind + " is being deleted"}, true
 	}
 	gen, seen := doc.Get("metadata.generation"), doc.Get("status.observedGeneration")
 	if gen.Exists() && seen.Exists() && seen.Int() < gen.Int() {
-		return Status{State: Pending, Reason: "LatestGenerationNotObserved", Rule: -1,
+		return Status{State: Pending, Reason: "LatestGenerationNotObserved",
 			Message: fmt.Sprintf("the %s's controller has observed generation %d, not yet %d", kind, seen.Int(), gen.Int())}, true
 	}
 	return Status{}, false

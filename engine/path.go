@@ -10,8 +10,8 @@ import (
 // SYNTAX.md): keys separated by ".", a list item by its index, "\" before
 // a character that would otherwise be special (labels.paperclip\.io/role).
 //
-// Paths read from Kubernetes objects (health rules, conditionsPath,
-// reasonFrom, messageFrom, pods.find) may use all of gjson: queries
+// Paths read from Kubernetes objects (health rules: match, reasonFrom,
+// messageFrom; pods.find) may use all of gjson: queries
 // (#(type=="Ready")), wildcards, modifiers and pipes. Paths into the values
 // (${path}, $if, $each, when) and paths the provider writes or names
 // (backend.deadlinePath, backend.podSpecPath) are plain: keys and indexes

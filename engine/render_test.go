@@ -249,6 +249,19 @@ template:
     e: {$each: egress.fqdns, as: f, do: "${f.host}"}
     f: ${nothere?}
 `
+	deadline := hdr + `name: deadline
+description: a backend whose deadlinePath is a query
+scope: backend
+api: {group: "", kind: Pod, resource: pods, versions: [v1]}
+backend: {mode: exec, deadline: time, deadlinePath: 'spec.#(x)', podSpecPath: spec}
+template: {metadata: {name: "${run.name}"}}
+pods: {container: c, find: [{self: true}]}
+health: {rules: [{$use: pod}]}
+`
+	_, err := engine.Load(resources.FS, ".", fstest.MapFS{"deadline.yaml": {Data: []byte(deadline)}})
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), `deadline.yaml: /backend/deadlinePath: path "spec.#(x)" uses '#'`))
+
 	used := hdr + `name: usesfrag
 description: a tenant file that uses the agent pod fragment (run values only)
 scope: tenant
@@ -259,7 +272,7 @@ template:
     $use: agent-pod
     with: {restartPolicy: Never, command: [x]}
 `
-	_, err := engine.Load(resources.FS, ".", fstest.MapFS{"bad.yaml": {Data: []byte(bad)}, "usesfrag.yaml": {Data: []byte(used)}})
+	_, err = engine.Load(resources.FS, ".", fstest.MapFS{"bad.yaml": {Data: []byte(bad)}, "usesfrag.yaml": {Data: []byte(used)}})
 	is.True(err != nil)
 	msg := err.Error()
 	for _, want := range []string{

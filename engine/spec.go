@@ -85,10 +85,10 @@ type Rule struct {
 	Hint string `json:"hint,omitempty"`
 }
 
-// Health holds the readiness rules, evaluated in order; the first match wins.
+// Health holds the readiness rules, evaluated in order after the generic
+// ones; the first match wins. Conditions are read from status.conditions.
 type Health struct {
-	ConditionsPath string `json:"conditionsPath,omitempty"`
-	Rules          []Rule `json:"rules"`
+	Rules []Rule `json:"rules"`
 }
 
 // PodFind is one way to find a workload's pod. Exactly one field is set.
@@ -122,10 +122,10 @@ type Backend struct {
 	Mode string `json:"mode"`
 	// Deadline is the value the template takes: "seconds" or "time".
 	Deadline string `json:"deadline"`
-	// DeadlinePath is where a "time" deadline lives in the workload
-	// (dotted path), so it can be moved on a live workload.
+	// DeadlinePath is where a "time" deadline lives in the workload (a
+	// plain path, see path.go), so it can be moved on a live workload.
 	DeadlinePath string `json:"deadlinePath,omitempty"`
-	// PodSpecPath is where the pod spec lives in the workload (dotted path,
+	// PodSpecPath is where the pod spec lives in the workload (plain path,
 	// e.g. spec.template.spec), for the admission policy that confines the
 	// pods the provider may create.
 	PodSpecPath string `json:"podSpecPath"`
@@ -369,8 +369,9 @@ func (c *Catalog) add(s *Spec) error {
 	return nil
 }
 
-// check verifies what the schema cannot: $use names a fragment, and at most
-// one pod spec exists.
+// check verifies what the schema cannot: $use names a fragment (in a
+// template) or a file with health rules (in health.rules), at most one pod
+// file exists, and deadlinePath is a plain path.
 func (c *Catalog) check() []error {
 	var errs []error
 	pods := 0
@@ -380,6 +381,11 @@ func (c *Catalog) check() []error {
 			pods++
 			if pods > 1 {
 				errs = append(errs, &FileError{File: s.File, Pointer: "/scope", Problem: "only one file may describe pods"})
+			}
+		}
+		if s.Backend != nil && s.Backend.DeadlinePath != "" {
+			if _, err := splitPath(s.Backend.DeadlinePath); err != nil {
+				errs = append(errs, &FileError{File: s.File, Pointer: "/backend/deadlinePath", Problem: err.Error()})
 			}
 		}
 		if s.Health != nil {
