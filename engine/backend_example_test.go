@@ -1,0 +1,89 @@
+package engine_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+)
+
+// testdata/backends/jobexec.yaml, the README's "Writing a backend" example,
+// is written with only documented features: it loads (schema and value
+// paths checked), renders with the agent pod fragment, is awaited through
+// the job file's rules ($use) and the generic ones, finds its pod by the
+// first selector that matches, and is released, with no Go change.
+func TestWrittenBackendLifecycle(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, dyn := fakeEngine(t, c)
+	ctx := context.Background()
+	vc := loadValues(t, "standard-job")
+	b, ok := c.Get("jobexec")
+	is.True(ok)
+	is.Equal(b.Backend.Mode, engine.ModeExec)
+
+	w, err := e.Create(ctx, b, "ns1", vc.Values, nil)
+	is.NoErr(err)
+	is.Equal(w.GetKind(), "Job")
+	is.Equal(w.GetAPIVersion(), "batch/v1")
+	deadline, _, _ := unstructured.NestedInt64(w.Object, "spec", "activeDeadlineSeconds")
+	is.Equal(deadline, int64(3600)) // run.deadlineSeconds
+	pod, _, _ := unstructured.NestedMap(w.Object, "spec", "template", "spec")
+	is.Equal(pod["restartPolicy"], "Never")                    // bound by $use ... with
+	is.Equal(pod["serviceAccountName"], "paperclip-tenant-sa") // from the fragment
+	is.Equal(pod["containers"].([]any)[0].(map[string]any)["command"], []any{"/usr/bin/tini", "--", "/bin/sh", "-c", "sleep infinity"})
+
+	type result struct {
+		st  engine.Status
+		err error
+	}
+	done := make(chan result, 1)
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	started := watchStarts(dyn)
+	go func() {
+		_, st, err := e.Wait(waitCtx, b, w, engine.Ready)
+		done <- result{st, err}
+	}()
+	<-started
+	setStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(0)})
+	cur := setStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(1)})
+	r := <-done
+	is.NoErr(r.err)
+	is.Equal(r.st.State, engine.Ready)
+	is.Equal(r.st.Reason, "PodReady") // the job file's rule
+
+	// The first selector finds nothing (the pod lacks the controller-uid
+	// label); the second, a gjson path with an escaped dot, finds it.
+	podSpec, _ := c.Pod()
+	res, err := e.Resolve(podSpec)
+	is.NoErr(err)
+	ctrl := true
+	p := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Pod",
+		"metadata": map[string]any{"name": w.GetName() + "-x1", "namespace": "ns1",
+			"labels": map[string]any{"paperclip.io/run-id": w.GetLabels()["paperclip.io/run-id"]}},
+		"status": map[string]any{"phase": "Running", "conditions": []any{map[string]any{"type": "Ready", "status": "True"}}},
+	}}
+	p.SetOwnerReferences([]metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: w.GetName(), UID: w.GetUID(), Controller: &ctrl}})
+	_, err = e.Dynamic.Resource(res.GVR).Namespace("ns1").Create(ctx, p, metav1.CreateOptions{})
+	is.NoErr(err)
+	found, err := e.FindPod(ctx, b, cur)
+	is.NoErr(err)
+	is.Equal(found.GetName(), w.GetName()+"-x1")
+
+	// Deletion is Terminating by the generic rule, before the file's own.
+	cur.SetDeletionTimestamp(&metav1.Time{Time: time.Now()})
+	is.Equal(e.Status(b, cur).String(), "Terminating/Terminating: the Job is being deleted")
+
+	deleted, err := e.Release(ctx, engine.RefOf(b, w))
+	is.NoErr(err)
+	is.True(deleted)
+	_, err = e.Get(ctx, engine.RefOf(b, w))
+	is.True(engine.IsGone(err))
+}
