@@ -2,7 +2,11 @@ package engine_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/matryer/is"
@@ -10,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
 // testdata/backends/jobexec.yaml, the README's "Writing a backend" example,
@@ -86,4 +91,28 @@ func TestWrittenBackendLifecycle(t *testing.T) {
 	is.True(deleted)
 	_, err = e.Get(ctx, engine.RefOf(b, w))
 	is.True(engine.IsGone(err))
+}
+
+// The example in the README's "Writing a backend" is testdata's jobexec:
+// it loads, and it is the same backend.
+func TestReadmeBackendExampleIsJobexec(t *testing.T) {
+	is := is.New(t)
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	is.NoErr(err)
+	_, section, ok := strings.Cut(string(readme), "\n## Writing a backend\n")
+	is.True(ok)
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	is.True(ok)
+	block, _, ok = strings.Cut(block, "```")
+	is.True(ok)
+	c, err := engine.Load(resources.FS, ".", fstest.MapFS{"jobexec.yaml": {Data: []byte(block)}})
+	is.NoErr(err)
+	doc, _ := c.Get("jobexec")
+	file, _ := testCatalog(t).Get("jobexec")
+	is.Equal(doc.Template, file.Template)
+	is.Equal(doc.Health, file.Health)
+	is.Equal(doc.Pods, file.Pods)
+	is.Equal(doc.Backend, file.Backend)
+	is.Equal(doc.API, file.API)
+	is.Equal(doc.Release, file.Release)
 }
