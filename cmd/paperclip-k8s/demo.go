@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -53,6 +55,7 @@ func demo(args []string) error {
 		return nil
 	}
 
+	fmt.Print(demoPlan(*kubeconfig, *backend))
 	var kc []byte
 	if *kubeconfig != "" {
 		kc, err = os.ReadFile(*kubeconfig)
@@ -62,6 +65,11 @@ func demo(args []string) error {
 	} else {
 		var env *devenv.Env
 		if err := step("build the control plane (cold: ~7.5 min once)", func() error {
+			// A cold build prints a line on stderr; from then on a line
+			// every 30 s says how long it has run and what it builds.
+			stop := make(chan struct{})
+			defer close(stop)
+			go watchBuild(os.Stdout, binRoot(), time.Now(), 30*time.Second, stop)
 			_, err := devcluster.BinDir()
 			return err
 		}); err != nil {
@@ -141,4 +149,117 @@ func demo(args []string) error {
 		}
 	}
 	return step("release the lease", release)
+}
+
+// demoPlan says what the demo is about to do (before a build that can take
+// minutes).
+func demoPlan(kubeconfig, backend string) string {
+	var b strings.Builder
+	b.WriteString("paperclip-k8s demo: one lease end to end, the provider running in this process.\n")
+	n := 1
+	if kubeconfig == "" {
+		root := binRoot()
+		fmt.Fprintf(&b, "  %d. build the control plane, once: etcd, kube-apiserver, kube-controller-manager,\n"+
+			"     kube-scheduler and kwok, compiled from the Go module proxy (~7.5 min on 2 cores)\n"+
+			"       into %s/<version>-<hash> (KUBE_TEST_BIN overrides it)\n"+
+			"       Go's caches: %s\n"+
+			"     then start it with fake nodes, an exec node and the stand-in Sandbox controller\n", n, root, goCaches())
+		n++
+	}
+	fmt.Fprintf(&b, "  %d. validate the config and acquire a lease on the %s backend: the tenant\n"+
+		"     namespace, the workload, its Secret and egress policy\n", n, backend)
+	n++
+	if backend == "job" {
+		fmt.Fprintf(&b, "  %d. await the Job and read its pod's log\n", n)
+	} else {
+		fmt.Fprintf(&b, "  %d. wait for the pod and run two commands in it (pods/exec)\n", n)
+	}
+	n++
+	fmt.Fprintf(&b, "  %d. release the lease (the workload is deleted)", n)
+	if kubeconfig == "" {
+		b.WriteString(" and stop the control plane")
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+// binRoot is where hack/build-k8s-bins.sh keeps the control-plane
+// binaries: the parent of $KUBE_TEST_BIN, or <user cache>/paperclip-k8s/kube-bin.
+func binRoot() string {
+	if d := os.Getenv("KUBE_TEST_BIN"); d != "" {
+		return filepath.Dir(filepath.Clean(d))
+	}
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		home := os.Getenv("HOME")
+		if home == "" {
+			home = "/root"
+		}
+		cache = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(cache, "paperclip-k8s", "kube-bin")
+}
+
+// goCaches names Go's module and build caches (where a build's downloads
+// and compiled packages stay).
+func goCaches() string {
+	out, err := exec.Command("go", "env", "GOMODCACHE", "GOCACHE").Output()
+	if err != nil {
+		return "see go env GOMODCACHE GOCACHE"
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 {
+		return "see go env GOMODCACHE GOCACHE"
+	}
+	return f[0] + " (modules), " + f[1] + " (builds)"
+}
+
+// buildGroups are the go build commands of hack/build-k8s-bins.sh, in order:
+// each writes its binaries into the build directory when it is done.
+var buildGroups = [][]string{{"kube-apiserver", "kube-controller-manager", "kube-scheduler"}, {"etcd"}, {"kwok"}}
+
+// watchBuild writes buildStatus every interval until stop is closed, while
+// a build runs.
+func watchBuild(w io.Writer, root string, start time.Time, every time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			if line := buildStatus(root, time.Since(start)); line != "" {
+				fmt.Fprintln(w, line)
+			}
+		}
+	}
+}
+
+// buildStatus describes the build in progress under root (the newest
+// .build.* directory of hack/build-k8s-bins.sh): which go build runs, after
+// elapsed. "" when no build is under way there.
+func buildStatus(root string, elapsed time.Duration) string {
+	dirs, _ := filepath.Glob(filepath.Join(root, ".build.*"))
+	var newest string
+	var newestAt time.Time
+	for _, d := range dirs {
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() && fi.ModTime().After(newestAt) {
+			newest, newestAt = d, fi.ModTime()
+		}
+	}
+	if newest == "" {
+		return ""
+	}
+	for i, g := range buildGroups {
+		done := true
+		for _, b := range g {
+			if _, err := os.Stat(filepath.Join(newest, b)); err != nil {
+				done = false
+			}
+		}
+		if !done {
+			return fmt.Sprintf("  %s: building %s (%d/%d) into %s", elapsed.Round(time.Second), strings.Join(g, ", "), i+1, len(buildGroups), newest)
+		}
+	}
+	return fmt.Sprintf("  %s: installing the binaries", elapsed.Round(time.Second))
 }
