@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Every path in a data file is a gjson path (github.com/tidwall/gjson,
@@ -53,6 +54,23 @@ func splitPath(p string) ([]string, error) {
 		return nil, fmt.Errorf("path %q has an empty key", p)
 	}
 	return append(parts, cur.String()), nil
+}
+
+// splitPaths caches splitPath for the renderer: the paths come from the
+// data files, a small fixed set.
+var splitPaths sync.Map // string -> []string
+
+// keysOf is splitPath, cached; a path that is not plain has no keys.
+func keysOf(p string) []string {
+	if k, ok := splitPaths.Load(p); ok {
+		return k.([]string)
+	}
+	keys, err := splitPath(p)
+	if err != nil {
+		return nil
+	}
+	splitPaths.Store(p, keys)
+	return keys
 }
 
 // getPath follows keys (and list indexes) from v.

@@ -50,8 +50,8 @@ func (r *renderer) errAt(ptr, format string, args ...any) error {
 // lookup reads a plain path: its first key may name a variable ($each's
 // as, $use's with), innermost first, else a top-level value.
 func (r *renderer) lookup(path string) (any, bool) {
-	keys, err := splitPath(path)
-	if err != nil {
+	keys := keysOf(path)
+	if keys == nil {
 		return nil, false
 	}
 	for i := len(r.vars) - 1; i >= 0; i-- {
