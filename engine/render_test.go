@@ -248,6 +248,7 @@ template:
     d: {$each: namespace, as: ns, do: "${ns}"}
     e: {$each: egress.fqdns, as: f, do: "${f.host}"}
     f: ${nothere?}
+    g: "labels: ${tenantLabels}"
 `
 	deadline := hdr + `name: deadline
 description: a backend whose deadlinePath is a query
@@ -283,6 +284,7 @@ template:
 		`bad.yaml: /template/data/c/$if/0/path: path "egress.fqdns.#" uses '#', which only paths into Kubernetes objects may use`,
 		`bad.yaml: /template/data/d/$each: namespace is string, not a list`,
 		`bad.yaml: /template/data/e/do: f.host: f is string and has no "host"`,
+		"bad.yaml: /template/data/g: tenantLabels is object and cannot be part of a string; make ${tenantLabels} the whole value",
 		`bad.yaml: /template/data/f: nothere: the values have no "nothere" (they are companyId, config, egress, grant, namespace, operator, provider, run, tenantLabels;`,
 		`agent-pod.yaml: /template/metadata/annotations: operator.podAnnotations: operator is set for run and backend files only, and this is read by a tenant file (schemas/values.schema.json) (in the fragment as usesfrag.yaml uses it)`,
 	} {

@@ -80,12 +80,18 @@ func (v *valueChecker) walk(file, ptr string, scope Scope, vars []binding, node 
 			v.walk(file, fmt.Sprintf("%s/%d", ptr, i), scope, vars, item)
 		}
 	case string:
-		for _, loc := range placeholder.FindAllStringSubmatch(x, -1) {
-			path, _, conv := parseExpr(loc[1])
+		locs := placeholder.FindAllStringSubmatchIndex(x, -1)
+		whole := len(locs) == 1 && locs[0][0] == 0 && locs[0][1] == len(x)
+		for _, loc := range locs {
+			expr := x[loc[2]:loc[3]]
+			path, _, conv := parseExpr(expr)
 			if conv != "" && conv != "string" {
-				v.fail(file, ptr, "${%s} converts with %q; the one conversion is string", loc[1], conv)
+				v.fail(file, ptr, "${%s} converts with %q; the one conversion is string", expr, conv)
 			}
-			v.path(file, ptr, scope, vars, path)
+			s := v.path(file, ptr, scope, vars, path)
+			if t := jsonTypes(s); !whole && (slices.Contains(t, "object") || slices.Contains(t, "array")) {
+				v.fail(file, ptr, "%s is %s and cannot be part of a string; make ${%s} the whole value", path, strings.Join(t, " or "), expr)
+			}
 		}
 	case map[string]any:
 		switch {
