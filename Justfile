@@ -4,6 +4,10 @@
 demo *args:
     go run ./cmd/paperclip-k8s demo {{args}}
 
+# benchmark the provider on the embedded dev control plane: figures, no asserts (bench -h for flags)
+bench *args:
+    go run ./cmd/paperclip-k8s bench {{args}}
+
 # every test: units, real control plane, real paperclip-server
 test *args:
     bash hack/test.sh {{args}}
