@@ -327,9 +327,9 @@ func TestPaperclipKubernetes(t *testing.T) {
 					is.NoErr(err)
 					synced := map[string]int{}
 					for _, l := range lines {
-						if strings.Contains(l.Message, `msg="file sync done"`) {
+						if strings.Contains(l.Text(), `msg="file sync done"`) {
 							for _, m := range []string{"environmentSyncIn", "environmentSyncOut"} {
-								if strings.Contains(l.Message, "method="+m+" ") {
+								if strings.Contains(l.Text(), "method="+m+" ") {
 									synced[m]++
 								}
 							}
@@ -368,6 +368,12 @@ func TestPaperclipKubernetes(t *testing.T) {
 			})
 		})
 	}
+
+	// The provider's log in the host's plugin log (logs_test.go).
+	t.Run("plugin logs", func(t *testing.T) {
+		testPluginLogs(ctx, t, &rig{srv: srv, env: env, c: c, companyID: company.ID, config: config,
+			claude: claude, pluginID: pluginID})
+	})
 
 	// Reusable leases (reuseLease: true): runs that share one Sandbox, a
 	// lost pod, the end of a kept lease (reuse_test.go).

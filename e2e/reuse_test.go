@@ -576,7 +576,7 @@ func (s *reuseSteps) hooks(t *testing.T, name string) []string {
 	workload := `workload="Sandbox ` + s.c.tenant + "/" + name + `"`
 	var out []string
 	for _, l := range lines {
-		m := l.Message
+		m := l.Text()
 		var hook string
 		switch {
 		case strings.Contains(m, `msg="lease acquired"`) && strings.Contains(m, workload):
@@ -610,8 +610,8 @@ func (s *reuseSteps) expiredReason(t *testing.T, name string) string {
 	}
 	var why string
 	for _, l := range lines {
-		if strings.Contains(l.Message, `msg="lease expired" lease=`+name+" ") {
-			_, why, _ = strings.Cut(l.Message, " reason=")
+		if strings.Contains(l.Text(), `msg="lease expired" lease=`+name+" ") {
+			_, why, _ = strings.Cut(l.Text(), " reason=")
 		}
 	}
 	return why

@@ -227,8 +227,8 @@ func TestPaperclipSlowPod(t *testing.T) {
 	is.NoErr(err)
 	var realized string
 	for _, l := range lines {
-		if strings.Contains(l.Message, `msg="workspace ready"`) && strings.Contains(l.Message, "pod="+pod.Name) {
-			realized = l.Message
+		if strings.Contains(l.Text(), `msg="workspace ready"`) && strings.Contains(l.Text(), "pod="+pod.Name) {
+			realized = l.Text()
 		}
 	}
 	t.Logf("realize: %s", realized)

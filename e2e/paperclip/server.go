@@ -480,7 +480,60 @@ type PluginLine struct {
 	Level   string // DEBUG | INFO | WARN | ERROR
 	Source  string // "stderr": the worker wrote it to stderr; "log": a `log` notification/request
 	Message string
+	// Meta is the meta of a `log` message as JSON (what the server appends,
+	// without the fields it adds: service, pluginId, pluginLogLevel,
+	// pluginTimestamp); "" when there is none, and for stderr lines.
+	Meta string
 }
+
+// Fields decodes Meta (nil when there is none).
+func (l PluginLine) Fields() map[string]any {
+	var f map[string]any
+	_ = json.Unmarshal([]byte(l.Meta), &f)
+	return f
+}
+
+// Text is the line as the worker's slog text handler would have written it:
+// a stderr line as is; a `log` message as msg="…" then its fields, sorted,
+// as key=value (nested objects as a.b=value), quoted where needed.
+func (l PluginLine) Text() string {
+	if l.Source != "log" {
+		return l.Message
+	}
+	var b strings.Builder
+	b.WriteString("msg=" + logfmtValue(l.Message))
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if sub, ok := m[k].(map[string]any); ok {
+				walk(prefix+k+".", sub)
+				continue
+			}
+			v := fmt.Sprint(m[k])
+			if f, ok := m[k].(float64); ok {
+				v = strconv.FormatFloat(f, 'f', -1, 64)
+			}
+			b.WriteString(" " + prefix + k + "=" + logfmtValue(v))
+		}
+	}
+	walk("", l.Fields())
+	return b.String()
+}
+
+func logfmtValue(s string) string {
+	if s == "" || strings.ContainsAny(s, " =\"\t\n\r") {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// serverAddedFields are what the server adds to a `log` message's meta.
+var serverAddedFields = []string{"service", "pluginId", "pluginLogLevel", "pluginTimestamp"}
 
 // PluginLines returns, in order, what the server logged for the plugin with
 // database id pluginID (Plugin.ID): worker stderr lines (`WARN: [plugin
@@ -528,10 +581,23 @@ func parsePluginLine(l, pluginID string) (PluginLine, bool) {
 	if pl.Source == "" {
 		return PluginLine{}, false
 	}
+	rest = strings.TrimRight(rest, "\r\n")
 	if i := strings.LastIndex(rest, ` {"`); i >= 0 {
+		if pl.Source == "log" {
+			var f map[string]any
+			if json.Unmarshal([]byte(rest[i+1:]), &f) == nil {
+				for _, k := range serverAddedFields {
+					delete(f, k)
+				}
+				if len(f) > 0 {
+					b, _ := json.Marshal(f)
+					pl.Meta = string(b)
+				}
+			}
+		}
 		rest = rest[:i]
 	}
-	pl.Message = strings.TrimRight(rest, "\r\n")
+	pl.Message = rest
 	return pl, true
 }
 

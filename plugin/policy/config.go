@@ -67,7 +67,9 @@ type Config struct {
 	RuntimeClassName string            `json:"runtimeClassName,omitempty"`
 	NodeSelector     map[string]string `json:"nodeSelector"`
 	// ResourceQuota is spec.hard of the tenant ResourceQuota.
-	ResourceQuota             map[string]string `json:"resourceQuota"`
+	ResourceQuota map[string]string `json:"resourceQuota"`
+	// TenantLimits is the maximum of the tenant LimitRange.
+	TenantLimits              TenantLimits      `json:"tenantLimits"`
 	ServiceAccountAnnotations map[string]string `json:"serviceAccountAnnotations"`
 	SandboxLifetimeSec        int               `json:"sandboxLifetimeSec"`
 	// ReusableLeaseIdleSec bounds a lease kept for reuse between runs.
@@ -82,6 +84,14 @@ type Config struct {
 type Resources struct {
 	Requests ResourceList `json:"requests"`
 	Limits   ResourceList `json:"limits"`
+}
+
+// TenantLimits is the per-container maximum of the tenant LimitRange
+// (resources/limitrange.yaml): Kubernetes quantities, both set after
+// Validate.
+type TenantLimits struct {
+	MaxCPU    string `json:"maxCpu"`
+	MaxMemory string `json:"maxMemory"`
 }
 
 // ResourceList holds Kubernetes quantities such as "250m" or "4Gi".

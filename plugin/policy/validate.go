@@ -457,6 +457,8 @@ func patternHint(parent, s string) string {
 		return "is not a valid image reference: no spaces, e.g. ghcr.io/acme/agent:1.2.0"
 	case "cpu", "memory":
 		return `is not a Kubernetes quantity: use e.g. "500m" or "2" for cpu and "512Mi" or "4Gi" for memory`
+	case "maxCpu", "maxMemory":
+		return `is not a Kubernetes quantity: use e.g. "4" for cpu and "8Gi" for memory`
 	}
 	return "has an invalid format"
 }
@@ -818,14 +820,65 @@ func (v *validation) checkResources() {
 		}
 		return x
 	}
+	maxOf := func(res string) q {
+		key := map[string]string{"cpu": "maxCpu", "memory": "maxMemory"}[res]
+		p := "/tenantLimits/" + key
+		val, isStr := resolve(v.m, p).(string)
+		x := q{ptr: p, val: val}
+		if !isStr || v.bad(p) {
+			return x
+		}
+		qty, err := resource.ParseQuantity(val)
+		if err != nil {
+			v.add(p, shortQuote(val)+` is not a Kubernetes quantity: use e.g. "4" for cpu and "8Gi" for memory`)
+			return x
+		}
+		// The LimitRange's default container limit must fit under its max,
+		// or the API server refuses the LimitRange itself.
+		if floor := resource.MustParse(limitRangeDefault[res]); qty.Cmp(floor) < 0 {
+			v.add(p, fmt.Sprintf("%q%s is below %q, the tenant LimitRange's default container limit for %s (resources/limitrange.yaml): "+
+				"the API server would refuse the LimitRange; use at least %q", val, v.defaultNote(p), limitRangeDefault[res], res, limitRangeDefault[res]))
+			return x
+		}
+		x.qty, x.ok = qty, true
+		return x
+	}
 	for _, res := range []string{"cpu", "memory"} {
 		req, lim := parse("requests", res), parse("limits", res)
 		if req.ok && lim.ok && req.qty.Cmp(lim.qty) > 0 {
 			v.add(req.ptr, fmt.Sprintf("request %q%s is more than the limit %q%s at %s: lower the request or raise the limit",
 				req.val, v.defaultNote(req.ptr), lim.val, v.defaultNote(lim.ptr), lim.ptr))
 		}
+		// What the API server enforces on every pod of the tenant: the
+		// LimitRange's max, and the ResourceQuota's totals (a pod larger
+		// than the whole quota can never start).
+		if mx := maxOf(res); mx.ok {
+			for _, x := range []q{lim, req} {
+				if x.ok && x.qty.Cmp(mx.qty) > 0 {
+					v.add(x.ptr, fmt.Sprintf("%q%s is more than the tenant LimitRange's maximum %q%s at %s: the API server would refuse every agent pod; "+
+						"lower it, or raise %s", x.val, v.defaultNote(x.ptr), mx.val, v.defaultNote(mx.ptr), mx.ptr, mx.ptr))
+				}
+			}
+		}
+		for _, x := range []q{req, lim} {
+			kind := strings.Split(x.ptr, "/")[2] // requests or limits
+			key := kind + "." + res
+			hard, isStr := resolve(v.m, "/resourceQuota/"+escape(key)).(string)
+			if !x.ok || !isStr || v.bad("/resourceQuota") {
+				continue
+			}
+			if h, err := resource.ParseQuantity(hard); err == nil && x.qty.Cmp(h) > 0 {
+				v.add(x.ptr, fmt.Sprintf("%q%s is more than the tenant ResourceQuota's %s %q%s: no agent pod could ever start; lower it, or raise resourceQuota[%q]",
+					x.val, v.defaultNote(x.ptr), key, hard, v.defaultNote("/resourceQuota"), key))
+			}
+		}
 	}
 }
+
+// limitRangeDefault is the default container limit of the tenant LimitRange
+// (spec.limits[0].default in resources/limitrange.yaml; a test keeps them
+// equal): tenantLimits must not go below it.
+var limitRangeDefault = map[string]string{"cpu": "1", "memory": "2Gi"}
 
 // defaultNote is " (the default)" when ptr was not in the input.
 func (v *validation) defaultNote(ptr string) string {

@@ -121,6 +121,7 @@ func TestSchemaEveryFieldDocumented(t *testing.T) {
 		"adapterType", "adapters", "backend",
 		"paperclipServerNamespace", "paperclipServerPodLabels", "paperclipServerPort", "workspacePath",
 		"sandboxLifetimeSec", "execMaxOutputBytes", "imagePullPolicy", "nodeSelector", "resourceQuota", "reusableLeaseIdleSec",
+		"tenantLimits",
 	}
 	is := is.New(t)
 	is.Equal(slices.Sorted(maps.Keys(props)), slices.Sorted(slices.Values(want)))
@@ -826,11 +827,11 @@ func TestWorkspacePathCleaned(t *testing.T) {
 
 func TestResourcesPartial(t *testing.T) {
 	is := is.New(t)
-	cfg, norm, _, errs := Validate(map[string]any{"inCluster": true, "defaultResources": map[string]any{"limits": map[string]any{"memory": "16Gi"}}}, testBackends)
+	cfg, norm, _, errs := Validate(map[string]any{"inCluster": true, "defaultResources": map[string]any{"limits": map[string]any{"memory": "6Gi"}}}, testBackends)
 	is.Equal(errs, nil)
 	is.Equal(cfg.DefaultResources, Resources{
 		Requests: ResourceList{CPU: "250m", Memory: "512Mi"},
-		Limits:   ResourceList{CPU: "2", Memory: "16Gi"},
+		Limits:   ResourceList{CPU: "2", Memory: "6Gi"},
 	})
 	is.True(jsonEqual(t, norm["defaultResources"], cfg.DefaultResources))
 
