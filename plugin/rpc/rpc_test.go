@@ -437,6 +437,7 @@ func TestPanicRecovery(t *testing.T) {
 		switch method {
 		case rpc.MethodEnvironmentProbe, rpc.MethodOnEvent:
 			var m map[string]int
+			//lint:ignore SA5000 the handler panics on purpose: this tests the recovery
 			m["boom"] = 1 // nil map write
 		case rpc.MethodEnvironmentExecute:
 			return panickyJSON{}, nil // panics while the reply is encoded
