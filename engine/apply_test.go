@@ -18,10 +18,10 @@ func TestApplyTenantOrderAndPrune(t *testing.T) {
 	e, dyn := fakeEngine(t, c)
 	ctx := context.Background()
 	vc := loadValues(t, "standard-job")
-	applied, err := e.Apply(ctx, c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	applied, err := e.Apply(ctx, c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	is.True(len(applied) > 0)
-	is.Equal(applied[0].Spec.Name, "namespace") // cluster-scoped first
+	is.Equal(applied[0].Resource.Name, "namespace") // cluster-scoped first
 	kinds := map[string]int{}
 	for _, a := range applied {
 		if a.Object != nil {
@@ -41,11 +41,11 @@ func TestApplyTenantOrderAndPrune(t *testing.T) {
 	// Switch to cilium: the standard egress policy is pruned, the CNP applied.
 	cfg := vc.Values["config"].(map[string]any)
 	cfg["egressMode"] = "cilium"
-	applied, err = e.Apply(ctx, c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	applied, err = e.Apply(ctx, c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	var pruned, cnp bool
 	for _, a := range applied {
-		if a.Pruned && a.Spec.Name == "networkpolicy-egress" {
+		if a.Pruned && a.Resource.Name == "networkpolicy-egress" {
 			pruned = true
 		}
 		if a.Object != nil && a.Object.GetKind() == "CiliumNetworkPolicy" {
@@ -55,7 +55,7 @@ func TestApplyTenantOrderAndPrune(t *testing.T) {
 	is.True(pruned)
 	is.True(cnp)
 	np, _ := c.Get("networkpolicy-egress")
-	_, err = e.Get(ctx, engine.Ref{Spec: np, Namespace: "paperclip-acme", Name: "paperclip-egress-allow"})
+	_, err = e.Get(ctx, engine.Ref{Resource: np, Namespace: "paperclip-acme", Name: "paperclip-egress-allow"})
 	is.True(engine.IsGone(err))
 }
 
@@ -67,10 +67,10 @@ func TestApplyWithoutCilium(t *testing.T) {
 	e, _ := fakeEngine(t, c, "cilium.io")
 	ctx := context.Background()
 	vc := loadValues(t, "standard-job")
-	_, err := e.Apply(ctx, c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	_, err := e.Apply(ctx, c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	vc.Values["config"].(map[string]any)["egressMode"] = "cilium"
-	_, err = e.Apply(ctx, c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	_, err = e.Apply(ctx, c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "Install Cilium"))
 }

@@ -25,8 +25,8 @@ import (
 // When ctx ends first, the *WaitError's Last is the pod's status when there
 // is a pod (the scheduler's message, an image pull back-off), else the
 // workload's.
-func (e *Engine) AwaitPod(ctx context.Context, s *Spec, w *unstructured.Unstructured) (*unstructured.Unstructured, *unstructured.Unstructured, error) {
-	podSpec, ok := e.Catalog.Pod()
+func (e *Engine) AwaitPod(ctx context.Context, s *Resource, w *unstructured.Unstructured) (*unstructured.Unstructured, *unstructured.Unstructured, error) {
+	podRes, ok := e.Catalog.Pod()
 	if !ok {
 		return nil, nil, errors.New("the catalog has no file with scope pod")
 	}
@@ -35,7 +35,7 @@ func (e *Engine) AwaitPod(ctx context.Context, s *Spec, w *unstructured.Unstruct
 	if err != nil {
 		return nil, nil, err
 	}
-	pc, _, err := e.client(podSpec, w.GetNamespace())
+	pc, _, err := e.client(podRes, w.GetNamespace())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -54,13 +54,13 @@ func (e *Engine) AwaitPod(ctx context.Context, s *Spec, w *unstructured.Unstruct
 		if err != nil {
 			return nil, true, err
 		}
-		pst := e.Status(podSpec, pod)
+		pst := e.Status(podRes, pod)
 		last = pst
 		switch {
 		case pst.State == Ready && wst.State == Ready:
 			return pod, true, nil
 		case pst.State == Failed || pst.State == Succeeded:
-			return nil, true, &TerminalError{Ref: RefOf(podSpec, pod), Status: pst}
+			return nil, true, &TerminalError{Ref: RefOf(podRes, pod), Status: pst}
 		}
 		return nil, false, nil
 	}
@@ -71,7 +71,7 @@ func (e *Engine) AwaitPod(ctx context.Context, s *Spec, w *unstructured.Unstruct
 		if err != nil {
 			return nil, nil, e.waitFailed(ctx, ref, last, fmt.Errorf("listing the pods of %s: %w", ref, err))
 		}
-		cur, err := e.Get(ctx, Ref{Spec: s, Namespace: ref.Namespace, Name: ref.Name, UID: ref.UID})
+		cur, err := e.Get(ctx, Ref{Resource: s, Namespace: ref.Namespace, Name: ref.Name, UID: ref.UID})
 		if err != nil {
 			return nil, nil, e.waitFailed(ctx, ref, last, err)
 		}

@@ -53,7 +53,7 @@ func BenchmarkClusterClaimToReady(b *testing.B) {
 	ctx := context.Background()
 	ns := fmt.Sprintf("bench-%x", time.Now().UnixNano()&0xffffff)
 	vc.Values["namespace"] = ns
-	if _, err := e.Apply(ctx, e.Catalog.Scoped(engine.ScopeTenant), ns, vc.Values); err != nil {
+	if _, err := e.Apply(ctx, e.Catalog.Used(engine.UseTenant), ns, vc.Values); err != nil {
 		b.Fatal(err)
 	}
 	sb, _ := e.Catalog.Get("sandbox")

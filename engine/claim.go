@@ -23,13 +23,13 @@ func (e *ClaimError) Error() string {
 		e.Ref, e.File, e.Problem)
 }
 
-// Claim makes sure that the objects of the specs with a claim block are
+// Claim makes sure that the objects of the resources with a claim block are
 // ours before anything is applied to them: an absent object is created
 // (with the rendered labels, so it is ours from its first version); an
 // existing one must carry the rendered value of every claimed label, else a
 // ClaimError is returned and nothing is changed. Server-side apply alone
 // would take over any object of that name, another company's included.
-func (e *Engine) Claim(ctx context.Context, specs []*Spec, namespace string, values map[string]any) error {
+func (e *Engine) Claim(ctx context.Context, specs []*Resource, namespace string, values map[string]any) error {
 	for _, s := range specs {
 		if s.Claim == nil {
 			continue
@@ -50,7 +50,7 @@ func (e *Engine) Claim(ctx context.Context, specs []*Spec, namespace string, val
 	return nil
 }
 
-func (e *Engine) claim(ctx context.Context, s *Spec, want *unstructured.Unstructured) error {
+func (e *Engine) claim(ctx context.Context, s *Resource, want *unstructured.Unstructured) error {
 	c, _, err := e.client(s, want.GetNamespace())
 	if err != nil {
 		return err

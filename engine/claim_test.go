@@ -36,7 +36,7 @@ func TestClaimNamespace(t *testing.T) {
 	e, dyn := fakeEngine(t, c)
 	ctx := context.Background()
 	ns := vc.Values["namespace"].(string)
-	tenant := c.Scoped(engine.ScopeTenant)
+	tenant := c.Used(engine.UseTenant)
 
 	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values)) // absent: created
 	got, err := dyn.Resource(gvrNamespace).Get(ctx, ns, metav1.GetOptions{})
@@ -90,11 +90,11 @@ func TestReleaseOwnedChecksTheOwner(t *testing.T) {
 	mk("theirs", "uid-other")
 	mk("nobodys", "")
 
-	deleted, err := e.ReleaseOwned(ctx, engine.Ref{Spec: secret, Namespace: "ns", Name: "mine"}, "uid-w")
+	deleted, err := e.ReleaseOwned(ctx, engine.Ref{Resource: secret, Namespace: "ns", Name: "mine"}, "uid-w")
 	is.NoErr(err)
 	is.True(deleted)
 	for _, n := range []string{"theirs", "nobodys", "absent"} {
-		deleted, err := e.ReleaseOwned(ctx, engine.Ref{Spec: secret, Namespace: "ns", Name: n}, "uid-w")
+		deleted, err := e.ReleaseOwned(ctx, engine.Ref{Resource: secret, Namespace: "ns", Name: n}, "uid-w")
 		is.NoErr(err)
 		is.True(!deleted)
 	}
@@ -102,6 +102,6 @@ func TestReleaseOwnedChecksTheOwner(t *testing.T) {
 	is.NoErr(err)
 	_, err = dyn.Resource(gvr).Namespace("ns").Get(ctx, "nobodys", metav1.GetOptions{})
 	is.NoErr(err)
-	_, err = e.ReleaseOwned(ctx, engine.Ref{Spec: secret, Namespace: "ns", Name: "mine"}, "")
+	_, err = e.ReleaseOwned(ctx, engine.Ref{Resource: secret, Namespace: "ns", Name: "mine"}, "")
 	is.True(err != nil) // no owner to check against: refused
 }

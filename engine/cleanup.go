@@ -90,7 +90,7 @@ func OutcomeUnknown(err error) bool {
 // the cleanup that followed found and did.
 type UnknownOutcomeError struct {
 	Ref   Ref    // the object (its UID when one was found)
-	File  string // the spec file it was rendered from
+	File  string // the data file it was rendered from
 	Cause error  // the create's error
 	// Deleted: the object existed and was deleted (UID-preconditioned).
 	Deleted bool
@@ -125,7 +125,7 @@ func (e *UnknownOutcomeError) Unwrap() error { return e.Cause }
 // name, checks that the object carries every label the create rendered and,
 // when the create set one, its owner's UID, then deletes it with a UID
 // precondition.
-func (e *Engine) cleanupUnknownCreate(ctx context.Context, s *Spec, c dynamic.ResourceInterface, want *unstructured.Unstructured, cause error) error {
+func (e *Engine) cleanupUnknownCreate(ctx context.Context, s *Resource, c dynamic.ResourceInterface, want *unstructured.Unstructured, cause error) error {
 	ref := RefOf(s, want)
 	out := &UnknownOutcomeError{Ref: ref, File: s.File, Cause: cause}
 	cctx, cancel := CleanupContext(ctx)

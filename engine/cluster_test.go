@@ -113,7 +113,7 @@ func tenant(t *testing.T, valuesName string) (*engine.Engine, string, map[string
 	t.Helper()
 	e := realEngine(t)
 	ns, values := clusterValues(t, valuesName)
-	if _, err := e.Apply(context.Background(), e.Catalog.Scoped(engine.ScopeTenant), ns, values); err != nil {
+	if _, err := e.Apply(context.Background(), e.Catalog.Used(engine.UseTenant), ns, values); err != nil {
 		t.Fatalf("applying the tenant: %v", err)
 	}
 	return e, ns, values
@@ -175,7 +175,7 @@ func TestClusterTenantApplyReapplyAndModeSwitch(t *testing.T) {
 	installCiliumCRD(t)
 	ctx := context.Background()
 	ns, values := clusterValues(t, "standard-job")
-	tenant := e.Catalog.Scoped(engine.ScopeTenant)
+	tenant := e.Catalog.Used(engine.UseTenant)
 	_, err := e.Apply(ctx, tenant, ns, values)
 	is.NoErr(err)
 
@@ -209,7 +209,7 @@ func TestClusterTenantApplyReapplyAndModeSwitch(t *testing.T) {
 	_, err = env.Kube().NetworkingV1().NetworkPolicies(ns).Get(ctx, "paperclip-egress-allow", metav1.GetOptions{})
 	is.True(apierrors.IsNotFound(err))
 	cnp, _ := e.Catalog.Get("ciliumnetworkpolicy-egress")
-	_, err = e.Get(ctx, engine.Ref{Spec: cnp, Namespace: ns, Name: "paperclip-egress-fqdn"})
+	_, err = e.Get(ctx, engine.Ref{Resource: cnp, Namespace: ns, Name: "paperclip-egress-fqdn"})
 	is.NoErr(err)
 	_, err = env.Kube().NetworkingV1().NetworkPolicies(ns).Get(ctx, "paperclip-deny-all", metav1.GetOptions{})
 	is.NoErr(err) // the default deny stays
@@ -217,7 +217,7 @@ func TestClusterTenantApplyReapplyAndModeSwitch(t *testing.T) {
 	values["config"].(map[string]any)["egressMode"] = "standard"
 	_, err = e.Apply(ctx, tenant, ns, values)
 	is.NoErr(err)
-	_, err = e.Get(ctx, engine.Ref{Spec: cnp, Namespace: ns, Name: "paperclip-egress-fqdn"})
+	_, err = e.Get(ctx, engine.Ref{Resource: cnp, Namespace: ns, Name: "paperclip-egress-fqdn"})
 	is.True(engine.IsGone(err))
 }
 
@@ -262,7 +262,7 @@ func TestClusterSandboxLifecycle(t *testing.T) {
 	w, err := e.Create(ctx, sb, ns, values, nil)
 	is.NoErr(err)
 	var created []engine.Ref
-	for _, s := range e.Catalog.Scoped(engine.ScopeRun) {
+	for _, s := range e.Catalog.Used(engine.UseRun) {
 		o, err := e.Create(ctx, s, ns, values, w)
 		is.NoErr(err)
 		if o != nil {

@@ -8,10 +8,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 )
 
-// Forget drops what the engine resolved for a spec and, when the mapper
+// Forget drops what the engine resolved for a resource and, when the mapper
 // can be reset, its discovery cache: the next call asks the API server
 // again (an API removed or installed while the worker runs).
-func (e *Engine) Forget(s *Spec) {
+func (e *Engine) Forget(s *Resource) {
 	e.mu.Lock()
 	delete(e.resolved, s.Name)
 	e.refreshed = time.Now()
@@ -36,9 +36,9 @@ func ResourceMissing(err error) bool {
 	return d == nil || d.Name == ""
 }
 
-// noteMissing forgets a spec's resolution when err says its resource is
+// noteMissing forgets a resource's resolution when err says its resource is
 // no longer served, and returns err.
-func (e *Engine) noteMissing(s *Spec, err error) error {
+func (e *Engine) noteMissing(s *Resource, err error) error {
 	if err != nil && ResourceMissing(err) {
 		e.Log.Info("the server no longer serves a resource; discovery will be asked again", "file", s.File)
 		e.Forget(s)

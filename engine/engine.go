@@ -23,7 +23,7 @@ import (
 // FieldManager is the server-side apply field manager of the provider.
 const FieldManager = "paperclip-k8s"
 
-// Engine performs the generic operations on any spec of a catalog.
+// Engine performs the generic operations on any resource of a catalog.
 type Engine struct {
 	Catalog *Catalog
 	Dynamic dynamic.Interface
@@ -52,29 +52,29 @@ func New(c *Catalog, dyn dynamic.Interface, mapper meta.RESTMapper, restClient r
 	return &Engine{Catalog: c, Dynamic: dyn, Mapper: mapper, REST: restClient, Log: log, DiscoveryRefresh: DefaultDiscoveryRefresh}
 }
 
-// Resolved is a spec's API as the server serves it.
+// Resolved is a resource's API as the server serves it.
 type Resolved struct {
 	GVR        schema.GroupVersionResource
 	GVK        schema.GroupVersionKind
 	Namespaced bool
 }
 
-// APIMissingError says that the server serves none of a spec's versions.
+// APIMissingError says that the server serves none of a resource's versions.
 type APIMissingError struct {
-	Spec *Spec
+	Resource *Resource
 }
 
 func (e *APIMissingError) Error() string {
-	a := e.Spec.API
-	msg := fmt.Sprintf("the cluster does not serve %s (group %q, versions %v) needed by %s", a.Kind, a.Group, a.Versions, e.Spec.File)
+	a := e.Resource.API
+	msg := fmt.Sprintf("the cluster does not serve %s (group %q, versions %v) needed by %s", a.Kind, a.Group, a.Versions, e.Resource.File)
 	if a.Missing != "" {
 		msg += ": " + a.Missing
 	}
 	return msg
 }
 
-// Resolve finds the first version of the spec's API that the server serves.
-func (e *Engine) Resolve(s *Spec) (Resolved, error) {
+// Resolve finds the first version of the resource's API that the server serves.
+func (e *Engine) Resolve(s *Resource) (Resolved, error) {
 	if s.API == nil {
 		return Resolved{}, &FileError{File: s.File, Pointer: "/api", Problem: "has no api"}
 	}
@@ -103,7 +103,7 @@ func (e *Engine) Resolve(s *Spec) (Resolved, error) {
 	return r, nil
 }
 
-func (e *Engine) resolve(s *Spec) (Resolved, error) {
+func (e *Engine) resolve(s *Resource) (Resolved, error) {
 	gk := schema.GroupKind{Group: s.API.Group, Kind: s.API.Kind}
 	for _, v := range s.API.Versions {
 		m, err := e.Mapper.RESTMapping(gk, v)
@@ -119,12 +119,12 @@ func (e *Engine) resolve(s *Spec) (Resolved, error) {
 		}
 		return Resolved{GVR: m.Resource, GVK: m.GroupVersionKind, Namespaced: m.Scope.Name() == meta.RESTScopeNameNamespace}, nil
 	}
-	return Resolved{}, &APIMissingError{Spec: s}
+	return Resolved{}, &APIMissingError{Resource: s}
 }
 
 // Ref names one object.
 type Ref struct {
-	Spec      *Spec
+	Resource  *Resource
 	Namespace string
 	Name      string
 	UID       types.UID
@@ -132,8 +132,8 @@ type Ref struct {
 
 func (r Ref) String() string {
 	kind := "object"
-	if r.Spec != nil && r.Spec.API != nil {
-		kind = r.Spec.API.Kind
+	if r.Resource != nil && r.Resource.API != nil {
+		kind = r.Resource.API.Kind
 	}
 	if r.Namespace == "" {
 		return kind + " " + r.Name
@@ -141,12 +141,12 @@ func (r Ref) String() string {
 	return kind + " " + r.Namespace + "/" + r.Name
 }
 
-// RefOf returns the reference of an object of this spec.
-func RefOf(s *Spec, o *unstructured.Unstructured) Ref {
-	return Ref{Spec: s, Namespace: o.GetNamespace(), Name: o.GetName(), UID: o.GetUID()}
+// RefOf returns the reference of an object of this resource.
+func RefOf(s *Resource, o *unstructured.Unstructured) Ref {
+	return Ref{Resource: s, Namespace: o.GetNamespace(), Name: o.GetName(), UID: o.GetUID()}
 }
 
-func (e *Engine) client(s *Spec, namespace string) (dynamic.ResourceInterface, Resolved, error) {
+func (e *Engine) client(s *Resource, namespace string) (dynamic.ResourceInterface, Resolved, error) {
 	r, err := e.Resolve(s)
 	if err != nil {
 		return nil, r, err
@@ -160,9 +160,9 @@ func (e *Engine) client(s *Spec, namespace string) (dynamic.ResourceInterface, R
 	return e.Dynamic.Resource(r.GVR).Namespace(namespace), r, nil
 }
 
-// Build renders a spec into an object for a namespace, with apiVersion,
+// Build renders a resource into an object for a namespace, with apiVersion,
 // kind and namespace set from the resolved API.
-func (e *Engine) Build(s *Spec, namespace string, values map[string]any) (*unstructured.Unstructured, bool, Resolved, error) {
+func (e *Engine) Build(s *Resource, namespace string, values map[string]any) (*unstructured.Unstructured, bool, Resolved, error) {
 	r, err := e.Resolve(s)
 	if err != nil {
 		return nil, false, r, err
@@ -183,21 +183,21 @@ func (e *Engine) Build(s *Spec, namespace string, values map[string]any) (*unstr
 	return o, wanted, r, nil
 }
 
-// Applied reports what Apply did with one spec.
+// Applied reports what Apply did with one resource.
 type Applied struct {
-	Spec   *Spec
-	Object *unstructured.Unstructured // nil when pruned or absent
-	Pruned bool
+	Resource *Resource
+	Object   *unstructured.Unstructured // nil when pruned or absent
+	Pruned   bool
 }
 
-// Apply server-side applies every spec whose conditions hold and prunes
+// Apply server-side applies every resource whose conditions hold and prunes
 // the objects of those whose conditions do not (only objects this field
 // manager owns fields of). Cluster-scoped objects go first, so a namespace
 // exists before what lives in it; then the objects that grant the provider
 // its permissions in the namespace (grantsAccess), then the rest.
-func (e *Engine) Apply(ctx context.Context, specs []*Spec, namespace string, values map[string]any) ([]Applied, error) {
+func (e *Engine) Apply(ctx context.Context, specs []*Resource, namespace string, values map[string]any) ([]Applied, error) {
 	type item struct {
-		spec   *Spec
+		spec   *Resource
 		obj    *unstructured.Unstructured
 		wanted bool
 		res    Resolved
@@ -242,7 +242,7 @@ func (e *Engine) Apply(ctx context.Context, specs []*Spec, namespace string, val
 			if err != nil {
 				return out, err
 			}
-			out = append(out, Applied{Spec: it.spec, Pruned: pruned})
+			out = append(out, Applied{Resource: it.spec, Pruned: pruned})
 			continue
 		}
 		c, _, err := e.client(it.spec, it.obj.GetNamespace())
@@ -258,7 +258,7 @@ func (e *Engine) Apply(ctx context.Context, specs []*Spec, namespace string, val
 			return out, fmt.Errorf("applying %s from %s: %w", RefOf(it.spec, it.obj), it.spec.File, err)
 		}
 		e.Log.Debug("applied", "object", RefOf(it.spec, got).String(), "resourceVersion", got.GetResourceVersion())
-		out = append(out, Applied{Spec: it.spec, Object: got})
+		out = append(out, Applied{Resource: it.spec, Object: got})
 		if it.spec.GrantsAccess {
 			g := out[len(out)-1]
 			granted = &g
@@ -289,7 +289,7 @@ func (e *Engine) afterGrant(ctx context.Context, granted *Applied, call func() e
 		if !apierrors.IsForbidden(err) {
 			return err
 		}
-		e.Log.Debug("forbidden right after the provider's permissions were granted; retrying", "grant", RefOf(granted.Spec, granted.Object).String(), "attempt", i+1, "wait", d)
+		e.Log.Debug("forbidden right after the provider's permissions were granted; retrying", "grant", RefOf(granted.Resource, granted.Object).String(), "attempt", i+1, "wait", d)
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
@@ -301,7 +301,7 @@ func (e *Engine) afterGrant(ctx context.Context, granted *Applied, call func() e
 	}
 	if apierrors.IsForbidden(err) {
 		return fmt.Errorf("%w (still forbidden %s after %s from %s granted the provider its permissions in this namespace: check that the role it references exists and holds them; `paperclip-k8s rbac` prints it)",
-			err, totalBackoff(), RefOf(granted.Spec, granted.Object), granted.Spec.File)
+			err, totalBackoff(), RefOf(granted.Resource, granted.Object), granted.Resource.File)
 	}
 	return err
 }
@@ -315,7 +315,7 @@ func totalBackoff() time.Duration {
 }
 
 // prune deletes an unwanted object if this field manager owns part of it.
-func (e *Engine) prune(ctx context.Context, s *Spec, want *unstructured.Unstructured) (bool, error) {
+func (e *Engine) prune(ctx context.Context, s *Resource, want *unstructured.Unstructured) (bool, error) {
 	c, _, err := e.client(s, want.GetNamespace())
 	if err != nil {
 		return false, err
@@ -347,11 +347,11 @@ func (e *Engine) prune(ctx context.Context, s *Spec, want *unstructured.Unstruct
 }
 
 // Create renders and creates one object (a claim: it fails if the name is
-// taken). When the spec has an owner block and owner is given, the object
+// taken). When the resource has an owner block and owner is given, the object
 // gets an ownerReference to it. A create without a definite answer
 // (OutcomeUnknown) is followed by a delete of that name, when the object
 // there carries what was rendered, and fails with an *UnknownOutcomeError.
-func (e *Engine) Create(ctx context.Context, s *Spec, namespace string, values map[string]any, owner *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+func (e *Engine) Create(ctx context.Context, s *Resource, namespace string, values map[string]any, owner *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	if wanted, err := s.Wanted(values); err != nil {
 		return nil, err
 	} else if !wanted {
@@ -398,14 +398,14 @@ func boolPtr(b bool) *bool { return &b }
 
 // Get reads one object. A UID in the ref must match, else ErrReplaced.
 func (e *Engine) Get(ctx context.Context, ref Ref) (*unstructured.Unstructured, error) {
-	c, _, err := e.client(ref.Spec, ref.Namespace)
+	c, _, err := e.client(ref.Resource, ref.Namespace)
 	if err != nil {
 		return nil, err
 	}
 	o, err := c.Get(ctx, ref.Name, metav1.GetOptions{})
 	if err != nil {
-		if ResourceMissing(e.noteMissing(ref.Spec, err)) {
-			return nil, fmt.Errorf("reading %s: the cluster no longer serves %s: %w", ref, ref.Spec.API.Kind, err)
+		if ResourceMissing(e.noteMissing(ref.Resource, err)) {
+			return nil, fmt.Errorf("reading %s: the cluster no longer serves %s: %w", ref, ref.Resource.API.Kind, err)
 		}
 		if apierrors.IsNotFound(err) {
 			return nil, &GoneError{Ref: ref}
@@ -438,18 +438,18 @@ func IsGone(err error) bool {
 	return errors.As(err, &g)
 }
 
-// Release deletes an object with the spec's propagation policy and, when
+// Release deletes an object with the resource's propagation policy and, when
 // the ref has a UID, a UID precondition: an object that replaced ours is
 // left alone. It reports whether this call deleted something; an object
 // already gone is success.
 func (e *Engine) Release(ctx context.Context, ref Ref) (bool, error) {
-	c, _, err := e.client(ref.Spec, ref.Namespace)
+	c, _, err := e.client(ref.Resource, ref.Namespace)
 	if err != nil {
 		return false, err
 	}
 	opts := metav1.DeleteOptions{}
-	if ref.Spec.Release != nil && ref.Spec.Release.PropagationPolicy != "" {
-		p := metav1.DeletionPropagation(ref.Spec.Release.PropagationPolicy)
+	if ref.Resource.Release != nil && ref.Resource.Release.PropagationPolicy != "" {
+		p := metav1.DeletionPropagation(ref.Resource.Release.PropagationPolicy)
 		opts.PropagationPolicy = &p
 	}
 	if ref.UID != "" {
@@ -458,8 +458,8 @@ func (e *Engine) Release(ctx context.Context, ref Ref) (bool, error) {
 	}
 	err = c.Delete(ctx, ref.Name, opts)
 	switch {
-	case ResourceMissing(e.noteMissing(ref.Spec, err)):
-		return false, fmt.Errorf("deleting %s: the cluster no longer serves %s: %w", ref, ref.Spec.API.Kind, err)
+	case ResourceMissing(e.noteMissing(ref.Resource, err)):
+		return false, fmt.Errorf("deleting %s: the cluster no longer serves %s: %w", ref, ref.Resource.API.Kind, err)
 	case err == nil:
 		return true, nil
 	case apierrors.IsNotFound(err):
@@ -471,8 +471,8 @@ func (e *Engine) Release(ctx context.Context, ref Ref) (bool, error) {
 	return false, fmt.Errorf("deleting %s: %w", ref, err)
 }
 
-// List returns the objects of a spec matching a label selector.
-func (e *Engine) List(ctx context.Context, s *Spec, namespace, selector string) ([]unstructured.Unstructured, error) {
+// List returns the objects of a resource matching a label selector.
+func (e *Engine) List(ctx context.Context, s *Resource, namespace, selector string) ([]unstructured.Unstructured, error) {
 	c, _, err := e.client(s, namespace)
 	if err != nil {
 		return nil, err
@@ -485,8 +485,8 @@ func (e *Engine) List(ctx context.Context, s *Spec, namespace, selector string) 
 	return l.Items, nil
 }
 
-// Status evaluates an object against its spec's readiness rules.
-func (e *Engine) Status(s *Spec, o *unstructured.Unstructured) Status {
+// Status evaluates an object against its resource's readiness rules.
+func (e *Engine) Status(s *Resource, o *unstructured.Unstructured) Status {
 	b, err := o.MarshalJSON()
 	if err != nil {
 		return Status{State: Pending, Reason: "Unreadable", Message: err.Error()}
@@ -496,7 +496,7 @@ func (e *Engine) Status(s *Spec, o *unstructured.Unstructured) Status {
 
 // Deadline reads a workload's absolute deadline at its backend's
 // deadlinePath; ok is false when the backend has none or it is unset.
-func (s *Spec) Deadline(o *unstructured.Unstructured) (t time.Time, ok bool) {
+func (s *Resource) Deadline(o *unstructured.Unstructured) (t time.Time, ok bool) {
 	if s.Backend == nil || s.Backend.DeadlinePath == "" {
 		return time.Time{}, false
 	}
@@ -517,17 +517,17 @@ func (s *Spec) Deadline(o *unstructured.Unstructured) (t time.Time, ok bool) {
 // patch carries the workload's UID, so the API server refuses it for an
 // object that replaced ours.
 func (e *Engine) SetDeadline(ctx context.Context, ref Ref, t time.Time) error {
-	b := ref.Spec.Backend
+	b := ref.Resource.Backend
 	if b == nil || b.Deadline != "time" || b.DeadlinePath == "" {
-		return fmt.Errorf("%s: the backend declares no deadlinePath for an absolute deadline", ref.Spec.File)
+		return fmt.Errorf("%s: the backend declares no deadlinePath for an absolute deadline", ref.Resource.File)
 	}
-	c, _, err := e.client(ref.Spec, ref.Namespace)
+	c, _, err := e.client(ref.Resource, ref.Namespace)
 	if err != nil {
 		return err
 	}
 	parts, err := splitPath(b.DeadlinePath)
 	if err != nil {
-		return &FileError{File: ref.Spec.File, Pointer: "/backend/deadlinePath", Problem: err.Error()}
+		return &FileError{File: ref.Resource.File, Pointer: "/backend/deadlinePath", Problem: err.Error()}
 	}
 	patch := map[string]any{}
 	cur := patch

@@ -117,7 +117,7 @@ func testCatalog(t testing.TB) *engine.Catalog {
 	return c
 }
 
-func setStatus(t testing.TB, e *engine.Engine, o *unstructured.Unstructured, spec *engine.Spec, status map[string]any) *unstructured.Unstructured {
+func setStatus(t testing.TB, e *engine.Engine, o *unstructured.Unstructured, spec *engine.Resource, status map[string]any) *unstructured.Unstructured {
 	t.Helper()
 	r, err := e.Resolve(spec)
 	if err != nil {

@@ -28,7 +28,7 @@ const (
 // Terminal reports whether an object in this state will not become Ready.
 func (s State) Terminal() bool { return s == Succeeded || s == Failed || s == Terminating }
 
-// Status is the evaluation of an object against its spec's rules.
+// Status is the evaluation of an object against its resource's rules.
 type Status struct {
 	State   State
 	Reason  string
@@ -51,10 +51,10 @@ func (s Status) String() string {
 	return out
 }
 
-// Evaluate applies the spec's readiness rules to an object (as JSON).
+// Evaluate applies the resource's readiness rules to an object (as JSON).
 // A condition counts only when its observedGeneration, if any, is not older
 // than the object's metadata.generation.
-func (s *Spec) Evaluate(obj []byte) Status {
+func (s *Resource) Evaluate(obj []byte) Status {
 	if s.Health == nil {
 		return Status{State: Ready, Reason: "NoRules"}
 	}
@@ -88,7 +88,7 @@ func (s *Spec) Evaluate(obj []byte) Status {
 // Terminating, and one whose controller has not yet observed its latest
 // spec (status.observedGeneration older than metadata.generation) is
 // Pending, whatever its conditions say.
-func (s *Spec) generic(doc gjson.Result) (Status, bool) {
+func (s *Resource) generic(doc gjson.Result) (Status, bool) {
 	kind := "object"
 	if s.API != nil {
 		kind = s.API.Kind

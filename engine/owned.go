@@ -18,7 +18,7 @@ func (e *Engine) ReleaseOwned(ctx context.Context, ref Ref, owner types.UID) (bo
 	if owner == "" {
 		return false, fmt.Errorf("deleting %s: no owner UID to check it against", ref)
 	}
-	c, _, err := e.client(ref.Spec, ref.Namespace)
+	c, _, err := e.client(ref.Resource, ref.Namespace)
 	if err != nil {
 		return false, err
 	}
@@ -53,7 +53,7 @@ func (e *Engine) ReleaseOwned(ctx context.Context, ref Ref, owner types.UID) (bo
 // carries the ref's UID, so the API server refuses it for an object that
 // replaced ours.
 func (e *Engine) Annotate(ctx context.Context, ref Ref, key, value string) error {
-	c, _, err := e.client(ref.Spec, ref.Namespace)
+	c, _, err := e.client(ref.Resource, ref.Namespace)
 	if err != nil {
 		return err
 	}

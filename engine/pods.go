@@ -16,15 +16,15 @@ import (
 // ErrNoPod says that a workload has no pod (yet).
 var ErrNoPod = errors.New("the workload has no pod yet")
 
-// FindPod finds the pod a workload owns, trying the spec's pod rules in
+// FindPod finds the pod a workload owns, trying the resource's pod rules in
 // order. A pod counts only if it carries a controller ownerReference with
 // the workload's UID. Among the pods a rule yields, one that is not being
 // deleted and is running is preferred.
-func (e *Engine) FindPod(ctx context.Context, s *Spec, workload *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+func (e *Engine) FindPod(ctx context.Context, s *Resource, workload *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	if s.Pods == nil {
 		return nil, &FileError{File: s.File, Pointer: "/pods", Problem: "has no pod rules"}
 	}
-	podSpec, ok := e.Catalog.Pod()
+	podRes, ok := e.Catalog.Pod()
 	if !ok {
 		return nil, errors.New("the catalog has no file with scope pod")
 	}
@@ -37,7 +37,7 @@ func (e *Engine) FindPod(ctx context.Context, s *Spec, workload *unstructured.Un
 		var cands []unstructured.Unstructured
 		switch {
 		case f.Self:
-			if p, err := e.getPod(ctx, podSpec, ns, workload.GetName()); err != nil {
+			if p, err := e.getPod(ctx, podRes, ns, workload.GetName()); err != nil {
 				return nil, err
 			} else if p != nil && p.GetUID() == workload.GetUID() {
 				return p, nil
@@ -48,7 +48,7 @@ func (e *Engine) FindPod(ctx context.Context, s *Spec, workload *unstructured.Un
 			if name == "" {
 				continue
 			}
-			p, err := e.getPod(ctx, podSpec, ns, name)
+			p, err := e.getPod(ctx, podRes, ns, name)
 			if err != nil {
 				return nil, err
 			}
@@ -60,7 +60,7 @@ func (e *Engine) FindPod(ctx context.Context, s *Spec, workload *unstructured.Un
 			if err != nil {
 				return nil, &FileError{File: s.File, Pointer: fmt.Sprintf("/pods/find/%d/name", i), Problem: err.Error()}
 			}
-			p, err := e.getPod(ctx, podSpec, ns, name)
+			p, err := e.getPod(ctx, podRes, ns, name)
 			if err != nil {
 				return nil, err
 			}
@@ -80,20 +80,20 @@ func (e *Engine) FindPod(ctx context.Context, s *Spec, workload *unstructured.Un
 			if sel == "" {
 				continue
 			}
-			cands, err = e.List(ctx, podSpec, ns, sel)
+			cands, err = e.List(ctx, podRes, ns, sel)
 			if err != nil {
 				return nil, err
 			}
 		}
-		if p := e.pickPod(podSpec, workload, cands); p != nil {
+		if p := e.pickPod(podRes, workload, cands); p != nil {
 			return p, nil
 		}
 	}
 	return nil, fmt.Errorf("%s: %w", RefOf(s, workload), ErrNoPod)
 }
 
-func (e *Engine) getPod(ctx context.Context, podSpec *Spec, ns, name string) (*unstructured.Unstructured, error) {
-	c, _, err := e.client(podSpec, ns)
+func (e *Engine) getPod(ctx context.Context, podRes *Resource, ns, name string) (*unstructured.Unstructured, error) {
+	c, _, err := e.client(podRes, ns)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +109,7 @@ func (e *Engine) getPod(ctx context.Context, podSpec *Spec, ns, name string) (*u
 
 // pickPod keeps the pods controlled by the workload (by UID) and prefers a
 // live, ready one.
-func (e *Engine) pickPod(podSpec *Spec, workload *unstructured.Unstructured, pods []unstructured.Unstructured) *unstructured.Unstructured {
+func (e *Engine) pickPod(podRes *Resource, workload *unstructured.Unstructured, pods []unstructured.Unstructured) *unstructured.Unstructured {
 	var best *unstructured.Unstructured
 	bestRank := -1
 	for i := range pods {
@@ -118,7 +118,7 @@ func (e *Engine) pickPod(podSpec *Spec, workload *unstructured.Unstructured, pod
 			continue
 		}
 		rank := 0
-		switch e.Status(podSpec, p).State {
+		switch e.Status(podRes, p).State {
 		case Ready:
 			rank = 3
 		case Pending:
@@ -161,16 +161,16 @@ func expandFrom(tmpl string, doc []byte) (string, error) {
 	return out, nil
 }
 
-// Logs returns a container's log through the pod spec's log subresource.
+// Logs returns a container's log through the pod resource's log subresource.
 func (e *Engine) Logs(ctx context.Context, pod *unstructured.Unstructured, container string) ([]byte, error) {
-	podSpec, ok := e.Catalog.Pod()
-	if !ok || podSpec.Logs == nil {
+	podRes, ok := e.Catalog.Pod()
+	if !ok || podRes.Logs == nil {
 		return nil, errors.New("the catalog's pod file declares no logs subresource")
 	}
 	if e.REST == nil {
 		return nil, errors.New("the engine has no REST client for logs")
 	}
-	r, err := e.Resolve(podSpec)
+	r, err := e.Resolve(podRes)
 	if err != nil {
 		return nil, err
 	}
@@ -178,10 +178,10 @@ func (e *Engine) Logs(ctx context.Context, pod *unstructured.Unstructured, conta
 	if r.GVR.Group == "" {
 		prefix = []string{"/api", r.GVR.Version}
 	}
-	segs := append(prefix, "namespaces", pod.GetNamespace(), r.GVR.Resource, pod.GetName(), podSpec.Logs.Subresource)
+	segs := append(prefix, "namespaces", pod.GetNamespace(), r.GVR.Resource, pod.GetName(), podRes.Logs.Subresource)
 	req := e.REST.Get().AbsPath(segs...)
-	if podSpec.Logs.ContainerParam != "" && container != "" {
-		req = req.Param(podSpec.Logs.ContainerParam, container)
+	if podRes.Logs.ContainerParam != "" && container != "" {
+		req = req.Param(podRes.Logs.ContainerParam, container)
 	}
 	rc, err := req.Stream(ctx)
 	if err != nil {

@@ -18,7 +18,7 @@ type Permission struct {
 	ClusterScoped bool
 }
 
-// scopeVerbs are the calls the engine makes on objects of each scope:
+// useVerbs are the calls the engine makes on objects of each scope:
 // tenant objects are server-side applied (patch; create when absent) and,
 // when their file has conditions, pruned (get, delete: see pruneVerbs); run
 // objects are created, deleted, and read only to check their owner before a
@@ -30,11 +30,11 @@ type Permission struct {
 // instance, the provider cannot delete namespaces.
 var pruneVerbs = []string{"get", "delete"}
 
-var scopeVerbs = map[Scope][]string{
-	ScopeTenant:  {"create", "patch"},
-	ScopeRun:     {"create", "delete", "get"},
-	ScopeBackend: {"get", "list", "watch", "create", "delete"},
-	ScopePod:     {"get", "list", "watch"},
+var useVerbs = map[Use][]string{
+	UseTenant:  {"create", "patch"},
+	UseRun:     {"create", "delete", "get"},
+	UseBackend: {"get", "list", "watch", "create", "delete"},
+	UsePod:     {"get", "list", "watch"},
 }
 
 // Permissions lists what the provider needs on the catalog's objects,
@@ -58,17 +58,17 @@ func (c *Catalog) Permissions() []Permission {
 		if s.API.ClusterScoped {
 			cluster[[2]string{s.API.Group, s.API.Resource}] = true
 		}
-		add(s.API.Group, s.API.Resource, scopeVerbs[s.Scope]...)
-		if s.Scope == ScopeTenant && len(s.When) > 0 {
+		add(s.API.Group, s.API.Resource, useVerbs[s.Use]...)
+		if s.Use == UseTenant && len(s.When) > 0 {
 			add(s.API.Group, s.API.Resource, pruneVerbs...)
 		}
 		if s.Claim != nil {
 			add(s.API.Group, s.API.Resource, "get", "create") // Claim
 		}
-		if s.Scope == ScopeBackend && s.Backend != nil && (s.Backend.DeadlinePath != "" || s.Backend.Mode == ModeExec) {
+		if s.Use == UseBackend && s.Backend != nil && (s.Backend.DeadlinePath != "" || s.Backend.Mode == ModeExec) {
 			add(s.API.Group, s.API.Resource, "patch") // SetDeadline; Annotate (the pinned pod of an exec lease)
 		}
-		if s.Scope == ScopeBackend {
+		if s.Use == UseBackend {
 			// Run objects are owned by the workload with blockOwnerDeletion;
 			// clusters that enforce ownerReference permissions
 			// (OwnerReferencesPermissionEnforcement, e.g. OpenShift) require
@@ -102,10 +102,10 @@ func (c *Catalog) Permissions() []Permission {
 	return out
 }
 
-// GrantName is the literal metadata.name of a spec's template, for a
+// GrantName is the literal metadata.name of a resource's template, for a
 // grantsAccess object: the cluster-wide ClusterRole grants create and patch
 // on that one name, so it cannot be computed from values.
-func (s *Spec) GrantName() (string, error) {
+func (s *Resource) GrantName() (string, error) {
 	meta, _ := s.Template["metadata"].(map[string]any)
 	name, _ := meta["name"].(string)
 	if name == "" || strings.Contains(name, "${") {
@@ -114,10 +114,10 @@ func (s *Spec) GrantName() (string, error) {
 	return name, nil
 }
 
-// Grants returns the tenant specs marked grantsAccess.
-func (c *Catalog) Grants() []*Spec {
-	var out []*Spec
-	for _, s := range c.Scoped(ScopeTenant) {
+// Grants returns the tenant resources marked grantsAccess.
+func (c *Catalog) Grants() []*Resource {
+	var out []*Resource
+	for _, s := range c.Used(UseTenant) {
 		if s.GrantsAccess {
 			out = append(out, s)
 		}

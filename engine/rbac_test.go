@@ -104,14 +104,14 @@ func TestApplyGrantFirstThenRetriesForbidden(t *testing.T) {
 	e, dyn := fakeEngine(t, c)
 	order, refused := forbidAfterGrant(dyn, 3)
 	vc := loadValues(t, "standard-job")
-	applied, err := e.Apply(context.Background(), c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	applied, err := e.Apply(context.Background(), c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	is.Equal(refused.Load(), int64(3))
-	is.Equal(applied[0].Spec.Name, "namespace")
-	is.Equal(applied[1].Spec.Name, "provider-rolebinding")
+	is.Equal(applied[0].Resource.Name, "namespace")
+	is.Equal(applied[1].Resource.Name, "provider-rolebinding")
 	is.Equal((*order)[:2], []string{"namespaces", "rolebindings"}) // the grant right after the namespace
 	for _, a := range applied[2:] {
-		is.True(!a.Spec.GrantsAccess)
+		is.True(!a.Resource.GrantsAccess)
 	}
 }
 
@@ -124,7 +124,7 @@ func TestApplyForbiddenAfterGrantGivesUp(t *testing.T) {
 	e, dyn := fakeEngine(t, c)
 	_, refused := forbidAfterGrant(dyn, 1000)
 	vc := loadValues(t, "standard-job")
-	_, err := e.Apply(context.Background(), c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	_, err := e.Apply(context.Background(), c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
 	is.True(err != nil)
 	is.True(apierrors.IsForbidden(err))
 	is.Equal(refused.Load(), int64(3)) // the first try and two retries
@@ -136,7 +136,7 @@ func TestApplyForbiddenAfterGrantGivesUp(t *testing.T) {
 		calls.Add(1)
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "namespaces"}, "paperclip-acme", errNotYet)
 	})
-	_, err = e2.Apply(context.Background(), c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	_, err = e2.Apply(context.Background(), c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
 	is.True(apierrors.IsForbidden(err))
 	is.Equal(calls.Load(), int64(1))
 	is.True(!strings.Contains(err.Error(), "still forbidden"))
@@ -151,7 +151,7 @@ func TestApplyChecksClusterScoped(t *testing.T) {
 	ns.API.ClusterScoped = false
 	e, _ := fakeEngine(t, c)
 	vc := loadValues(t, "standard-job")
-	_, err := e.Apply(context.Background(), c.Scoped(engine.ScopeTenant), "paperclip-acme", vc.Values)
+	_, err := e.Apply(context.Background(), c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "namespace.yaml: /api/clusterScoped: is false, but the server says Namespace is namespaced: false"))
 }

@@ -47,9 +47,9 @@ func TestGoldenManifests(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			is := is.New(t)
 			vc := loadValues(t, name)
-			var specs []*engine.Spec
-			specs = append(specs, c.Scoped(engine.ScopeTenant)...)
-			specs = append(specs, c.Scoped(engine.ScopeRun)...)
+			var specs []*engine.Resource
+			specs = append(specs, c.Used(engine.UseTenant)...)
+			specs = append(specs, c.Used(engine.UseRun)...)
 			b, ok := c.Get(vc.Backend)
 			is.True(ok)
 			specs = append(specs, b)

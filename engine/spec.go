@@ -21,20 +21,21 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/schemas"
 )
 
-// Scope says when the provider uses an object.
-type Scope string
+// Use says when the provider uses an object; a data file declares it
+// with its scope: key.
+type Use string
 
 const (
-	// ScopeTenant objects exist once per company and are server-side applied.
-	ScopeTenant Scope = "tenant"
-	// ScopeRun objects are created per run and owned by the workload.
-	ScopeRun Scope = "run"
-	// ScopeBackend objects are the workload of a run.
-	ScopeBackend Scope = "backend"
-	// ScopePod describes the pods workloads own; the provider only reads them.
-	ScopePod Scope = "pod"
-	// ScopeFragment is a template other files include with $use.
-	ScopeFragment Scope = "fragment"
+	// UseTenant objects exist once per company and are server-side applied.
+	UseTenant Use = "tenant"
+	// UseRun objects are created per run and owned by the workload.
+	UseRun Use = "run"
+	// UseBackend objects are the workload of a run.
+	UseBackend Use = "backend"
+	// UsePod describes the pods workloads own; the provider only reads them.
+	UsePod Use = "pod"
+	// UseFragment is a template other files include with $use.
+	UseFragment Use = "fragment"
 )
 
 // API names an object's API group, kind and plural, and the versions the
@@ -161,14 +162,14 @@ const (
 	FormatKind    = "Resource"
 )
 
-// Spec is one resource data file.
-type Spec struct {
+// Resource is one resource data file.
+type Resource struct {
 	APIVersion  string         `json:"apiVersion"`
 	Kind        string         `json:"kind"`
 	Name        string         `json:"name"`
 	Description string         `json:"description"`
 	Aliases     []string       `json:"aliases,omitempty"`
-	Scope       Scope          `json:"scope"`
+	Use         Use            `json:"scope"`
 	API         *API           `json:"api,omitempty"`
 	When        []Match        `json:"when,omitempty"`
 	Owner       *Owner         `json:"owner,omitempty"`
@@ -188,15 +189,15 @@ type Spec struct {
 	// the objects after it while the authorizer catches up.
 	GrantsAccess bool `json:"grantsAccess,omitempty"`
 
-	// File is where the spec was read from.
+	// File is where the resource was read from.
 	File string `json:"-"`
 
 	catalog *Catalog
 }
 
-// Catalog is a set of specs loaded together; fragments resolve within it.
+// Catalog is a set of resources loaded together; fragments resolve within it.
 type Catalog struct {
-	specs map[string]*Spec
+	specs map[string]*Resource
 	alias map[string]string
 	order []string
 }
@@ -234,7 +235,7 @@ var resourceSchema = func() *jsonschema.Schema {
 // schemas/values.schema.json. All problems are returned together, each
 // with its file and JSON pointer.
 func Load(fsys fs.FS, dir string, more ...fs.FS) (*Catalog, error) {
-	c := &Catalog{specs: map[string]*Spec{}, alias: map[string]string{}}
+	c := &Catalog{specs: map[string]*Resource{}, alias: map[string]string{}}
 	var errs []error
 	sources := append([]fs.FS{fsys}, more...)
 	for i, src := range sources {
@@ -273,7 +274,7 @@ func Load(fsys fs.FS, dir string, more ...fs.FS) (*Catalog, error) {
 }
 
 // Parse decodes and validates one data file.
-func Parse(file string, raw []byte) (*Spec, error) {
+func Parse(file string, raw []byte) (*Resource, error) {
 	js, err := yaml.YAMLToJSON(raw)
 	if err != nil {
 		return nil, &FileError{File: file, Problem: "not valid YAML: " + err.Error()}
@@ -298,7 +299,7 @@ func Parse(file string, raw []byte) (*Spec, error) {
 		}
 		return nil, &FileError{File: file, Problem: err.Error()}
 	}
-	var s Spec
+	var s Resource
 	dec = json.NewDecoder(bytes.NewReader(js))
 	dec.UseNumber()
 	if err := dec.Decode(&s); err != nil {
@@ -353,7 +354,7 @@ func pointerOf(loc string) string {
 	return loc
 }
 
-func (c *Catalog) add(s *Spec) error {
+func (c *Catalog) add(s *Resource) error {
 	if old, ok := c.specs[s.Name]; ok {
 		return &FileError{File: s.File, Pointer: "/name", Problem: fmt.Sprintf("name %q is already used by %s", s.Name, old.File)}
 	}
@@ -377,7 +378,7 @@ func (c *Catalog) check() []error {
 	pods := 0
 	for _, n := range c.order {
 		s := c.specs[n]
-		if s.Scope == ScopePod {
+		if s.Use == UsePod {
 			pods++
 			if pods > 1 {
 				errs = append(errs, &FileError{File: s.File, Pointer: "/scope", Problem: "only one file may describe pods"})
@@ -398,7 +399,7 @@ func (c *Catalog) check() []error {
 		}
 		walkUses(s.Template, "/template", func(ptr, name string) {
 			f, ok := c.specs[name]
-			if !ok || f.Scope != ScopeFragment {
+			if !ok || f.Use != UseFragment {
 				errs = append(errs, &FileError{File: s.File, Pointer: ptr, Problem: fmt.Sprintf("$use names %q, which is not a fragment in the catalog", name)})
 			}
 		})
@@ -408,7 +409,7 @@ func (c *Catalog) check() []error {
 
 // expandRules returns a file's readiness rules with each {$use: file}
 // replaced by that file's rules.
-func (c *Catalog) expandRules(s *Spec, seen []string) ([]Rule, error) {
+func (c *Catalog) expandRules(s *Resource, seen []string) ([]Rule, error) {
 	for _, n := range seen {
 		if n == s.Name {
 			return nil, &FileError{File: s.File, Pointer: "/health/rules", Problem: fmt.Sprintf("$use makes a cycle: %s", strings.Join(append(seen, s.Name), " -> "))}
@@ -458,8 +459,8 @@ func escapePointer(s string) string {
 	return pointerEscaper.Replace(s)
 }
 
-// Get returns the spec with this name or alias.
-func (c *Catalog) Get(name string) (*Spec, bool) {
+// Get returns the resource with this name or alias.
+func (c *Catalog) Get(name string) (*Resource, bool) {
 	if a, ok := c.alias[name]; ok {
 		name = a
 	}
@@ -467,20 +468,20 @@ func (c *Catalog) Get(name string) (*Spec, bool) {
 	return s, ok
 }
 
-// Scoped returns the specs of one scope in file-name order.
-func (c *Catalog) Scoped(scope Scope) []*Spec {
-	var out []*Spec
+// Used returns the resources of one use (the file's scope: key) in file-name order.
+func (c *Catalog) Used(use Use) []*Resource {
+	var out []*Resource
 	for _, n := range c.order {
-		if c.specs[n].Scope == scope {
+		if c.specs[n].Use == use {
 			out = append(out, c.specs[n])
 		}
 	}
 	return out
 }
 
-// All returns every spec in load order.
-func (c *Catalog) All() []*Spec {
-	out := make([]*Spec, 0, len(c.order))
+// All returns every resource in load order.
+func (c *Catalog) All() []*Resource {
+	out := make([]*Resource, 0, len(c.order))
 	for _, n := range c.order {
 		out = append(out, c.specs[n])
 	}
@@ -490,16 +491,16 @@ func (c *Catalog) All() []*Spec {
 // BackendNames lists the names (and aliases) a config may pick as backend.
 func (c *Catalog) BackendNames() []string {
 	var out []string
-	for _, s := range c.Scoped(ScopeBackend) {
+	for _, s := range c.Used(UseBackend) {
 		out = append(out, s.Name)
 		out = append(out, s.Aliases...)
 	}
 	return out
 }
 
-// Pod returns the spec that describes pods.
-func (c *Catalog) Pod() (*Spec, bool) {
-	p := c.Scoped(ScopePod)
+// Pod returns the resource that describes pods.
+func (c *Catalog) Pod() (*Resource, bool) {
+	p := c.Used(UsePod)
 	if len(p) == 0 {
 		return nil, false
 	}

@@ -179,7 +179,7 @@ func (r *renderer) renderMap(m map[string]any, ptr string) (any, bool, error) {
 	case m["$use"] != nil:
 		name, _ := m["$use"].(string)
 		frag, ok := r.catalog.Get(name)
-		if !ok || frag.Scope != ScopeFragment {
+		if !ok || frag.Use != UseFragment {
 			return nil, false, r.errAt(ptr+"/$use", "%q is not a fragment", name)
 		}
 		bound := map[string]any{}
@@ -349,9 +349,9 @@ func convert(v any, conv string) (any, error) {
 }
 
 // Render builds the object's manifest from the values. wanted is false when
-// the spec's "when" conditions do not hold for these values.
-func (s *Spec) Render(values map[string]any) (obj map[string]any, wanted bool, err error) {
-	if s.Scope == ScopeFragment || s.Template == nil {
+// the resource's "when" conditions do not hold for these values.
+func (s *Resource) Render(values map[string]any) (obj map[string]any, wanted bool, err error) {
+	if s.Use == UseFragment || s.Template == nil {
 		return nil, false, &FileError{File: s.File, Problem: "has no template to render"}
 	}
 	norm, err := Normalize(values)
@@ -374,8 +374,8 @@ func (s *Spec) Render(values map[string]any) (obj map[string]any, wanted bool, e
 	return m, wanted, nil
 }
 
-// Wanted reports whether the spec's "when" conditions hold for the values.
-func (s *Spec) Wanted(values map[string]any) (bool, error) {
+// Wanted reports whether the resource's "when" conditions hold for the values.
+func (s *Resource) Wanted(values map[string]any) (bool, error) {
 	if len(s.When) == 0 {
 		return true, nil
 	}
@@ -387,7 +387,7 @@ func (s *Spec) Wanted(values map[string]any) (bool, error) {
 	return s.wanted(vm)
 }
 
-func (s *Spec) wanted(vm map[string]any) (bool, error) {
+func (s *Resource) wanted(vm map[string]any) (bool, error) {
 	r := &renderer{values: vm, file: s.File}
 	for i, m := range s.When {
 		ok, err := r.holds(m)

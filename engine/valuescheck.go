@@ -48,14 +48,14 @@ func (c *Catalog) checkValues() []error {
 	v := &valueChecker{catalog: c, root: valuesSchema, seen: map[string]bool{}}
 	for _, n := range c.order {
 		s := c.specs[n]
-		if s.Scope == ScopeFragment || s.Scope == ScopePod {
+		if s.Use == UseFragment || s.Use == UsePod {
 			continue
 		}
 		v.user = s.File
 		for i, m := range s.When {
-			v.path(s.File, fmt.Sprintf("/when/%d/path", i), s.Scope, nil, m.Path)
+			v.path(s.File, fmt.Sprintf("/when/%d/path", i), s.Use, nil, m.Path)
 		}
-		v.walk(s.File, "/template", s.Scope, nil, s.Template)
+		v.walk(s.File, "/template", s.Use, nil, s.Template)
 	}
 	return v.errs
 }
@@ -73,7 +73,7 @@ func (v *valueChecker) fail(file, ptr, format string, args ...any) {
 
 // walk follows the renderer (template.go): the same directives, in the
 // same order of precedence.
-func (v *valueChecker) walk(file, ptr string, scope Scope, vars []binding, node any) {
+func (v *valueChecker) walk(file, ptr string, scope Use, vars []binding, node any) {
 	switch x := node.(type) {
 	case []any:
 		for i, item := range x {
@@ -134,7 +134,7 @@ func (v *valueChecker) walk(file, ptr string, scope Scope, vars []binding, node 
 		case x["$use"] != nil:
 			name, _ := x["$use"].(string)
 			frag, ok := v.catalog.specs[name]
-			if !ok || frag.Scope != ScopeFragment {
+			if !ok || frag.Use != UseFragment {
 				return // check reports it
 			}
 			inner := slices.Clone(vars)
@@ -163,7 +163,7 @@ func (v *valueChecker) walk(file, ptr string, scope Scope, vars []binding, node 
 
 // path checks one path into the values and returns the schema of its
 // value (nil when unknown or wrong).
-func (v *valueChecker) path(file, ptr string, scope Scope, vars []binding, path string) map[string]any {
+func (v *valueChecker) path(file, ptr string, scope Use, vars []binding, path string) map[string]any {
 	keys, err := splitPath(path)
 	if err != nil {
 		v.fail(file, ptr, "%v", err)
@@ -191,7 +191,7 @@ func (v *valueChecker) path(file, ptr string, scope Scope, vars []binding, path 
 }
 
 // resolve is path without reporting: the schema of a path's value.
-func (v *valueChecker) resolve(scope Scope, vars []binding, path string) map[string]any {
+func (v *valueChecker) resolve(scope Use, vars []binding, path string) map[string]any {
 	quiet := &valueChecker{catalog: v.catalog, root: v.root, seen: map[string]bool{}}
 	return quiet.path("", "", scope, vars, path)
 }

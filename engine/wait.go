@@ -43,7 +43,7 @@ func (e *WaitError) Unwrap() error { return e.Reason }
 // expires (410), and evaluates the rules on every event. A terminal state
 // that is not wanted returns a *TerminalError at once; deletion returns a
 // *GoneError.
-func (e *Engine) Wait(ctx context.Context, s *Spec, o *unstructured.Unstructured, want ...State) (*unstructured.Unstructured, Status, error) {
+func (e *Engine) Wait(ctx context.Context, s *Resource, o *unstructured.Unstructured, want ...State) (*unstructured.Unstructured, Status, error) {
 	ref := RefOf(s, o)
 	c, _, err := e.client(s, o.GetNamespace())
 	if err != nil {

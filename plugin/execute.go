@@ -62,7 +62,7 @@ type leaseState struct {
 
 // follow watches the lease's pod until it is gone, replaced or terminal,
 // or until ctx ends.
-func (st *leaseState) follow(ctx context.Context, e *engine.Engine, podSpec *engine.Spec, pod *unstructured.Unstructured) {
+func (st *leaseState) follow(ctx context.Context, e *engine.Engine, podSpec *engine.Resource, pod *unstructured.Unstructured) {
 	st.following = true
 	go func() {
 		_, _, err := e.Wait(ctx, podSpec, pod) // no state is wanted: follow to the end
@@ -117,8 +117,8 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 	// than as a cancelled call.
 	waitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	meta := map[string]any{"provider": "kubernetes", "backend": ref.Spec.Name, "namespace": ref.Namespace, "workloadName": ref.Name}
-	if ref.Spec.Backend.Mode == engine.ModeLogs {
+	meta := map[string]any{"provider": "kubernetes", "backend": ref.Resource.Name, "namespace": ref.Namespace, "workloadName": ref.Name}
+	if ref.Resource.Backend.Mode == engine.ModeLogs {
 		return p.awaitLogs(waitCtx, cl, ref, in.BaseParams, meta)
 	}
 
@@ -136,7 +136,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		return ExecuteResult{TimedOut: true, Stderr: fmt.Sprintf("[paperclip-k8s] timed out after %v waiting for %s to become ready; the command was not run.\n", timeout, ref), Metadata: meta}, nil
 	}
 	req := podexec.Request{
-		Namespace: ref.Namespace, Pod: st.podName, Container: ref.Spec.Pods.Container,
+		Namespace: ref.Namespace, Pod: st.podName, Container: ref.Resource.Pods.Container,
 		Command: in.Command, Args: in.Args, Env: in.Env, Cwd: in.Cwd,
 		Timeout:   remaining,
 		MaxStdout: cfg.ExecMaxOutputBytes, MaxStderr: cfg.ExecMaxOutputBytes,
@@ -186,7 +186,7 @@ func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, ba
 		return nil, err
 	}
 	pinned := pinnedPodUID(m, w)
-	w, pod, err := cl.engine.AwaitPod(ctx, ref.Spec, w)
+	w, pod, err := cl.engine.AwaitPod(ctx, ref.Resource, w)
 	if err != nil {
 		var te *engine.TerminalError
 		if errors.As(err, &te) {
@@ -234,7 +234,7 @@ func (p *Provider) checkPod(ctx context.Context, cl *cluster, ref engine.Ref, st
 		return st, nil
 	}
 	podSpec, _ := p.Catalog.Pod()
-	pod, err := cl.engine.Get(ctx, engine.Ref{Spec: podSpec, Namespace: ref.Namespace, Name: st.podName, UID: typesUID(st.podUID)})
+	pod, err := cl.engine.Get(ctx, engine.Ref{Resource: podSpec, Namespace: ref.Namespace, Name: st.podName, UID: typesUID(st.podUID)})
 	if err != nil {
 		if engine.IsGone(err) {
 			return nil, fmt.Errorf("the pod of %s is gone or was replaced (%v); its workspace is lost, acquire a new lease", ref, err)
@@ -253,7 +253,7 @@ func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, b
 	if err != nil {
 		return ExecuteResult{}, err
 	}
-	w, st, err := cl.engine.Wait(ctx, ref.Spec, w, engine.Succeeded, engine.Failed)
+	w, st, err := cl.engine.Wait(ctx, ref.Resource, w, engine.Succeeded, engine.Failed)
 	meta["phase"] = string(st.State)
 	if err != nil {
 		var we *engine.WaitError
@@ -273,13 +273,13 @@ func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, b
 	if st.State != engine.Succeeded {
 		out.Stderr = fmt.Sprintf("%s finished as %s\n", ref, st)
 	}
-	pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
+	pod, err := cl.engine.FindPod(ctx, ref.Resource, w)
 	if err != nil {
 		out.Stderr += "no pod to read the log from: " + err.Error() + "\n"
 		return out, nil
 	}
 	meta["podName"] = pod.GetName()
-	logs, err := cl.engine.Logs(ctx, pod, ref.Spec.Pods.Container)
+	logs, err := cl.engine.Logs(ctx, pod, ref.Resource.Pods.Container)
 	if err != nil {
 		out.Stderr += err.Error() + "\n"
 		return out, nil

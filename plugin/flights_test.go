@@ -61,7 +61,7 @@ func TestTenantKeyReadsOnlyWhatTheTenantFilesRender(t *testing.T) {
 	is := is.New(t)
 	p, err := New(nil)
 	is.NoErr(err)
-	specs := p.Catalog.Scoped(engine.ScopeTenant)
+	specs := p.Catalog.Used(engine.UseTenant)
 	key := func(raw map[string]any) string {
 		cfg, err := policy.Parse(raw, p.Catalog.BackendNames())
 		is.NoErr(err)

@@ -155,7 +155,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	}
 	// The run objects depend only on the workload (its UID owns them):
 	// create them at once, in parallel.
-	runSpecs := p.Catalog.Scoped(engine.ScopeRun)
+	runSpecs := p.Catalog.Used(engine.UseRun)
 	objs := make([]*unstructured.Unstructured, len(runSpecs))
 	errs := make([]error, len(runSpecs))
 	var wg sync.WaitGroup
@@ -193,7 +193,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 
 // undoAcquire deletes what a failed acquire created, newest first, and
 // returns an error that says what failed and whether cleanup was complete.
-func (p *Provider) undoAcquire(ctx context.Context, cl *cluster, backend *engine.Spec, workload *unstructured.Unstructured, created []engine.Ref, cause error) error {
+func (p *Provider) undoAcquire(ctx context.Context, cl *cluster, backend *engine.Resource, workload *unstructured.Unstructured, created []engine.Ref, cause error) error {
 	// The acquire's own context may have ended (that may be the cause):
 	// clean up within what is left until the reply is due.
 	ctx, cancel := engine.CleanupContext(ctx)
@@ -237,7 +237,7 @@ func (p *Provider) ensureTenant(ctx context.Context, cl *cluster, ns string, val
 	if err := p.addProviderIdentity(ctx, cl, values); err != nil {
 		return err
 	}
-	specs := p.Catalog.Scoped(engine.ScopeTenant)
+	specs := p.Catalog.Used(engine.UseTenant)
 	key, err := tenantKey(specs, ns, values)
 	if err != nil {
 		return err
@@ -270,7 +270,7 @@ func (p *Provider) ensureTenant(ctx context.Context, cl *cluster, ns string, val
 // the tenant objects as rendered (and whether each is wanted), so a config
 // change that no tenant file reads (the backend, say) does not apply the
 // tenant again.
-func tenantKey(specs []*engine.Spec, ns string, values map[string]any) (string, error) {
+func tenantKey(specs []*engine.Resource, ns string, values map[string]any) (string, error) {
 	h := sha256.New()
 	h.Write([]byte(ns))
 	for _, s := range specs {
@@ -361,7 +361,7 @@ func (p *Provider) leaseTarget(cfg policy.Config, companyID, id string, m LeaseM
 		return engine.Ref{}, fmt.Errorf("lease %s: its metadata names namespace %q, but this company's tenant namespace under this environment's config is %q; "+
 			"the lease belongs to another company or environment (or the config's namespacePrefix/companySlug changed since it was acquired), so nothing was touched", id, m.Namespace, ns)
 	}
-	return engine.Ref{Spec: backend, Namespace: ns, Name: id, UID: types.UID(m.WorkloadUID)}, nil
+	return engine.Ref{Resource: backend, Namespace: ns, Name: id, UID: types.UID(m.WorkloadUID)}, nil
 }
 
 // ownedBy checks that a workload is this company's and this environment's:
@@ -466,11 +466,11 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	if err != nil {
 		return Lease{}, err
 	}
-	st := cl.engine.Status(ref.Spec, w)
+	st := cl.engine.Status(ref.Resource, w)
 	if st.State.Terminal() {
 		return expired(fmt.Sprintf("%s is %s", ref, st))
 	}
-	if ref.Spec.Backend.Mode == engine.ModeExec {
+	if ref.Resource.Backend.Mode == engine.ModeExec {
 		pod, why, err := p.resumePod(ctx, cl, ref, w, st, m)
 		if err != nil {
 			return Lease{}, err
@@ -487,7 +487,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	// back its own (never later than the expiry returned at acquire).
 	// The deadline is read from the object already in hand: only a lease
 	// whose deadline was moved costs a patch.
-	if exp, err := time.Parse(time.RFC3339, m.ExpiresAt); err == nil && ref.Spec.Backend.DeadlinePath != "" && !deadlineIs(ref.Spec, w, exp) {
+	if exp, err := time.Parse(time.RFC3339, m.ExpiresAt); err == nil && ref.Resource.Backend.DeadlinePath != "" && !deadlineIs(ref.Resource, w, exp) {
 		if err := cl.engine.SetDeadline(ctx, ref, exp); err != nil {
 			if engine.IsGone(err) {
 				return expired(err.Error())
@@ -497,7 +497,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	}
 	m.Phase = string(st.State)
 	m.ResumedLease = true
-	m.NativeFileSyncUnsupported = ref.Spec.Backend.Mode != engine.ModeExec
+	m.NativeFileSyncUnsupported = ref.Resource.Backend.Mode != engine.ModeExec
 	p.Log.Info("lease resumed", "workload", ref.String(), "pod", m.PodName, "phase", m.Phase)
 	out := Lease{ProviderLeaseID: in.ProviderLeaseID, Metadata: m.toMap()}
 	if m.ExpiresAt != "" {
@@ -515,7 +515,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 // or why the lease expired.
 func (p *Provider) resumePod(ctx context.Context, cl *cluster, ref engine.Ref, w *unstructured.Unstructured, st engine.Status, m LeaseMetadata) (*unstructured.Unstructured, string, error) {
 	pinned := pinnedPodUID(m, w)
-	pod, err := cl.engine.FindPod(ctx, ref.Spec, w)
+	pod, err := cl.engine.FindPod(ctx, ref.Resource, w)
 	switch {
 	case errors.Is(err, engine.ErrNoPod) && pinned != "":
 		return nil, fmt.Sprintf("the pod of %s is gone (pod UID %s); its workspace is lost", ref, pinned), nil
@@ -538,7 +538,7 @@ func (p *Provider) resumePod(ctx context.Context, cl *cluster, ref engine.Ref, w
 }
 
 // deadlineIs reports whether a workload's deadline is already t.
-func deadlineIs(s *engine.Spec, w *unstructured.Unstructured, t time.Time) bool {
+func deadlineIs(s *engine.Resource, w *unstructured.Unstructured, t time.Time) bool {
 	cur, ok := s.Deadline(w)
 	return ok && cur.Equal(t)
 }
@@ -571,7 +571,7 @@ func (p *Provider) ReleaseLease(ctx context.Context, in LeaseParams) (*Receipt, 
 // later resume (see ReleaseLease).
 func keptForReuse(in LeaseParams, ref engine.Ref) bool {
 	_, scoped := in.LeaseMetadata["reusableSandboxLease"].(map[string]any)
-	return scoped && in.Config["reuseLease"] == true && !in.CancelActiveWork && ref.Spec.Backend.Mode == engine.ModeExec
+	return scoped && in.Config["reuseLease"] == true && !in.CancelActiveWork && ref.Resource.Backend.Mode == engine.ModeExec
 }
 
 // DestroyLease is ReleaseLease that also deletes the run objects directly,
@@ -623,7 +623,7 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 		if exp, err := time.Parse(time.RFC3339, m.ExpiresAt); err == nil && exp.Before(until) {
 			until = exp
 		}
-		if ref.Spec.Backend.DeadlinePath != "" {
+		if ref.Resource.Backend.DeadlinePath != "" {
 			if err := cl.engine.SetDeadline(ctx, ref, until); err != nil && !engine.IsGone(err) {
 				return nil, err
 			}
@@ -637,10 +637,10 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 		for _, ro := range m.RunObjects {
 			specName, objName, ok := strings.Cut(ro, "/")
 			s, found := p.Catalog.Get(specName)
-			if !ok || !found || s.Scope != engine.ScopeRun {
+			if !ok || !found || s.Use != engine.UseRun {
 				continue
 			}
-			if _, err := cl.engine.ReleaseOwned(ctx, engine.Ref{Spec: s, Namespace: ref.Namespace, Name: objName}, ref.UID); err != nil {
+			if _, err := cl.engine.ReleaseOwned(ctx, engine.Ref{Resource: s, Namespace: ref.Namespace, Name: objName}, ref.UID); err != nil {
 				return nil, err
 			}
 		}
@@ -702,7 +702,7 @@ func (p *Provider) RealizeWorkspace(ctx context.Context, in RealizeParams) (Real
 	if err != nil {
 		return RealizeResult{}, err
 	}
-	if ref.Spec.Backend.Mode != engine.ModeExec {
+	if ref.Resource.Backend.Mode != engine.ModeExec {
 		return out, nil // the workload runs to completion: execute awaits it
 	}
 	cl, err := p.cluster(cfg)

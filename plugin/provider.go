@@ -109,9 +109,9 @@ func (p *Provider) parseConfig(raw map[string]any) (policy.Config, error) {
 }
 
 // backend returns the backend spec a name selects.
-func (p *Provider) backend(name string) (*engine.Spec, error) {
+func (p *Provider) backend(name string) (*engine.Resource, error) {
 	s, ok := p.Catalog.Get(policy.CanonicalBackend(name))
-	if !ok || s.Scope != engine.ScopeBackend {
+	if !ok || s.Use != engine.UseBackend {
 		return nil, fmt.Errorf("config field backend: %q is not one of the loaded backends %v; pick one of them, or add a resources/ file for it", name, p.Catalog.BackendNames())
 	}
 	return s, nil

@@ -292,7 +292,7 @@ func (p *Provider) AdmissionPolicy(namespace, name string) (map[string]any, erro
 		v("!variables.isSecret || !variables.write || !has(object.type) || object.type != 'kubernetes.io/service-account-token'",
 			"the provider may not create or change Secrets of type kubernetes.io/service-account-token"),
 	}
-	for _, b := range p.Catalog.Scoped(engine.ScopeBackend) {
+	for _, b := range p.Catalog.Used(engine.UseBackend) {
 		ps, present := fieldPath(b.Backend.PodSpecPath)
 		is := "is_" + celName(b.Name)
 		vars = append(vars, celVariable{is, fmt.Sprintf("request.resource.group == %s && request.resource.resource == %s && (!has(request.subResource) || request.subResource == '') && variables.write",

@@ -64,8 +64,8 @@ func (p *Provider) sync(ctx context.Context, in SyncParams, dir filesync.Directi
 	if err != nil {
 		return out, err
 	}
-	if ref.Spec.Backend.Mode != engine.ModeExec {
-		return out, rpc.Errorf(rpc.CodeInvalidParams, "%s is not supported for the %q backend: it runs the workload to completion and has no exec channel into a pod (its leases say nativeFileSyncUnsupported, so the host uses its own transfer)", method, ref.Spec.Name)
+	if ref.Resource.Backend.Mode != engine.ModeExec {
+		return out, rpc.Errorf(rpc.CodeInvalidParams, "%s is not supported for the %q backend: it runs the workload to completion and has no exec channel into a pod (its leases say nativeFileSyncUnsupported, so the host uses its own transfer)", method, ref.Resource.Name)
 	}
 	root := strings.TrimSpace(m.RemoteCwd)
 	if root == "" {
@@ -114,7 +114,7 @@ func (p *Provider) sync(ctx context.Context, in SyncParams, dir filesync.Directi
 // or replaced is forgotten and reported as such.
 func (p *Provider) syncExec(cl *cluster, ref engine.Ref, st *leaseState) filesync.Exec {
 	return func(ctx context.Context, req podexec.Request) (*podexec.Result, error) {
-		req.Namespace, req.Pod, req.Container = ref.Namespace, st.podName, ref.Spec.Pods.Container
+		req.Namespace, req.Pod, req.Container = ref.Namespace, st.podName, ref.Resource.Pods.Container
 		res, err := cl.exec.Run(ctx, req)
 		if err == nil {
 			return res, nil

@@ -138,7 +138,7 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 // execNote is a warning for a backend that does not run commands in a
 // pod (mode logs: execute returns the workload's log): Paperclip's agent
 // runs run many commands in their workspace, which needs an exec backend.
-func (p *Provider) execNote(backend *engine.Spec) (Diagnostic, bool) {
+func (p *Provider) execNote(backend *engine.Resource) (Diagnostic, bool) {
 	if backend.Backend.Mode == engine.ModeExec {
 		return Diagnostic{}, false
 	}
@@ -285,7 +285,7 @@ func (p *Provider) accessReviews(ctx context.Context, cl *cluster, cfg policy.Co
 		if err != nil {
 			return append(diags, Diagnostic{Severity: "error", Code: "resources", Message: err.Error()})
 		}
-		_, err = cl.engine.Get(ctx, engine.Ref{Spec: g, Namespace: ns, Name: name})
+		_, err = cl.engine.Get(ctx, engine.Ref{Resource: g, Namespace: ns, Name: name})
 		if !engine.IsGone(err) {
 			return append(diags, tenant...)
 		}
@@ -298,7 +298,7 @@ func (p *Provider) accessReviews(ctx context.Context, cl *cluster, cfg policy.Co
 }
 
 // specFor returns the data file of a resource or subresource.
-func (p *Provider) specFor(group, resource string) *engine.Spec {
+func (p *Provider) specFor(group, resource string) *engine.Resource {
 	base, _, _ := strings.Cut(resource, "/")
 	for _, s := range p.Catalog.All() {
 		if s.API != nil && s.API.Group == group && s.API.Resource == base {

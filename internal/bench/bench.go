@@ -62,7 +62,7 @@ type bench struct {
 	o       Options
 	p       *plugin.Provider
 	counter *Counter
-	spec    *engine.Spec
+	spec    *engine.Resource
 	cfg     map[string]any
 	tag     string
 	seq     atomic.Int64
@@ -104,7 +104,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	spec, ok := b.p.Catalog.Get(policy.CanonicalBackend(o.Backend))
-	if !ok || spec.Scope != engine.ScopeBackend {
+	if !ok || spec.Use != engine.UseBackend {
 		return fmt.Errorf("bench: -backend %q is not one of %v", o.Backend, b.p.Catalog.BackendNames())
 	}
 	b.spec = spec

@@ -45,10 +45,10 @@ func NewCounter(c *engine.Catalog) *Counter {
 		if s.API == nil {
 			continue
 		}
-		switch s.Scope {
-		case engine.ScopeTenant:
+		switch s.Use {
+		case engine.UseTenant:
 			k.tenant[s.API.Resource] = true
-		case engine.ScopeFragment:
+		case engine.UseFragment:
 		default:
 			k.run[s.API.Resource] = true
 		}
