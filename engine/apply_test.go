@@ -8,6 +8,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
 
 // The tenant set applies the wanted objects, namespace first; objects whose
@@ -18,7 +19,7 @@ func TestApplyTenantOrderAndPrune(t *testing.T) {
 	e, dyn := fakeEngine(t, c)
 	ctx := context.Background()
 	vc := loadValues(t, "standard-job")
-	applied, err := e.Apply(ctx, c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
+	applied, err := e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	is.True(len(applied) > 0)
 	is.Equal(applied[0].Resource.Name, "namespace") // cluster-scoped first
@@ -41,7 +42,7 @@ func TestApplyTenantOrderAndPrune(t *testing.T) {
 	// Switch to cilium: the standard egress policy is pruned, the CNP applied.
 	cfg := vc.Values["config"].(map[string]any)
 	cfg["egressMode"] = "cilium"
-	applied, err = e.Apply(ctx, c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
+	applied, err = e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	var pruned, cnp bool
 	for _, a := range applied {
@@ -67,10 +68,10 @@ func TestApplyWithoutCilium(t *testing.T) {
 	e, _ := fakeEngine(t, c, "cilium.io")
 	ctx := context.Background()
 	vc := loadValues(t, "standard-job")
-	_, err := e.Apply(ctx, c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
+	_, err := e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	vc.Values["config"].(map[string]any)["egressMode"] = "cilium"
-	_, err = e.Apply(ctx, c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
+	_, err = e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "Install Cilium"))
 }

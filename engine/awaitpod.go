@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,7 +26,7 @@ import (
 // When ctx ends first, the *WaitError's Last is the pod's status when there
 // is a pod (the scheduler's message, an image pull back-off), else the
 // workload's.
-func (e *Engine) AwaitPod(ctx context.Context, s *Resource, w *unstructured.Unstructured) (*unstructured.Unstructured, *unstructured.Unstructured, error) {
+func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstructured.Unstructured) (*unstructured.Unstructured, *unstructured.Unstructured, error) {
 	podRes, ok := e.Catalog.Pod()
 	if !ok {
 		return nil, nil, errors.New("the catalog has no file with scope pod")
@@ -39,7 +40,7 @@ func (e *Engine) AwaitPod(ctx context.Context, s *Resource, w *unstructured.Unst
 	if err != nil {
 		return nil, nil, err
 	}
-	var last Status
+	var last resource.Status
 	// check says whether waiting is over, with the pod when it is Ready.
 	check := func() (*unstructured.Unstructured, bool, error) {
 		wst := e.Status(s, w)
@@ -57,9 +58,9 @@ func (e *Engine) AwaitPod(ctx context.Context, s *Resource, w *unstructured.Unst
 		pst := e.Status(podRes, pod)
 		last = pst
 		switch {
-		case pst.State == Ready && wst.State == Ready:
+		case pst.State == resource.Ready && wst.State == resource.Ready:
 			return pod, true, nil
-		case pst.State == Failed || pst.State == Succeeded:
+		case pst.State == resource.Failed || pst.State == resource.Succeeded:
 			return nil, true, &TerminalError{Ref: RefOf(podRes, pod), Status: pst}
 		}
 		return nil, false, nil
@@ -102,7 +103,7 @@ func (e *Engine) AwaitPod(ctx context.Context, s *Resource, w *unstructured.Unst
 			return w, pod, err
 		}
 		if ctx.Err() != nil {
-			return nil, nil, &WaitError{Ref: ref, Want: []State{Ready}, Last: last, Reason: ctx.Err()}
+			return nil, nil, &WaitError{Ref: ref, Want: []resource.State{resource.Ready}, Last: last, Reason: ctx.Err()}
 		}
 		// A watch ended or expired: list and watch again.
 	}
@@ -146,9 +147,9 @@ func (e *Engine) awaitEvents(ctx context.Context, ref Ref, w **unstructured.Unst
 	}
 }
 
-func (e *Engine) waitFailed(ctx context.Context, ref Ref, last Status, err error) error {
+func (e *Engine) waitFailed(ctx context.Context, ref Ref, last resource.Status, err error) error {
 	if ctx.Err() != nil {
-		return &WaitError{Ref: ref, Want: []State{Ready}, Last: last, Reason: ctx.Err()}
+		return &WaitError{Ref: ref, Want: []resource.State{resource.Ready}, Last: last, Reason: ctx.Err()}
 	}
 	return err
 }

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
@@ -30,7 +31,7 @@ func TestWrittenBackendLifecycle(t *testing.T) {
 	vc := loadValues(t, "standard-job")
 	b, ok := c.Get("jobexec")
 	is.True(ok)
-	is.Equal(b.Backend.Mode, engine.ModeExec)
+	is.Equal(b.Backend.Mode, resource.ModeExec)
 
 	w, err := e.Create(ctx, b, "ns1", vc.Values, nil)
 	is.NoErr(err)
@@ -44,7 +45,7 @@ func TestWrittenBackendLifecycle(t *testing.T) {
 	is.Equal(pod["containers"].([]any)[0].(map[string]any)["command"], []any{"/usr/bin/tini", "--", "/bin/sh", "-c", "sleep infinity"})
 
 	type result struct {
-		st  engine.Status
+		st  resource.Status
 		err error
 	}
 	done := make(chan result, 1)
@@ -52,7 +53,7 @@ func TestWrittenBackendLifecycle(t *testing.T) {
 	defer cancel()
 	started := watchStarts(dyn)
 	go func() {
-		_, st, err := e.Wait(waitCtx, b, w, engine.Ready)
+		_, st, err := e.Wait(waitCtx, b, w, resource.Ready)
 		done <- result{st, err}
 	}()
 	<-started
@@ -60,7 +61,7 @@ func TestWrittenBackendLifecycle(t *testing.T) {
 	cur := setStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(1)})
 	r := <-done
 	is.NoErr(r.err)
-	is.Equal(r.st.State, engine.Ready)
+	is.Equal(r.st.State, resource.Ready)
 	is.Equal(r.st.Reason, "PodReady") // the job file's rule
 
 	// The first selector finds nothing (the pod lacks the controller-uid
@@ -105,7 +106,7 @@ func TestReadmeBackendExampleIsJobexec(t *testing.T) {
 	is.True(ok)
 	block, _, ok = strings.Cut(block, "```")
 	is.True(ok)
-	c, err := engine.Load(resources.FS, ".", fstest.MapFS{"jobexec.yaml": {Data: []byte(block)}})
+	c, err := resource.Load(resources.FS, ".", fstest.MapFS{"jobexec.yaml": {Data: []byte(block)}})
 	is.NoErr(err)
 	doc, _ := c.Get("jobexec")
 	file, _ := testCatalog(t).Get("jobexec")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
 
 // BenchmarkRender renders the sandbox backend (with its $use fragment).
@@ -35,7 +36,7 @@ func BenchmarkEvaluate(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if st := sb.Evaluate(obj); st.State != engine.Ready {
+		if st := sb.Evaluate(obj); st.State != resource.Ready {
 			b.Fatal(st)
 		}
 	}
@@ -53,7 +54,7 @@ func BenchmarkClusterClaimToReady(b *testing.B) {
 	ctx := context.Background()
 	ns := fmt.Sprintf("bench-%x", time.Now().UnixNano()&0xffffff)
 	vc.Values["namespace"] = ns
-	if _, err := e.Apply(ctx, e.Catalog.Used(engine.UseTenant), ns, vc.Values); err != nil {
+	if _, err := e.Apply(ctx, e.Catalog.Used(resource.UseTenant), ns, vc.Values); err != nil {
 		b.Fatal(err)
 	}
 	sb, _ := e.Catalog.Get("sandbox")
@@ -67,7 +68,7 @@ func BenchmarkClusterClaimToReady(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, _, err := e.Wait(ctx, sb, w, engine.Ready); err != nil {
+		if _, _, err := e.Wait(ctx, sb, w, resource.Ready); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := e.Release(ctx, engine.RefOf(sb, w)); err != nil {

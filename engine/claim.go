@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -29,7 +30,7 @@ func (e *ClaimError) Error() string {
 // existing one must carry the rendered value of every claimed label, else a
 // ClaimError is returned and nothing is changed. Server-side apply alone
 // would take over any object of that name, another company's included.
-func (e *Engine) Claim(ctx context.Context, specs []*Resource, namespace string, values map[string]any) error {
+func (e *Engine) Claim(ctx context.Context, specs []*resource.Resource, namespace string, values map[string]any) error {
 	for _, s := range specs {
 		if s.Claim == nil {
 			continue
@@ -50,7 +51,7 @@ func (e *Engine) Claim(ctx context.Context, specs []*Resource, namespace string,
 	return nil
 }
 
-func (e *Engine) claim(ctx context.Context, s *Resource, want *unstructured.Unstructured) error {
+func (e *Engine) claim(ctx context.Context, s *resource.Resource, want *unstructured.Unstructured) error {
 	c, _, err := e.client(s, want.GetNamespace())
 	if err != nil {
 		return err
@@ -58,7 +59,7 @@ func (e *Engine) claim(ctx context.Context, s *Resource, want *unstructured.Unst
 	ref := RefOf(s, want)
 	for _, k := range s.Claim.Labels {
 		if want.GetLabels()[k] == "" {
-			return &FileError{File: s.File, Pointer: "/claim/labels", Problem: fmt.Sprintf("label %q is claimed but the template renders no value for it", k)}
+			return &resource.FileError{File: s.File, Pointer: "/claim/labels", Problem: fmt.Sprintf("label %q is claimed but the template renders no value for it", k)}
 		}
 	}
 	cur, err := c.Get(ctx, want.GetName(), metav1.GetOptions{})

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
 
 var gvrNamespace = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
@@ -36,7 +37,7 @@ func TestClaimNamespace(t *testing.T) {
 	e, dyn := fakeEngine(t, c)
 	ctx := context.Background()
 	ns := vc.Values["namespace"].(string)
-	tenant := c.Used(engine.UseTenant)
+	tenant := c.Used(resource.UseTenant)
 
 	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values)) // absent: created
 	got, err := dyn.Resource(gvrNamespace).Get(ctx, ns, metav1.GetOptions{})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"io"
 	"time"
 
@@ -104,7 +105,7 @@ type UnknownOutcomeError struct {
 }
 
 func (e *UnknownOutcomeError) Error() string {
-	head := fmt.Sprintf("creating %s from %s: the outcome is unknown (%v): the API server may or may not have created it", e.Ref, e.File, e.Cause)
+	head := fmt.Sprintf("creating %s from %s: the outcome is unknown (%v): the resource.API server may or may not have created it", e.Ref, e.File, e.Cause)
 	switch {
 	case e.Deleted:
 		return fmt.Sprintf("%s; it had been created (UID %s) and was deleted again", head, e.Ref.UID)
@@ -125,7 +126,7 @@ func (e *UnknownOutcomeError) Unwrap() error { return e.Cause }
 // name, checks that the object carries every label the create rendered and,
 // when the create set one, its owner's UID, then deletes it with a UID
 // precondition.
-func (e *Engine) cleanupUnknownCreate(ctx context.Context, s *Resource, c dynamic.ResourceInterface, want *unstructured.Unstructured, cause error) error {
+func (e *Engine) cleanupUnknownCreate(ctx context.Context, s *resource.Resource, c dynamic.ResourceInterface, want *unstructured.Unstructured, cause error) error {
 	ref := RefOf(s, want)
 	out := &UnknownOutcomeError{Ref: ref, File: s.File, Cause: cause}
 	cctx, cancel := CleanupContext(ctx)

@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devenv"
 	"github.com/paperclip-k8s/paperclip-k8s/podexec"
@@ -113,7 +114,7 @@ func tenant(t *testing.T, valuesName string) (*engine.Engine, string, map[string
 	t.Helper()
 	e := realEngine(t)
 	ns, values := clusterValues(t, valuesName)
-	if _, err := e.Apply(context.Background(), e.Catalog.Used(engine.UseTenant), ns, values); err != nil {
+	if _, err := e.Apply(context.Background(), e.Catalog.Used(resource.UseTenant), ns, values); err != nil {
 		t.Fatalf("applying the tenant: %v", err)
 	}
 	return e, ns, values
@@ -175,7 +176,7 @@ func TestClusterTenantApplyReapplyAndModeSwitch(t *testing.T) {
 	installCiliumCRD(t)
 	ctx := context.Background()
 	ns, values := clusterValues(t, "standard-job")
-	tenant := e.Catalog.Used(engine.UseTenant)
+	tenant := e.Catalog.Used(resource.UseTenant)
 	_, err := e.Apply(ctx, tenant, ns, values)
 	is.NoErr(err)
 
@@ -233,9 +234,9 @@ func TestClusterJobLifecycle(t *testing.T) {
 	sec, err := e.Create(ctx, secretSpec, ns, values, w)
 	is.NoErr(err)
 
-	w, st, err := e.Wait(ctx, job, w, engine.Succeeded)
+	w, st, err := e.Wait(ctx, job, w, resource.Succeeded)
 	is.NoErr(err)
-	is.Equal(st.State, engine.Succeeded)
+	is.Equal(st.State, resource.Succeeded)
 	pod, err := e.FindPod(ctx, job, w)
 	is.NoErr(err)
 	is.True(engine.ControlledBy(pod, w))
@@ -262,7 +263,7 @@ func TestClusterSandboxLifecycle(t *testing.T) {
 	w, err := e.Create(ctx, sb, ns, values, nil)
 	is.NoErr(err)
 	var created []engine.Ref
-	for _, s := range e.Catalog.Used(engine.UseRun) {
+	for _, s := range e.Catalog.Used(resource.UseRun) {
 		o, err := e.Create(ctx, s, ns, values, w)
 		is.NoErr(err)
 		if o != nil {
@@ -271,7 +272,7 @@ func TestClusterSandboxLifecycle(t *testing.T) {
 	}
 	is.Equal(len(created), 2) // the Secret and the scoped NetworkPolicy
 
-	w, st, err := e.Wait(ctx, sb, w, engine.Ready)
+	w, st, err := e.Wait(ctx, sb, w, resource.Ready)
 	is.NoErr(err)
 	is.Equal(st.Reason, "DependenciesReady")
 	pod, err := e.FindPod(ctx, sb, w)
@@ -309,10 +310,10 @@ func TestClusterSandboxPodFailureEndsTheWait(t *testing.T) {
 	is.NoErr(err)
 	// kwok runs the pod (Ready) and then fails it; a waiter for completion
 	// gets the failure from the event that reports it.
-	_, _, err = e.Wait(ctx, sb, w, engine.Succeeded)
+	_, _, err = e.Wait(ctx, sb, w, resource.Succeeded)
 	var te *engine.TerminalError
 	is.True(errors.As(err, &te))
-	is.Equal(te.Status.State, engine.Failed)
+	is.Equal(te.Status.State, resource.Failed)
 	is.Equal(te.Status.Reason, "PodFailed")
 	is.True(ctx.Err() == nil) // the event ended the wait, not the timeout
 }
@@ -339,7 +340,7 @@ func TestClusterPodSecurityRejectsNonCompliantPods(t *testing.T) {
 	is.NoErr(err)
 	tctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	w, _, err = e.Wait(tctx, job, w, engine.Succeeded, engine.Ready)
+	w, _, err = e.Wait(tctx, job, w, resource.Succeeded, resource.Ready)
 	is.NoErr(err)
 	_, err = e.FindPod(ctx, job, w)
 	is.NoErr(err)

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -11,7 +12,7 @@ import (
 // Forget drops what the engine resolved for a resource and, when the mapper
 // can be reset, its discovery cache: the next call asks the API server
 // again (an API removed or installed while the worker runs).
-func (e *Engine) Forget(s *Resource) {
+func (e *Engine) Forget(s *resource.Resource) {
 	e.mu.Lock()
 	delete(e.resolved, s.Name)
 	e.refreshed = time.Now()
@@ -38,7 +39,7 @@ func ResourceMissing(err error) bool {
 
 // noteMissing forgets a resource's resolution when err says its resource is
 // no longer served, and returns err.
-func (e *Engine) noteMissing(s *Resource, err error) error {
+func (e *Engine) noteMissing(s *resource.Resource, err error) error {
 	if err != nil && ResourceMissing(err) {
 		e.Log.Info("the server no longer serves a resource; discovery will be asked again", "file", s.File)
 		e.Forget(s)

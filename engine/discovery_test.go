@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
@@ -73,7 +74,7 @@ func TestClusterAPIRemovedThenInstalled(t *testing.T) {
 	requireCluster(t)
 	is := is.New(t)
 	ctx := context.Background()
-	c, err := engine.Load(resources.FS, ".", fstest.MapFS{"gadget.yaml": {Data: []byte(gadgetFile)}})
+	c, err := resource.Load(resources.FS, ".", fstest.MapFS{"gadget.yaml": {Data: []byte(gadgetFile)}})
 	is.NoErr(err)
 	disc, err := discovery.NewDiscoveryClientForConfig(env.RESTConfig())
 	is.NoErr(err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"log/slog"
 	"sort"
 	"sync"
@@ -25,7 +26,7 @@ const FieldManager = "paperclip-k8s"
 
 // Engine performs the generic operations on any resource of a catalog.
 type Engine struct {
-	Catalog *Catalog
+	Catalog *resource.Catalog
 	Dynamic dynamic.Interface
 	// Mapper resolves kinds to resources through discovery. When it can be
 	// reset (a deferred discovery mapper), a miss resets it once, so an API
@@ -45,7 +46,7 @@ type Engine struct {
 }
 
 // New returns an engine over a catalog.
-func New(c *Catalog, dyn dynamic.Interface, mapper meta.RESTMapper, restClient rest.Interface, log *slog.Logger) *Engine {
+func New(c *resource.Catalog, dyn dynamic.Interface, mapper meta.RESTMapper, restClient rest.Interface, log *slog.Logger) *Engine {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -61,7 +62,7 @@ type Resolved struct {
 
 // APIMissingError says that the server serves none of a resource's versions.
 type APIMissingError struct {
-	Resource *Resource
+	Resource *resource.Resource
 }
 
 func (e *APIMissingError) Error() string {
@@ -74,9 +75,9 @@ func (e *APIMissingError) Error() string {
 }
 
 // Resolve finds the first version of the resource's API that the server serves.
-func (e *Engine) Resolve(s *Resource) (Resolved, error) {
+func (e *Engine) Resolve(s *resource.Resource) (Resolved, error) {
 	if s.API == nil {
-		return Resolved{}, &FileError{File: s.File, Pointer: "/api", Problem: "has no api"}
+		return Resolved{}, &resource.FileError{File: s.File, Pointer: "/api", Problem: "has no api"}
 	}
 	e.mu.Lock()
 	r, ok := e.resolved[s.Name]
@@ -103,7 +104,7 @@ func (e *Engine) Resolve(s *Resource) (Resolved, error) {
 	return r, nil
 }
 
-func (e *Engine) resolve(s *Resource) (Resolved, error) {
+func (e *Engine) resolve(s *resource.Resource) (Resolved, error) {
 	gk := schema.GroupKind{Group: s.API.Group, Kind: s.API.Kind}
 	for _, v := range s.API.Versions {
 		m, err := e.Mapper.RESTMapping(gk, v)
@@ -114,7 +115,7 @@ func (e *Engine) resolve(s *Resource) (Resolved, error) {
 			return Resolved{}, fmt.Errorf("resolving %s %s/%s: %w", s.API.Kind, s.API.Group, v, err)
 		}
 		if m.Resource.Resource != s.API.Resource {
-			return Resolved{}, &FileError{File: s.File, Pointer: "/api/resource",
+			return Resolved{}, &resource.FileError{File: s.File, Pointer: "/api/resource",
 				Problem: fmt.Sprintf("is %q but the server calls %s %q; fix the file", s.API.Resource, s.API.Kind, m.Resource.Resource)}
 		}
 		return Resolved{GVR: m.Resource, GVK: m.GroupVersionKind, Namespaced: m.Scope.Name() == meta.RESTScopeNameNamespace}, nil
@@ -124,7 +125,7 @@ func (e *Engine) resolve(s *Resource) (Resolved, error) {
 
 // Ref names one object.
 type Ref struct {
-	Resource  *Resource
+	Resource  *resource.Resource
 	Namespace string
 	Name      string
 	UID       types.UID
@@ -142,11 +143,11 @@ func (r Ref) String() string {
 }
 
 // RefOf returns the reference of an object of this resource.
-func RefOf(s *Resource, o *unstructured.Unstructured) Ref {
+func RefOf(s *resource.Resource, o *unstructured.Unstructured) Ref {
 	return Ref{Resource: s, Namespace: o.GetNamespace(), Name: o.GetName(), UID: o.GetUID()}
 }
 
-func (e *Engine) client(s *Resource, namespace string) (dynamic.ResourceInterface, Resolved, error) {
+func (e *Engine) client(s *resource.Resource, namespace string) (dynamic.ResourceInterface, Resolved, error) {
 	r, err := e.Resolve(s)
 	if err != nil {
 		return nil, r, err
@@ -162,7 +163,7 @@ func (e *Engine) client(s *Resource, namespace string) (dynamic.ResourceInterfac
 
 // Build renders a resource into an object for a namespace, with apiVersion,
 // kind and namespace set from the resolved API.
-func (e *Engine) Build(s *Resource, namespace string, values map[string]any) (*unstructured.Unstructured, bool, Resolved, error) {
+func (e *Engine) Build(s *resource.Resource, namespace string, values map[string]any) (*unstructured.Unstructured, bool, Resolved, error) {
 	r, err := e.Resolve(s)
 	if err != nil {
 		return nil, false, r, err
@@ -178,14 +179,14 @@ func (e *Engine) Build(s *Resource, namespace string, values map[string]any) (*u
 		o.SetNamespace(namespace)
 	}
 	if o.GetName() == "" {
-		return nil, wanted, r, &FileError{File: s.File, Pointer: "/template/metadata/name", Problem: "renders an empty name"}
+		return nil, wanted, r, &resource.FileError{File: s.File, Pointer: "/template/metadata/name", Problem: "renders an empty name"}
 	}
 	return o, wanted, r, nil
 }
 
 // Applied reports what Apply did with one resource.
 type Applied struct {
-	Resource *Resource
+	Resource *resource.Resource
 	Object   *unstructured.Unstructured // nil when pruned or absent
 	Pruned   bool
 }
@@ -195,9 +196,9 @@ type Applied struct {
 // manager owns fields of). Cluster-scoped objects go first, so a namespace
 // exists before what lives in it; then the objects that grant the provider
 // its permissions in the namespace (grantsAccess), then the rest.
-func (e *Engine) Apply(ctx context.Context, specs []*Resource, namespace string, values map[string]any) ([]Applied, error) {
+func (e *Engine) Apply(ctx context.Context, specs []*resource.Resource, namespace string, values map[string]any) ([]Applied, error) {
 	type item struct {
-		spec   *Resource
+		spec   *resource.Resource
 		obj    *unstructured.Unstructured
 		wanted bool
 		res    Resolved
@@ -215,7 +216,7 @@ func (e *Engine) Apply(ctx context.Context, specs []*Resource, namespace string,
 		if r.Namespaced == s.API.ClusterScoped {
 			// The RBAC the provider prints splits on this flag: a wrong one
 			// grants a permission in the wrong place.
-			return nil, &FileError{File: s.File, Pointer: "/api/clusterScoped",
+			return nil, &resource.FileError{File: s.File, Pointer: "/api/clusterScoped",
 				Problem: fmt.Sprintf("is %t, but the server says %s is namespaced: %t; fix the file", s.API.ClusterScoped, s.API.Kind, r.Namespaced)}
 		}
 		items = append(items, item{s, o, wanted, r})
@@ -315,7 +316,7 @@ func totalBackoff() time.Duration {
 }
 
 // prune deletes an unwanted object if this field manager owns part of it.
-func (e *Engine) prune(ctx context.Context, s *Resource, want *unstructured.Unstructured) (bool, error) {
+func (e *Engine) prune(ctx context.Context, s *resource.Resource, want *unstructured.Unstructured) (bool, error) {
 	c, _, err := e.client(s, want.GetNamespace())
 	if err != nil {
 		return false, err
@@ -351,7 +352,7 @@ func (e *Engine) prune(ctx context.Context, s *Resource, want *unstructured.Unst
 // gets an ownerReference to it. A create without a definite answer
 // (OutcomeUnknown) is followed by a delete of that name, when the object
 // there carries what was rendered, and fails with an *UnknownOutcomeError.
-func (e *Engine) Create(ctx context.Context, s *Resource, namespace string, values map[string]any, owner *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+func (e *Engine) Create(ctx context.Context, s *resource.Resource, namespace string, values map[string]any, owner *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	if wanted, err := s.Wanted(values); err != nil {
 		return nil, err
 	} else if !wanted {
@@ -472,7 +473,7 @@ func (e *Engine) Release(ctx context.Context, ref Ref) (bool, error) {
 }
 
 // List returns the objects of a resource matching a label selector.
-func (e *Engine) List(ctx context.Context, s *Resource, namespace, selector string) ([]unstructured.Unstructured, error) {
+func (e *Engine) List(ctx context.Context, s *resource.Resource, namespace, selector string) ([]unstructured.Unstructured, error) {
 	c, _, err := e.client(s, namespace)
 	if err != nil {
 		return nil, err
@@ -486,30 +487,12 @@ func (e *Engine) List(ctx context.Context, s *Resource, namespace, selector stri
 }
 
 // Status evaluates an object against its resource's readiness rules.
-func (e *Engine) Status(s *Resource, o *unstructured.Unstructured) Status {
+func (e *Engine) Status(s *resource.Resource, o *unstructured.Unstructured) resource.Status {
 	b, err := o.MarshalJSON()
 	if err != nil {
-		return Status{State: Pending, Reason: "Unreadable", Message: err.Error()}
+		return resource.Status{State: resource.Pending, Reason: "Unreadable", Message: err.Error()}
 	}
 	return s.Evaluate(b)
-}
-
-// Deadline reads a workload's absolute deadline at its backend's
-// deadlinePath; ok is false when the backend has none or it is unset.
-func (s *Resource) Deadline(o *unstructured.Unstructured) (t time.Time, ok bool) {
-	if s.Backend == nil || s.Backend.DeadlinePath == "" {
-		return time.Time{}, false
-	}
-	keys, err := splitPath(s.Backend.DeadlinePath)
-	if err != nil {
-		return time.Time{}, false
-	}
-	v, found, err := unstructured.NestedString(o.Object, keys...)
-	if !found || err != nil {
-		return time.Time{}, false
-	}
-	t, err = time.Parse(time.RFC3339, v)
-	return t, err == nil
 }
 
 // SetDeadline moves the deadline of a live workload whose backend keeps an
@@ -525,9 +508,9 @@ func (e *Engine) SetDeadline(ctx context.Context, ref Ref, t time.Time) error {
 	if err != nil {
 		return err
 	}
-	parts, err := splitPath(b.DeadlinePath)
+	parts, err := resource.SplitPath(b.DeadlinePath)
 	if err != nil {
-		return &FileError{File: ref.Resource.File, Pointer: "/backend/deadlinePath", Problem: err.Error()}
+		return &resource.FileError{File: ref.Resource.File, Pointer: "/backend/deadlinePath", Problem: err.Error()}
 	}
 	patch := map[string]any{}
 	cur := patch

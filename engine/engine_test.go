@@ -23,6 +23,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
@@ -30,7 +31,7 @@ import (
 // built from the catalog's own API blocks (cluster-scoped: the kinds named
 // in clusterScoped) and a reactor that gives created objects a UID, as the
 // API server does.
-func fakeEngine(t testing.TB, c *engine.Catalog, omit ...string) (*engine.Engine, *dynfake.FakeDynamicClient) {
+func fakeEngine(t testing.TB, c *resource.Catalog, omit ...string) (*engine.Engine, *dynfake.FakeDynamicClient) {
 	t.Helper()
 	clusterScoped := map[string]bool{"Namespace": true}
 	omitted := map[string]bool{}
@@ -108,16 +109,16 @@ func watchStarts(dyn *dynfake.FakeDynamicClient) <-chan struct{} {
 	return ch
 }
 
-func testCatalog(t testing.TB) *engine.Catalog {
+func testCatalog(t testing.TB) *resource.Catalog {
 	t.Helper()
-	c, err := engine.Load(resources.FS, ".", os.DirFS(filepath.Join("..", "testdata", "backends")))
+	c, err := resource.Load(resources.FS, ".", os.DirFS(filepath.Join("..", "testdata", "backends")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
 }
 
-func setStatus(t testing.TB, e *engine.Engine, o *unstructured.Unstructured, spec *engine.Resource, status map[string]any) *unstructured.Unstructured {
+func setStatus(t testing.TB, e *engine.Engine, o *unstructured.Unstructured, spec *resource.Resource, status map[string]any) *unstructured.Unstructured {
 	t.Helper()
 	r, err := e.Resolve(spec)
 	if err != nil {
@@ -169,7 +170,7 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 	is.True(err != nil)
 
 	type result struct {
-		st  engine.Status
+		st  resource.Status
 		err error
 	}
 	done := make(chan result, 1)
@@ -177,7 +178,7 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 	defer cancel()
 	started := watchStarts(dyn)
 	go func() {
-		_, st, err := e.Wait(waitCtx, backend, w, engine.Ready)
+		_, st, err := e.Wait(waitCtx, backend, w, resource.Ready)
 		done <- result{st, err}
 	}()
 	<-started
@@ -185,7 +186,7 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 	setStatus(t, e, w, backend, map[string]any{"phase": "Running", "conditions": []any{map[string]any{"type": "Ready", "status": "True"}}})
 	r := <-done
 	is.NoErr(r.err)
-	is.Equal(r.st.State, engine.Ready)
+	is.Equal(r.st.State, resource.Ready)
 
 	pod, err := e.FindPod(ctx, backend, w)
 	is.NoErr(err)
@@ -218,7 +219,7 @@ func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 	defer cancel()
 	started := watchStarts(dyn)
 	go func() {
-		_, _, err := e.Wait(waitCtx, sb, w, engine.Ready)
+		_, _, err := e.Wait(waitCtx, sb, w, resource.Ready)
 		errc <- err
 	}()
 	<-started
@@ -231,7 +232,7 @@ func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 	case err := <-errc:
 		var te *engine.TerminalError
 		is.True(errors.As(err, &te))
-		is.Equal(te.Status.State, engine.Failed)
+		is.Equal(te.Status.State, resource.Failed)
 		is.Equal(te.Status.Reason, "PodFailed")
 		is.True(strings.Contains(err.Error(), w.GetName()))
 	case <-time.After(30 * time.Second):
@@ -252,7 +253,7 @@ func TestWaitReportsDeletionAndContextEnd(t *testing.T) {
 	errc := make(chan error, 1)
 	started := watchStarts(dyn)
 	go func() {
-		_, _, err := e.Wait(ctx, job, w, engine.Succeeded)
+		_, _, err := e.Wait(ctx, job, w, resource.Succeeded)
 		errc <- err
 	}()
 	<-started
@@ -264,11 +265,11 @@ func TestWaitReportsDeletionAndContextEnd(t *testing.T) {
 	is.NoErr(err)
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
-	_, _, err = e.Wait(short, job, w2, engine.Succeeded)
+	_, _, err = e.Wait(short, job, w2, resource.Succeeded)
 	var we *engine.WaitError
 	is.True(errors.As(err, &we))
 	is.True(errors.Is(err, context.DeadlineExceeded))
-	is.Equal(we.Last.State, engine.Pending)
+	is.Equal(we.Last.State, resource.Pending)
 }
 
 // Pods are found by the file's rules and only when the workload controls
@@ -392,7 +393,7 @@ func TestWaitRewatchesAfterExpiry(t *testing.T) {
 	})
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := e.Wait(ctx, backend, w, engine.Ready)
+		_, _, err := e.Wait(ctx, backend, w, resource.Ready)
 		done <- err
 	}()
 

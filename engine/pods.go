@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"io"
-	"strings"
 
 	"github.com/tidwall/gjson"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,9 +20,9 @@ var ErrNoPod = errors.New("the workload has no pod yet")
 // order. A pod counts only if it carries a controller ownerReference with
 // the workload's UID. Among the pods a rule yields, one that is not being
 // deleted and is running is preferred.
-func (e *Engine) FindPod(ctx context.Context, s *Resource, workload *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+func (e *Engine) FindPod(ctx context.Context, s *resource.Resource, workload *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	if s.Pods == nil {
-		return nil, &FileError{File: s.File, Pointer: "/pods", Problem: "has no pod rules"}
+		return nil, &resource.FileError{File: s.File, Pointer: "/pods", Problem: "has no pod rules"}
 	}
 	podRes, ok := e.Catalog.Pod()
 	if !ok {
@@ -56,9 +56,9 @@ func (e *Engine) FindPod(ctx context.Context, s *Resource, workload *unstructure
 				cands = append(cands, *p)
 			}
 		case f.Name != "":
-			name, err := expandFrom(f.Name, wjson)
+			name, err := resource.Expand(f.Name, wjson)
 			if err != nil {
-				return nil, &FileError{File: s.File, Pointer: fmt.Sprintf("/pods/find/%d/name", i), Problem: err.Error()}
+				return nil, &resource.FileError{File: s.File, Pointer: fmt.Sprintf("/pods/find/%d/name", i), Problem: err.Error()}
 			}
 			p, err := e.getPod(ctx, podRes, ns, name)
 			if err != nil {
@@ -72,9 +72,9 @@ func (e *Engine) FindPod(ctx context.Context, s *Resource, workload *unstructure
 			if f.SelectorFrom != "" {
 				sel = gjson.GetBytes(wjson, f.SelectorFrom).String()
 			} else {
-				sel, err = expandFrom(f.Selector, wjson)
+				sel, err = resource.Expand(f.Selector, wjson)
 				if err != nil {
-					return nil, &FileError{File: s.File, Pointer: fmt.Sprintf("/pods/find/%d/selector", i), Problem: err.Error()}
+					return nil, &resource.FileError{File: s.File, Pointer: fmt.Sprintf("/pods/find/%d/selector", i), Problem: err.Error()}
 				}
 			}
 			if sel == "" {
@@ -92,7 +92,7 @@ func (e *Engine) FindPod(ctx context.Context, s *Resource, workload *unstructure
 	return nil, fmt.Errorf("%s: %w", RefOf(s, workload), ErrNoPod)
 }
 
-func (e *Engine) getPod(ctx context.Context, podRes *Resource, ns, name string) (*unstructured.Unstructured, error) {
+func (e *Engine) getPod(ctx context.Context, podRes *resource.Resource, ns, name string) (*unstructured.Unstructured, error) {
 	c, _, err := e.client(podRes, ns)
 	if err != nil {
 		return nil, err
@@ -109,7 +109,7 @@ func (e *Engine) getPod(ctx context.Context, podRes *Resource, ns, name string) 
 
 // pickPod keeps the pods controlled by the workload (by UID) and prefers a
 // live, ready one.
-func (e *Engine) pickPod(podRes *Resource, workload *unstructured.Unstructured, pods []unstructured.Unstructured) *unstructured.Unstructured {
+func (e *Engine) pickPod(podRes *resource.Resource, workload *unstructured.Unstructured, pods []unstructured.Unstructured) *unstructured.Unstructured {
 	var best *unstructured.Unstructured
 	bestRank := -1
 	for i := range pods {
@@ -119,11 +119,11 @@ func (e *Engine) pickPod(podRes *Resource, workload *unstructured.Unstructured, 
 		}
 		rank := 0
 		switch e.Status(podRes, p).State {
-		case Ready:
+		case resource.Ready:
 			rank = 3
-		case Pending:
+		case resource.Pending:
 			rank = 2
-		case Succeeded, Failed:
+		case resource.Succeeded, resource.Failed:
 			rank = 1
 		}
 		if rank > bestRank {
@@ -142,23 +142,6 @@ func ControlledBy(o, owner *unstructured.Unstructured) bool {
 		}
 	}
 	return false
-}
-
-// expandFrom fills ${path} placeholders from a JSON document.
-func expandFrom(tmpl string, doc []byte) (string, error) {
-	var missing []string
-	out := placeholder.ReplaceAllStringFunc(tmpl, func(m string) string {
-		path := strings.TrimSpace(m[2 : len(m)-1])
-		v := lookupString(doc, path)
-		if v == "" {
-			missing = append(missing, path)
-		}
-		return v
-	})
-	if len(missing) > 0 {
-		return "", fmt.Errorf("the workload has no value at %s", strings.Join(missing, ", "))
-	}
-	return out, nil
 }
 
 // Logs returns a container's log through the pod resource's log subresource.

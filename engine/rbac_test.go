@@ -14,6 +14,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
 
 // Only the Namespace is cluster-scoped: everything else (subresources
@@ -57,12 +58,12 @@ func TestProviderRoleBindingSubject(t *testing.T) {
 	is.Equal(subjects(nil), []any{}) // grants nothing
 
 	// A grant must have a literal name: RBAC grants on it by name.
-	bad, err := engine.Parse("resources/grant.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: grant\ndescription: d\nscope: tenant\ngrantsAccess: true\napi: {group: rbac.authorization.k8s.io, kind: RoleBinding, resource: rolebindings, versions: [v1]}\ntemplate: {metadata: {name: \"${namespace}-x\"}}\n"))
+	bad, err := resource.Parse("resources/grant.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: grant\ndescription: d\nscope: tenant\ngrantsAccess: true\napi: {group: rbac.authorization.k8s.io, kind: RoleBinding, resource: rolebindings, versions: [v1]}\ntemplate: {metadata: {name: \"${namespace}-x\"}}\n"))
 	is.NoErr(err)
 	_, err = bad.GrantName()
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/grant.yaml: /template/metadata/name: "))
-	_, err = engine.Parse("resources/grant.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: grant\ndescription: d\nscope: run\ngrantsAccess: true\napi: {group: g, kind: K, resource: ks, versions: [v1]}\ntemplate: {}\n"))
+	_, err = resource.Parse("resources/grant.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: grant\ndescription: d\nscope: run\ngrantsAccess: true\napi: {group: g, kind: K, resource: ks, versions: [v1]}\ntemplate: {}\n"))
 	is.True(err != nil) // only a tenant object can grant
 	is.True(strings.Contains(err.Error(), "resources/grant.yaml: /scope: "))
 }
@@ -104,7 +105,7 @@ func TestApplyGrantFirstThenRetriesForbidden(t *testing.T) {
 	e, dyn := fakeEngine(t, c)
 	order, refused := forbidAfterGrant(dyn, 3)
 	vc := loadValues(t, "standard-job")
-	applied, err := e.Apply(context.Background(), c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
+	applied, err := e.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	is.Equal(refused.Load(), int64(3))
 	is.Equal(applied[0].Resource.Name, "namespace")
@@ -124,7 +125,7 @@ func TestApplyForbiddenAfterGrantGivesUp(t *testing.T) {
 	e, dyn := fakeEngine(t, c)
 	_, refused := forbidAfterGrant(dyn, 1000)
 	vc := loadValues(t, "standard-job")
-	_, err := e.Apply(context.Background(), c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
+	_, err := e.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.True(err != nil)
 	is.True(apierrors.IsForbidden(err))
 	is.Equal(refused.Load(), int64(3)) // the first try and two retries
@@ -136,7 +137,7 @@ func TestApplyForbiddenAfterGrantGivesUp(t *testing.T) {
 		calls.Add(1)
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "namespaces"}, "paperclip-acme", errNotYet)
 	})
-	_, err = e2.Apply(context.Background(), c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
+	_, err = e2.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.True(apierrors.IsForbidden(err))
 	is.Equal(calls.Load(), int64(1))
 	is.True(!strings.Contains(err.Error(), "still forbidden"))
@@ -151,7 +152,7 @@ func TestApplyChecksClusterScoped(t *testing.T) {
 	ns.API.ClusterScoped = false
 	e, _ := fakeEngine(t, c)
 	vc := loadValues(t, "standard-job")
-	_, err := e.Apply(context.Background(), c.Used(engine.UseTenant), "paperclip-acme", vc.Values)
+	_, err := e.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "namespace.yaml: /api/clusterScoped: is false, but the server says Namespace is namespaced: false"))
 }

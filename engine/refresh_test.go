@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
@@ -25,7 +26,7 @@ func (m *countingMapper) Reset() { m.resets++ }
 // one per call; an engine without a resettable mapper never refreshes.
 func TestMissingAPIRefreshesDiscoveryAtMostOncePerInterval(t *testing.T) {
 	is := is.New(t)
-	c, err := engine.Load(resources.FS, ".", fstest.MapFS{"gadget.yaml": {Data: []byte(gadgetFile)}})
+	c, err := resource.Load(resources.FS, ".", fstest.MapFS{"gadget.yaml": {Data: []byte(gadgetFile)}})
 	is.NoErr(err)
 	m := &countingMapper{RESTMapper: meta.NewDefaultRESTMapper([]schema.GroupVersion{{Version: "v1"}})}
 	e := engine.New(c, nil, m, nil, nil)

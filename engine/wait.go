@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"slices"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -17,7 +18,7 @@ import (
 // before reaching the state waited for.
 type TerminalError struct {
 	Ref    Ref
-	Status Status
+	Status resource.Status
 }
 
 func (e *TerminalError) Error() string {
@@ -27,8 +28,8 @@ func (e *TerminalError) Error() string {
 // WaitError says that the context ended before the wanted state.
 type WaitError struct {
 	Ref    Ref
-	Want   []State
-	Last   Status
+	Want   []resource.State
+	Last   resource.Status
 	Reason error
 }
 
@@ -43,13 +44,13 @@ func (e *WaitError) Unwrap() error { return e.Reason }
 // expires (410), and evaluates the rules on every event. A terminal state
 // that is not wanted returns a *TerminalError at once; deletion returns a
 // *GoneError.
-func (e *Engine) Wait(ctx context.Context, s *Resource, o *unstructured.Unstructured, want ...State) (*unstructured.Unstructured, Status, error) {
+func (e *Engine) Wait(ctx context.Context, s *resource.Resource, o *unstructured.Unstructured, want ...resource.State) (*unstructured.Unstructured, resource.Status, error) {
 	ref := RefOf(s, o)
 	c, _, err := e.client(s, o.GetNamespace())
 	if err != nil {
-		return nil, Status{}, err
+		return nil, resource.Status{}, err
 	}
-	check := func(cur *unstructured.Unstructured) (Status, bool, error) {
+	check := func(cur *unstructured.Unstructured) (resource.Status, bool, error) {
 		st := e.Status(s, cur)
 		if slices.Contains(want, st.State) {
 			return st, true, nil
@@ -105,8 +106,8 @@ func (e *Engine) Wait(ctx context.Context, s *Resource, o *unstructured.Unstruct
 // drain reads one watch until it ends. It returns the newest object and
 // status, the resourceVersion to resume from ("" to re-read the object), and
 // whether waiting is over.
-func (e *Engine) drain(ctx context.Context, w watch.Interface, ref Ref, o *unstructured.Unstructured, last Status, rv string,
-	check func(*unstructured.Unstructured) (Status, bool, error)) (*unstructured.Unstructured, Status, string, bool, error) {
+func (e *Engine) drain(ctx context.Context, w watch.Interface, ref Ref, o *unstructured.Unstructured, last resource.Status, rv string,
+	check func(*unstructured.Unstructured) (resource.Status, bool, error)) (*unstructured.Unstructured, resource.Status, string, bool, error) {
 	for {
 		var ev watch.Event
 		var open bool

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
 	"github.com/paperclip-k8s/paperclip-k8s/podexec"
@@ -62,7 +63,7 @@ type leaseState struct {
 
 // follow watches the lease's pod until it is gone, replaced or terminal,
 // or until ctx ends.
-func (st *leaseState) follow(ctx context.Context, e *engine.Engine, podSpec *engine.Resource, pod *unstructured.Unstructured) {
+func (st *leaseState) follow(ctx context.Context, e *engine.Engine, podSpec *resource.Resource, pod *unstructured.Unstructured) {
 	st.following = true
 	go func() {
 		_, _, err := e.Wait(ctx, podSpec, pod) // no state is wanted: follow to the end
@@ -118,7 +119,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 	waitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	meta := map[string]any{"provider": "kubernetes", "backend": ref.Resource.Name, "namespace": ref.Namespace, "workloadName": ref.Name}
-	if ref.Resource.Backend.Mode == engine.ModeLogs {
+	if ref.Resource.Backend.Mode == resource.ModeLogs {
 		return p.awaitLogs(waitCtx, cl, ref, in.BaseParams, meta)
 	}
 
@@ -253,7 +254,7 @@ func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, b
 	if err != nil {
 		return ExecuteResult{}, err
 	}
-	w, st, err := cl.engine.Wait(ctx, ref.Resource, w, engine.Succeeded, engine.Failed)
+	w, st, err := cl.engine.Wait(ctx, ref.Resource, w, resource.Succeeded, resource.Failed)
 	meta["phase"] = string(st.State)
 	if err != nil {
 		var we *engine.WaitError
@@ -266,11 +267,11 @@ func (p *Provider) awaitLogs(ctx context.Context, cl *cluster, ref engine.Ref, b
 		}
 	}
 	code := 0
-	if st.State != engine.Succeeded {
+	if st.State != resource.Succeeded {
 		code = 1
 	}
 	out := ExecuteResult{ExitCode: &code, Metadata: meta}
-	if st.State != engine.Succeeded {
+	if st.State != resource.Succeeded {
 		out.Stderr = fmt.Sprintf("%s finished as %s\n", ref, st)
 	}
 	pod, err := cl.engine.FindPod(ctx, ref.Resource, w)

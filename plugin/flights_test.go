@@ -10,7 +10,7 @@ import (
 
 	"github.com/matryer/is"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
 
@@ -61,7 +61,7 @@ func TestTenantKeyReadsOnlyWhatTheTenantFilesRender(t *testing.T) {
 	is := is.New(t)
 	p, err := New(nil)
 	is.NoErr(err)
-	specs := p.Catalog.Used(engine.UseTenant)
+	specs := p.Catalog.Used(resource.UseTenant)
 	key := func(raw map[string]any) string {
 		cfg, err := policy.Parse(raw, p.Catalog.BackendNames())
 		is.NoErr(err)

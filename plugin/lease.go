@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
 )
@@ -151,11 +152,11 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		WorkloadName: name, WorkloadAPIVersion: workload.GetAPIVersion(), WorkloadKind: workload.GetKind(),
 		WorkloadUID: string(workload.GetUID()), SandboxName: name, SecretName: name + "-env",
 		ScopedNetworkEgress: grant, RemoteCwd: cfg.WorkspacePath, ExpiresAt: deadline.UTC().Format(time.RFC3339),
-		Phase: "Pending", NativeFileSyncUnsupported: backend.Backend.Mode != engine.ModeExec,
+		Phase: "Pending", NativeFileSyncUnsupported: backend.Backend.Mode != resource.ModeExec,
 	}
 	// The run objects depend only on the workload (its UID owns them):
 	// create them at once, in parallel.
-	runSpecs := p.Catalog.Used(engine.UseRun)
+	runSpecs := p.Catalog.Used(resource.UseRun)
 	objs := make([]*unstructured.Unstructured, len(runSpecs))
 	errs := make([]error, len(runSpecs))
 	var wg sync.WaitGroup
@@ -193,7 +194,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 
 // undoAcquire deletes what a failed acquire created, newest first, and
 // returns an error that says what failed and whether cleanup was complete.
-func (p *Provider) undoAcquire(ctx context.Context, cl *cluster, backend *engine.Resource, workload *unstructured.Unstructured, created []engine.Ref, cause error) error {
+func (p *Provider) undoAcquire(ctx context.Context, cl *cluster, backend *resource.Resource, workload *unstructured.Unstructured, created []engine.Ref, cause error) error {
 	// The acquire's own context may have ended (that may be the cause):
 	// clean up within what is left until the reply is due.
 	ctx, cancel := engine.CleanupContext(ctx)
@@ -237,7 +238,7 @@ func (p *Provider) ensureTenant(ctx context.Context, cl *cluster, ns string, val
 	if err := p.addProviderIdentity(ctx, cl, values); err != nil {
 		return err
 	}
-	specs := p.Catalog.Used(engine.UseTenant)
+	specs := p.Catalog.Used(resource.UseTenant)
 	key, err := tenantKey(specs, ns, values)
 	if err != nil {
 		return err
@@ -270,7 +271,7 @@ func (p *Provider) ensureTenant(ctx context.Context, cl *cluster, ns string, val
 // the tenant objects as rendered (and whether each is wanted), so a config
 // change that no tenant file reads (the backend, say) does not apply the
 // tenant again.
-func tenantKey(specs []*engine.Resource, ns string, values map[string]any) (string, error) {
+func tenantKey(specs []*resource.Resource, ns string, values map[string]any) (string, error) {
 	h := sha256.New()
 	h.Write([]byte(ns))
 	for _, s := range specs {
@@ -470,7 +471,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	if st.State.Terminal() {
 		return expired(fmt.Sprintf("%s is %s", ref, st))
 	}
-	if ref.Resource.Backend.Mode == engine.ModeExec {
+	if ref.Resource.Backend.Mode == resource.ModeExec {
 		pod, why, err := p.resumePod(ctx, cl, ref, w, st, m)
 		if err != nil {
 			return Lease{}, err
@@ -497,7 +498,7 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 	}
 	m.Phase = string(st.State)
 	m.ResumedLease = true
-	m.NativeFileSyncUnsupported = ref.Resource.Backend.Mode != engine.ModeExec
+	m.NativeFileSyncUnsupported = ref.Resource.Backend.Mode != resource.ModeExec
 	p.Log.Info("lease resumed", "workload", ref.String(), "pod", m.PodName, "phase", m.Phase)
 	out := Lease{ProviderLeaseID: in.ProviderLeaseID, Metadata: m.toMap()}
 	if m.ExpiresAt != "" {
@@ -513,13 +514,13 @@ func (p *Provider) ResumeLease(ctx context.Context, in LeaseParams) (Lease, erro
 // Ready (its controller catching up with a spec change) still has its pod:
 // it is found and pinned too. It returns the pod (nil when none exists yet)
 // or why the lease expired.
-func (p *Provider) resumePod(ctx context.Context, cl *cluster, ref engine.Ref, w *unstructured.Unstructured, st engine.Status, m LeaseMetadata) (*unstructured.Unstructured, string, error) {
+func (p *Provider) resumePod(ctx context.Context, cl *cluster, ref engine.Ref, w *unstructured.Unstructured, st resource.Status, m LeaseMetadata) (*unstructured.Unstructured, string, error) {
 	pinned := pinnedPodUID(m, w)
 	pod, err := cl.engine.FindPod(ctx, ref.Resource, w)
 	switch {
 	case errors.Is(err, engine.ErrNoPod) && pinned != "":
 		return nil, fmt.Sprintf("the pod of %s is gone (pod UID %s); its workspace is lost", ref, pinned), nil
-	case errors.Is(err, engine.ErrNoPod) && st.State == engine.Ready:
+	case errors.Is(err, engine.ErrNoPod) && st.State == resource.Ready:
 		return nil, err.Error(), nil
 	case errors.Is(err, engine.ErrNoPod):
 		return nil, "", nil // not created yet: the lease is still usable
@@ -538,7 +539,7 @@ func (p *Provider) resumePod(ctx context.Context, cl *cluster, ref engine.Ref, w
 }
 
 // deadlineIs reports whether a workload's deadline is already t.
-func deadlineIs(s *engine.Resource, w *unstructured.Unstructured, t time.Time) bool {
+func deadlineIs(s *resource.Resource, w *unstructured.Unstructured, t time.Time) bool {
 	cur, ok := s.Deadline(w)
 	return ok && cur.Equal(t)
 }
@@ -571,7 +572,7 @@ func (p *Provider) ReleaseLease(ctx context.Context, in LeaseParams) (*Receipt, 
 // later resume (see ReleaseLease).
 func keptForReuse(in LeaseParams, ref engine.Ref) bool {
 	_, scoped := in.LeaseMetadata["reusableSandboxLease"].(map[string]any)
-	return scoped && in.Config["reuseLease"] == true && !in.CancelActiveWork && ref.Resource.Backend.Mode == engine.ModeExec
+	return scoped && in.Config["reuseLease"] == true && !in.CancelActiveWork && ref.Resource.Backend.Mode == resource.ModeExec
 }
 
 // DestroyLease is ReleaseLease that also deletes the run objects directly,
@@ -637,7 +638,7 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 		for _, ro := range m.RunObjects {
 			specName, objName, ok := strings.Cut(ro, "/")
 			s, found := p.Catalog.Get(specName)
-			if !ok || !found || s.Use != engine.UseRun {
+			if !ok || !found || s.Use != resource.UseRun {
 				continue
 			}
 			if _, err := cl.engine.ReleaseOwned(ctx, engine.Ref{Resource: s, Namespace: ref.Namespace, Name: objName}, ref.UID); err != nil {
@@ -702,7 +703,7 @@ func (p *Provider) RealizeWorkspace(ctx context.Context, in RealizeParams) (Real
 	if err != nil {
 		return RealizeResult{}, err
 	}
-	if ref.Resource.Backend.Mode != engine.ModeExec {
+	if ref.Resource.Backend.Mode != resource.ModeExec {
 		return out, nil // the workload runs to completion: execute awaits it
 	}
 	cl, err := p.cluster(cfg)

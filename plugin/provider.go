@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
 	"github.com/paperclip-k8s/paperclip-k8s/podexec"
@@ -23,7 +23,7 @@ import (
 
 // Provider implements the hooks. Its zero value is not usable; use New.
 type Provider struct {
-	Catalog *engine.Catalog
+	Catalog *resource.Catalog
 	Log     *slog.Logger
 	// Getenv reads the worker's environment (adapter API keys).
 	Getenv func(string) string
@@ -37,7 +37,7 @@ type Provider struct {
 
 // New returns a provider over the embedded resource files.
 func New(log *slog.Logger) (*Provider, error) {
-	c, err := engine.Load(resources.FS, ".")
+	c, err := resource.Load(resources.FS, ".")
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +83,7 @@ func (p *Provider) Methods() *rpc.Mux {
 // pods/exec.
 func (p *Provider) hasExecBackend() bool {
 	for _, name := range p.Catalog.BackendNames() {
-		if s, err := p.backend(name); err == nil && s.Backend.Mode == engine.ModeExec {
+		if s, err := p.backend(name); err == nil && s.Backend.Mode == resource.ModeExec {
 			return true
 		}
 	}
@@ -109,9 +109,9 @@ func (p *Provider) parseConfig(raw map[string]any) (policy.Config, error) {
 }
 
 // backend returns the backend spec a name selects.
-func (p *Provider) backend(name string) (*engine.Resource, error) {
+func (p *Provider) backend(name string) (*resource.Resource, error) {
 	s, ok := p.Catalog.Get(policy.CanonicalBackend(name))
-	if !ok || s.Use != engine.UseBackend {
+	if !ok || s.Use != resource.UseBackend {
 		return nil, fmt.Errorf("config field backend: %q is not one of the loaded backends %v; pick one of them, or add a resources/ file for it", name, p.Catalog.BackendNames())
 	}
 	return s, nil

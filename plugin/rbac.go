@@ -6,7 +6,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
 
@@ -292,7 +292,7 @@ func (p *Provider) AdmissionPolicy(namespace, name string) (map[string]any, erro
 		v("!variables.isSecret || !variables.write || !has(object.type) || object.type != 'kubernetes.io/service-account-token'",
 			"the provider may not create or change Secrets of type kubernetes.io/service-account-token"),
 	}
-	for _, b := range p.Catalog.Used(engine.UseBackend) {
+	for _, b := range p.Catalog.Used(resource.UseBackend) {
 		ps, present := fieldPath(b.Backend.PodSpecPath)
 		is := "is_" + celName(b.Name)
 		vars = append(vars, celVariable{is, fmt.Sprintf("request.resource.group == %s && request.resource.resource == %s && (!has(request.subResource) || request.subResource == '') && variables.write",

@@ -13,7 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
@@ -78,7 +78,7 @@ func TestRBACSplitsClusterAndTenant(t *testing.T) {
 // them with no Go change.
 func TestAdmissionPolicyFollowsTheBackendFiles(t *testing.T) {
 	is := is.New(t)
-	c, err := engine.Load(resources.FS, ".", os.DirFS(filepath.Join("..", "testdata", "backends")))
+	c, err := resource.Load(resources.FS, ".", os.DirFS(filepath.Join("..", "testdata", "backends")))
 	is.NoErr(err)
 	p := &Provider{Catalog: c}
 	vap, err := p.AdmissionPolicy("ops", "paperclip")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/filesync"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
 	"github.com/paperclip-k8s/paperclip-k8s/podexec"
@@ -64,7 +65,7 @@ func (p *Provider) sync(ctx context.Context, in SyncParams, dir filesync.Directi
 	if err != nil {
 		return out, err
 	}
-	if ref.Resource.Backend.Mode != engine.ModeExec {
+	if ref.Resource.Backend.Mode != resource.ModeExec {
 		return out, rpc.Errorf(rpc.CodeInvalidParams, "%s is not supported for the %q backend: it runs the workload to completion and has no exec channel into a pod (its leases say nativeFileSyncUnsupported, so the host uses its own transfer)", method, ref.Resource.Name)
 	}
 	root := strings.TrimSpace(m.RemoteCwd)

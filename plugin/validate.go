@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/version"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
 
@@ -138,15 +139,15 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 // execNote is a warning for a backend that does not run commands in a
 // pod (mode logs: execute returns the workload's log): Paperclip's agent
 // runs run many commands in their workspace, which needs an exec backend.
-func (p *Provider) execNote(backend *engine.Resource) (Diagnostic, bool) {
-	if backend.Backend.Mode == engine.ModeExec {
+func (p *Provider) execNote(backend *resource.Resource) (Diagnostic, bool) {
+	if backend.Backend.Mode == resource.ModeExec {
 		return Diagnostic{}, false
 	}
 	exec := []string{}
 	var quoted []string
 	for _, name := range p.Catalog.BackendNames() {
 		name = policy.CanonicalBackend(name) // "sandbox-cr" is an alias
-		if s, err := p.backend(name); err == nil && s.Backend.Mode == engine.ModeExec && !slices.Contains(exec, name) {
+		if s, err := p.backend(name); err == nil && s.Backend.Mode == resource.ModeExec && !slices.Contains(exec, name) {
 			exec = append(exec, name)
 			quoted = append(quoted, fmt.Sprintf("%q", name))
 		}
@@ -298,7 +299,7 @@ func (p *Provider) accessReviews(ctx context.Context, cl *cluster, cfg policy.Co
 }
 
 // specFor returns the data file of a resource or subresource.
-func (p *Provider) specFor(group, resource string) *engine.Resource {
+func (p *Provider) specFor(group, resource string) *resource.Resource {
 	base, _, _ := strings.Cut(resource, "/")
 	for _, s := range p.Catalog.All() {
 		if s.API != nil && s.API.Group == group && s.API.Resource == base {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
 
@@ -177,7 +177,7 @@ func BuildValues(cfg policy.Config, in ValuesInput) (Values, RunFacts, error) {
 		return v, facts, err
 	}
 	lifetime := cfg.PodActivityDeadlineSec
-	if r.Mode == engine.ModeExec {
+	if r.Mode == resource.ModeExec {
 		lifetime = cfg.SandboxLifetimeSec
 	}
 	if facts.Deadline, err = policy.LeaseDeadline(r.Now, r.RequestedExpiresAt, lifetime); err != nil {
@@ -221,7 +221,7 @@ func (id Identity) values() *ProviderValues {
 
 // Map returns the values in the form the engine renders from.
 func (v Values) Map() map[string]any {
-	m, err := engine.Normalize(v)
+	m, err := resource.Normalize(v)
 	if err != nil {
 		// Values hold only strings, numbers, bools, lists and maps.
 		panic(fmt.Sprintf("values do not marshal: %v", err))

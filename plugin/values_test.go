@@ -13,7 +13,7 @@ import (
 	"github.com/matryer/is"
 	"github.com/santhosh-tekuri/jsonschema/v5"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
@@ -137,7 +137,7 @@ func jsonFields(typ reflect.Type) map[string]reflect.Type {
 func TestBuiltValuesMeetTheirSchema(t *testing.T) {
 	is := is.New(t)
 	_, schema := valuesSchema(t)
-	c, err := engine.Load(resources.FS, ".")
+	c, err := resource.Load(resources.FS, ".")
 	is.NoErr(err)
 	files, err := filepath.Glob(filepath.Join(valuestest.Dir(), "*.yaml"))
 	is.NoErr(err)
@@ -170,7 +170,7 @@ func TestBuildValues(t *testing.T) {
 	now := time.Date(2026, 11, 27, 5, 0, 0, 0, time.UTC)
 	env := map[string]string{}
 	in := plugin.ValuesInput{CompanyID: "acme", Namespace: "paperclip-acme", Getenv: func(k string) string { return env[k] }, Run: &plugin.RunInput{
-		RunID: "run-1", AgentID: "agent-1", EnvironmentID: "env-1", Mode: engine.ModeExec, Now: now, Name: "pc-x", Token: "tok",
+		RunID: "run-1", AgentID: "agent-1", EnvironmentID: "env-1", Mode: resource.ModeExec, Now: now, Name: "pc-x", Token: "tok",
 		ExecutionWorkspaceSettings: map[string]any{"networkEgress": map[string]any{"allowCidrs": []any{"198.51.100.7", "not-a-cidr"}}}}}
 	v, facts, err := plugin.BuildValues(cfg, in)
 	is.NoErr(err)

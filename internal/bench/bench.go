@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/remotecommand"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
@@ -62,7 +62,7 @@ type bench struct {
 	o       Options
 	p       *plugin.Provider
 	counter *Counter
-	spec    *engine.Resource
+	spec    *resource.Resource
 	cfg     map[string]any
 	tag     string
 	seq     atomic.Int64
@@ -104,7 +104,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	spec, ok := b.p.Catalog.Get(policy.CanonicalBackend(o.Backend))
-	if !ok || spec.Use != engine.UseBackend {
+	if !ok || spec.Use != resource.UseBackend {
 		return fmt.Errorf("bench: -backend %q is not one of %v", o.Backend, b.p.Catalog.BackendNames())
 	}
 	b.spec = spec
@@ -133,7 +133,7 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	warm := b.company("warm")
 	phases := []func(context.Context, *strings.Builder, string) error{b.requestsPerAcquire}
-	if spec.Backend != nil && spec.Backend.Mode == engine.ModeExec {
+	if spec.Backend != nil && spec.Backend.Mode == resource.ModeExec {
 		phases = append(phases, b.executeVsBare)
 	}
 	phases = append(phases, b.firstCommand, b.latency, b.sustained)
@@ -146,7 +146,7 @@ func Run(ctx context.Context, o Options) (err error) {
 			return err
 		}
 	}
-	if spec.Backend == nil || spec.Backend.Mode != engine.ModeExec {
+	if spec.Backend == nil || spec.Backend.Mode != resource.ModeExec {
 		fmt.Fprintf(&out, "\n(backend %s runs no commands through exec: no execute-vs-bare table)\n", o.Backend)
 	}
 	if w != nil {

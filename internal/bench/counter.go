@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
 
@@ -39,16 +39,16 @@ type Counter struct {
 
 // NewCounter returns a counter that tells tenant requests by the tenant
 // files of c.
-func NewCounter(c *engine.Catalog) *Counter {
+func NewCounter(c *resource.Catalog) *Counter {
 	k := &Counter{tenant: map[string]bool{}, run: map[string]bool{}}
 	for _, s := range c.All() {
 		if s.API == nil {
 			continue
 		}
 		switch s.Use {
-		case engine.UseTenant:
+		case resource.UseTenant:
 			k.tenant[s.API.Resource] = true
-		case engine.UseFragment:
+		case resource.UseFragment:
 		default:
 			k.run[s.API.Resource] = true
 		}

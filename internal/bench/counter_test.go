@@ -9,12 +9,12 @@ import (
 
 	"github.com/matryer/is"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
-func catalog(t *testing.T) *engine.Catalog {
-	c, err := engine.Load(resources.FS, ".")
+func catalog(t *testing.T) *resource.Catalog {
+	c, err := resource.Load(resources.FS, ".")
 	if err != nil {
 		t.Fatal(err)
 	}

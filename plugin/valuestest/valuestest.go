@@ -13,7 +13,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
@@ -62,7 +62,7 @@ func Dir() string {
 }
 
 // Load reads testdata/values/<name>.yaml and builds its values.
-func Load(t testing.TB, c *engine.Catalog, name string) Case {
+func Load(t testing.TB, c *resource.Catalog, name string) Case {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(Dir(), name+".yaml"))
 	if err != nil {
@@ -80,7 +80,7 @@ func Load(t testing.TB, c *engine.Catalog, name string) Case {
 }
 
 // Build builds the values of one set of inputs.
-func Build(c *engine.Catalog, in Inputs) (Case, error) {
+func Build(c *resource.Catalog, in Inputs) (Case, error) {
 	getenv := func(k string) string { return in.WorkerEnv[k] }
 	cfg, err := policy.Parse(in.Config, c.BackendNames(), policy.WithGetenv(getenv))
 	if err != nil {

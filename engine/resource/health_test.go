@@ -1,4 +1,4 @@
-package engine_test
+package resource_test
 
 import (
 	"encoding/json"
@@ -10,7 +10,7 @@ import (
 
 	"github.com/matryer/is"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
 
 // TestReadinessRules evaluates the rules of the sandbox, job and pod files
@@ -19,7 +19,7 @@ import (
 // observedGeneration and deletion.
 func TestReadinessRules(t *testing.T) {
 	c := catalog(t)
-	dir := filepath.Join("..", "testdata", "objects")
+	dir := filepath.Join("..", "..", "testdata", "objects")
 	raw, err := os.ReadFile(filepath.Join(dir, "expected.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +39,7 @@ func TestReadinessRules(t *testing.T) {
 			specName := strings.SplitN(file, "-", 2)[0]
 			s, ok := c.Get(specName)
 			is.True(ok)
-			var got engine.Status = s.Evaluate(obj)
+			var got resource.Status = s.Evaluate(obj)
 			is.Equal(string(got.State), want.State)
 			is.Equal(got.Reason, want.Reason)
 			if !strings.Contains(got.Message, want.Message) {
@@ -55,7 +55,7 @@ func TestReadinessMessagesComeFromTheCondition(t *testing.T) {
 	is := is.New(t)
 	c := catalog(t)
 	s, _ := c.Get("job")
-	obj, err := os.ReadFile(filepath.Join("..", "testdata", "objects", "job-failed-deadline.json"))
+	obj, err := os.ReadFile(filepath.Join("..", "..", "testdata", "objects", "job-failed-deadline.json"))
 	is.NoErr(err)
 	st := s.Evaluate(obj)
 	is.Equal(st.Message, "Job was active longer than specified deadline")
@@ -71,19 +71,19 @@ func TestGenericRulesComeFirst(t *testing.T) {
 	is := is.New(t)
 	c := catalog(t)
 	sb, _ := c.Get("sandbox")
-	ready, err := os.ReadFile(filepath.Join("..", "testdata", "objects", "sandbox-ready.json"))
+	ready, err := os.ReadFile(filepath.Join("..", "..", "testdata", "objects", "sandbox-ready.json"))
 	is.NoErr(err)
 	var obj map[string]any
 	is.NoErr(json.Unmarshal(ready, &obj))
 	obj["status"].(map[string]any)["observedGeneration"] = 0 // metadata.generation is 1
 	stale, _ := json.Marshal(obj)
 	st := sb.Evaluate(stale)
-	is.Equal(st.State, engine.Pending)
+	is.Equal(st.State, resource.Pending)
 	is.Equal(st.Reason, "LatestGenerationNotObserved")
 	is.Equal(st.Message, "the Sandbox's controller has observed generation 0, not yet 1")
 	obj["status"].(map[string]any)["observedGeneration"] = 1
 	current, _ := json.Marshal(obj)
-	is.Equal(sb.Evaluate(current).State, engine.Ready)
+	is.Equal(sb.Evaluate(current).State, resource.Ready)
 
 	obj["metadata"].(map[string]any)["deletionTimestamp"] = "2026-11-27T04:40:33Z"
 	deleting, _ := json.Marshal(obj)
@@ -108,11 +108,11 @@ func TestHealthRulesAreSharedByUse(t *testing.T) {
 	bare, _ := c.Get("barepod")
 	pod, _ := c.Get("pod")
 	is.Equal(bare.Health.Rules, pod.Health.Rules)
-	failed, err := os.ReadFile(filepath.Join("..", "testdata", "objects", "pod-imagepullbackoff.json"))
+	failed, err := os.ReadFile(filepath.Join("..", "..", "testdata", "objects", "pod-imagepullbackoff.json"))
 	is.NoErr(err)
 	is.Equal(bare.Evaluate(failed), pod.Evaluate(failed))
 
-	_, err = engine.Load(fstest.MapFS{
+	_, err = resource.Load(fstest.MapFS{
 		"a.yaml": {Data: []byte(header + "name: a\ndescription: d\nscope: pod\napi: {group: '', kind: Pod, resource: pods, versions: [v1]}\nhealth: {rules: [{$use: b}]}\n")},
 		"b.yaml": {Data: []byte(header + "name: b\ndescription: d\nscope: backend\napi: {group: '', kind: Pod, resource: pods, versions: [v1]}\nbackend: {mode: exec, deadline: seconds, podSpecPath: spec}\ntemplate: {metadata: {name: x}}\npods: {container: c, find: [{self: true}]}\nhealth: {rules: [{$use: a}]}\n")},
 		"c.yaml": {Data: []byte(header + "name: c\ndescription: d\nscope: run\napi: {group: '', kind: Secret, resource: secrets, versions: [v1]}\ntemplate: {metadata: {name: x}}\nhealth: {rules: [{state: Ready}, {$use: nothere}]}\n")},

@@ -1,4 +1,4 @@
-package engine
+package resource
 
 import (
 	"encoding/json"

@@ -1,29 +1,29 @@
-package engine_test
+package resource_test
 
 import (
 	"flag"
-	"time"
-
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/matryer/is"
 	"sigs.k8s.io/yaml"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
 
-func catalog(t testing.TB) *engine.Catalog {
+func catalog(t testing.TB) *resource.Catalog {
 	t.Helper()
-	c, err := engine.Load(resources.FS, ".")
+	c, err := resource.Load(resources.FS, ".")
 	if err != nil {
 		t.Fatalf("loading resources: %v", err)
 	}
@@ -47,16 +47,16 @@ func TestGoldenManifests(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			is := is.New(t)
 			vc := loadValues(t, name)
-			var specs []*engine.Resource
-			specs = append(specs, c.Used(engine.UseTenant)...)
-			specs = append(specs, c.Used(engine.UseRun)...)
+			var specs []*resource.Resource
+			specs = append(specs, c.Used(resource.UseTenant)...)
+			specs = append(specs, c.Used(resource.UseRun)...)
 			b, ok := c.Get(vc.Backend)
 			is.True(ok)
 			specs = append(specs, b)
 			for _, s := range specs {
 				obj, wanted, err := s.Render(vc.Values)
 				is.NoErr(err)
-				golden := filepath.Join("..", "testdata", "golden", name, s.Name+".yaml")
+				golden := filepath.Join("..", "..", "testdata", "golden", name, s.Name+".yaml")
 				var got []byte
 				if wanted {
 					got, err = yaml.Marshal(obj)
@@ -145,7 +145,7 @@ func TestRenderMissingValueNamesFileAndPath(t *testing.T) {
 
 func TestMalformedFileNamesFilePathAndProblem(t *testing.T) {
 	is := is.New(t)
-	_, err := engine.Parse("resources/broken.yaml", []byte(`
+	_, err := resource.Parse("resources/broken.yaml", []byte(`
 apiVersion: paperclip-k8s.io/v1alpha1
 kind: Resource
 name: broken
@@ -163,23 +163,23 @@ health:
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/broken.yaml: /health/rules/1/state:"))
 
-	_, err = engine.Parse("resources/nover.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: x\ndescription: d\nscope: tenant\napi: {group: g, kind: K, resource: ks, versions: []}\ntemplate: {}\n"))
+	_, err = resource.Parse("resources/nover.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: x\ndescription: d\nscope: tenant\napi: {group: g, kind: K, resource: ks, versions: []}\ntemplate: {}\n"))
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/nover.yaml: /api/versions:"))
 
-	_, err = engine.Parse("resources/bad.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: [unclosed\n"))
+	_, err = resource.Parse("resources/bad.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\nname: [unclosed\n"))
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/bad.yaml: not valid YAML"))
 
 	// The file format is versioned: another version or kind is refused
 	// before the schema, with what to write instead.
-	_, err = engine.Parse("resources/old.yaml", []byte("name: x\ndescription: d\nscope: tenant\n"))
+	_, err = resource.Parse("resources/old.yaml", []byte("name: x\ndescription: d\nscope: tenant\n"))
 	is.True(err != nil)
 	is.Equal(err.Error(), `resources/old.yaml: /apiVersion: is missing; start the file with "apiVersion: paperclip-k8s.io/v1alpha1" and "kind: Resource"`)
-	_, err = engine.Parse("resources/new.yaml", []byte("apiVersion: paperclip-k8s.io/v2\nkind: Resource\nname: x\n"))
+	_, err = resource.Parse("resources/new.yaml", []byte("apiVersion: paperclip-k8s.io/v2\nkind: Resource\nname: x\n"))
 	is.True(err != nil)
 	is.True(strings.HasPrefix(err.Error(), "resources/new.yaml: /apiVersion: is paperclip-k8s.io/v2, a version this provider does not read; it reads paperclip-k8s.io/v1alpha1"))
-	_, err = engine.Parse("resources/kind.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Pod\nname: x\n"))
+	_, err = resource.Parse("resources/kind.yaml", []byte("apiVersion: paperclip-k8s.io/v1alpha1\nkind: Pod\nname: x\n"))
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "resources/kind.yaml: /kind: is Pod; a data file of paperclip-k8s.io/v1alpha1 has kind Resource"))
 }
@@ -259,7 +259,7 @@ template: {metadata: {name: "${run.name}"}}
 pods: {container: c, find: [{self: true}]}
 health: {rules: [{$use: pod}]}
 `
-	_, err := engine.Load(resources.FS, ".", fstest.MapFS{"deadline.yaml": {Data: []byte(deadline)}})
+	_, err := resource.Load(resources.FS, ".", fstest.MapFS{"deadline.yaml": {Data: []byte(deadline)}})
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), `deadline.yaml: /backend/deadlinePath: path "spec.#(x)" uses '#'`))
 
@@ -273,7 +273,7 @@ template:
     $use: agent-pod
     with: {restartPolicy: Never, command: [x]}
 `
-	_, err = engine.Load(resources.FS, ".", fstest.MapFS{"bad.yaml": {Data: []byte(bad)}, "usesfrag.yaml": {Data: []byte(used)}})
+	_, err = resource.Load(resources.FS, ".", fstest.MapFS{"bad.yaml": {Data: []byte(bad)}, "usesfrag.yaml": {Data: []byte(used)}})
 	is.True(err != nil)
 	msg := err.Error()
 	for _, want := range []string{
@@ -292,4 +292,14 @@ template:
 			t.Errorf("the error does not say %q:\n%s", want, msg)
 		}
 	}
+}
+
+// testCatalog loads the shipped data files and the testdata-only backends.
+func testCatalog(t testing.TB) *resource.Catalog {
+	t.Helper()
+	c, err := resource.Load(resources.FS, ".", os.DirFS(filepath.Join("..", "..", "testdata", "backends")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

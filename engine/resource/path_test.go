@@ -1,4 +1,4 @@
-package engine
+package resource
 
 import (
 	"encoding/json"
@@ -21,7 +21,7 @@ func TestPlainPathsMeanWhatGjsonMeans(t *testing.T) {
 	raw, err := json.Marshal(doc)
 	is.NoErr(err)
 	for _, p := range []string{"run.name", `run.labels.paperclip\.io/run-id`, `run.labels.a\.b`, "list.0", "list.1.k", "list.2", "config.empty", "config.nothere", "run.name.deeper"} {
-		keys, err := splitPath(p)
+		keys, err := SplitPath(p)
 		is.NoErr(err)
 		got, found := getPath(doc, keys)
 		want := gjson.GetBytes(raw, p)
@@ -32,7 +32,7 @@ func TestPlainPathsMeanWhatGjsonMeans(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "a..b", "a.", `a\`, "status.conditions.#(type==\"Ready\")", "a.*", "a|b", "@this"} {
-		_, err := splitPath(bad)
+		_, err := SplitPath(bad)
 		is.True(err != nil) // not a plain path
 	}
 }

@@ -1,9 +1,12 @@
-// Package engine creates, waits for, inspects and removes Kubernetes objects
-// described by data files (see package resources). It works on unstructured
-// objects through the dynamic client and knows no kind: what an object looks
-// like, when it is ready, how its pods are found and how it is released all
-// come from the file.
-package engine
+// Package resource reads the data files that describe Kubernetes objects
+// (see package resources) and computes everything that needs no cluster:
+// Load parses and checks them against schemas/resource.schema.json and the
+// values schema, Render fills a template from the values, Evaluate applies
+// the readiness rules to an object, Deadline reads a workload's deadline,
+// and Catalog.Permissions lists the RBAC rules the engine needs. It imports
+// no Kubernetes client (package engine does the I/O), as kstatus keeps
+// status computation apart from polling.
+package resource
 
 import (
 	"bytes"
@@ -181,7 +184,7 @@ type Resource struct {
 	Exec        *Subresource   `json:"exec,omitempty"`
 	Release     *Release       `json:"release,omitempty"`
 	// Claim makes a tenant object one the provider owns by its labels
-	// (see Engine.Claim).
+	// (see engine.Engine.Claim).
 	Claim *Claim `json:"claim,omitempty"`
 	// GrantsAccess marks a tenant object that grants the provider its
 	// permissions in the tenant namespace (its RoleBinding): Apply applies
@@ -385,7 +388,7 @@ func (c *Catalog) check() []error {
 			}
 		}
 		if s.Backend != nil && s.Backend.DeadlinePath != "" {
-			if _, err := splitPath(s.Backend.DeadlinePath); err != nil {
+			if _, err := SplitPath(s.Backend.DeadlinePath); err != nil {
 				errs = append(errs, &FileError{File: s.File, Pointer: "/backend/deadlinePath", Problem: err.Error()})
 			}
 		}

@@ -1,4 +1,4 @@
-package engine
+package resource
 
 import (
 	"fmt"
@@ -22,8 +22,9 @@ import (
 // plain path when they are not escaped.
 const plainPathSpecial = "*?#|@!=<>%()[]{}"
 
-// splitPath splits a plain gjson path into its keys.
-func splitPath(p string) ([]string, error) {
+// SplitPath splits a plain gjson path into its keys (the path language is
+// described above).
+func SplitPath(p string) ([]string, error) {
 	if p == "" {
 		return nil, fmt.Errorf("the path is empty")
 	}
@@ -56,16 +57,16 @@ func splitPath(p string) ([]string, error) {
 	return append(parts, cur.String()), nil
 }
 
-// splitPaths caches splitPath for the renderer: the paths come from the
+// splitPaths caches SplitPath for the renderer: the paths come from the
 // data files, a small fixed set.
 var splitPaths sync.Map // string -> []string
 
-// keysOf is splitPath, cached; a path that is not plain has no keys.
+// keysOf is SplitPath, cached; a path that is not plain has no keys.
 func keysOf(p string) []string {
 	if k, ok := splitPaths.Load(p); ok {
 		return k.([]string)
 	}
-	keys, err := splitPath(p)
+	keys, err := SplitPath(p)
 	if err != nil {
 		return nil
 	}
@@ -93,4 +94,23 @@ func getPath(v any, keys []string) (any, bool) {
 		}
 	}
 	return v, true
+}
+
+// Expand fills the ${path} placeholders of tmpl with the values at those
+// gjson paths in a JSON document (pods.find reads the workload this way);
+// a path with no value is an error naming it.
+func Expand(tmpl string, doc []byte) (string, error) {
+	var missing []string
+	out := placeholder.ReplaceAllStringFunc(tmpl, func(m string) string {
+		path := strings.TrimSpace(m[2 : len(m)-1])
+		v := lookupString(doc, path)
+		if v == "" {
+			missing = append(missing, path)
+		}
+		return v
+	})
+	if len(missing) > 0 {
+		return "", fmt.Errorf("the workload has no value at %s", strings.Join(missing, ", "))
+	}
+	return out, nil
 }

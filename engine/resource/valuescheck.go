@@ -1,4 +1,4 @@
-package engine
+package resource
 
 import (
 	"encoding/json"
@@ -164,7 +164,7 @@ func (v *valueChecker) walk(file, ptr string, scope Use, vars []binding, node an
 // path checks one path into the values and returns the schema of its
 // value (nil when unknown or wrong).
 func (v *valueChecker) path(file, ptr string, scope Use, vars []binding, path string) map[string]any {
-	keys, err := splitPath(path)
+	keys, err := SplitPath(path)
 	if err != nil {
 		v.fail(file, ptr, "%v", err)
 		return nil
