@@ -9,12 +9,11 @@ package policy
 
 import "encoding/json"
 
-// Backend names. "sandbox-cr" is the reference plugin's name for the
-// sandbox backend and is accepted as an alias.
+// Backend names of the shipped resource files (resources/sandbox.yaml and
+// resources/job.yaml). Their aliases are declared in those files.
 const (
-	BackendSandbox       = "sandbox"
-	BackendJob           = "job"
-	LegacyBackendSandbox = "sandbox-cr"
+	BackendSandbox = "sandbox"
+	BackendJob     = "job"
 )
 
 // Egress modes.
@@ -22,15 +21,6 @@ const (
 	EgressModeStandard = "standard"
 	EgressModeCilium   = "cilium"
 )
-
-// CanonicalBackend maps the legacy backend name "sandbox-cr" to "sandbox" and
-// returns any other name unchanged.
-func CanonicalBackend(name string) string {
-	if name == LegacyBackendSandbox {
-		return BackendSandbox
-	}
-	return name
-}
 
 // Config is the validated, normalized provider config. Every field holds its
 // default when the input left it out (see schemas/config.schema.json).
@@ -57,7 +47,8 @@ type Config struct {
 	PaperclipServerPort      int               `json:"paperclipServerPort"`
 	// WorkspacePath is absolute and clean.
 	WorkspacePath string `json:"workspacePath"`
-	// Backend is canonical ("sandbox-cr" becomes "sandbox").
+	// Backend is canonical: an alias a backend's file declares becomes the
+	// backend's name.
 	Backend string `json:"backend"`
 	// AdapterType is the default adapter of a run; it resolves with
 	// Defaults(AdapterType, Adapters).

@@ -399,13 +399,6 @@ func serverHostPort(server string) (host, port string, ok bool) {
 	return host, port, true
 }
 
-// Option adjusts Validate and Parse.
-type Option func(*options)
-
-type options struct {
-	getenv func(string) string
-}
-
 // WithGetenv gives Validate the worker environment (the operator's
 // settings, e.g. EnvAllowedAPIServers). Without it Validate reads none:
 // the strict defaults.
@@ -416,11 +409,7 @@ func WithGetenv(getenv func(string) string) Option {
 // checkKubeconfig reports the kubeconfig fields the operator does not allow,
 // on /kubeconfig. At validation time the host may send a secret id instead
 // of the YAML: only a value that parses as a kubeconfig is checked.
-func (v *validation) checkKubeconfig(opts []Option) {
-	var o options
-	for _, f := range opts {
-		f(&o)
-	}
+func (v *validation) checkKubeconfig(o options) {
 	if v.secret == "" || v.cfg.InCluster || v.bad(secretPointer) {
 		return
 	}
