@@ -21,6 +21,7 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v5"
 	"sigs.k8s.io/yaml"
 
+	"github.com/paperclip-k8s/paperclip-k8s/internal/jsonpointer"
 	"github.com/paperclip-k8s/paperclip-k8s/schemas"
 )
 
@@ -350,11 +351,13 @@ func leaves(ve *jsonschema.ValidationError) []*jsonschema.ValidationError {
 	return out
 }
 
+// pointerOf is the FileError pointer of a validator location ("/" for
+// the whole file).
 func pointerOf(loc string) string {
 	if loc == "" {
 		return "/"
 	}
-	return loc
+	return jsonpointer.FromSchemaLocation(loc)
 }
 
 func (c *Catalog) add(s *Resource) error {
@@ -444,22 +447,13 @@ func walkUses(node any, ptr string, fn func(ptr, name string)) {
 			fn(ptr+"/$use", u)
 		}
 		for k, x := range v {
-			walkUses(x, ptr+"/"+escapePointer(k), fn)
+			walkUses(x, ptr+"/"+jsonpointer.Escape(k), fn)
 		}
 	case []any:
 		for i, x := range v {
 			walkUses(x, fmt.Sprintf("%s/%d", ptr, i), fn)
 		}
 	}
-}
-
-var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
-
-func escapePointer(s string) string {
-	if !strings.ContainsAny(s, "~/") {
-		return s
-	}
-	return pointerEscaper.Replace(s)
 }
 
 // Get returns the resource with this name or alias.

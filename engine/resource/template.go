@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/paperclip-k8s/paperclip-k8s/internal/jsonpointer"
 )
 
 // A template is a YAML tree. Strings may hold placeholders, each a plain
@@ -185,7 +187,7 @@ func (r *renderer) renderMap(m map[string]any, ptr string) (any, bool, error) {
 		bound := map[string]any{}
 		if with, ok := m["with"].(map[string]any); ok {
 			for k, x := range with {
-				rx, keep, err := r.render(x, ptr+"/with/"+escapePointer(k))
+				rx, keep, err := r.render(x, ptr+"/with/"+jsonpointer.Escape(k))
 				if err != nil {
 					return nil, false, err
 				}
@@ -199,7 +201,7 @@ func (r *renderer) renderMap(m map[string]any, ptr string) (any, bool, error) {
 	}
 	out := make(map[string]any, len(m))
 	for k, x := range m {
-		rx, keep, err := r.render(x, ptr+"/"+escapePointer(k))
+		rx, keep, err := r.render(x, ptr+"/"+jsonpointer.Escape(k))
 		if err != nil {
 			return nil, false, err
 		}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/paperclip-k8s/paperclip-k8s/internal/jsonpointer"
 	"github.com/paperclip-k8s/paperclip-k8s/schemas"
 )
 
@@ -140,7 +141,7 @@ func (v *valueChecker) walk(file, ptr string, scope Use, vars []binding, node an
 			inner := slices.Clone(vars)
 			with, _ := x["with"].(map[string]any)
 			for _, k := range sortedKeys(with) {
-				v.walk(file, ptr+"/with/"+escapePointer(k), scope, vars, with[k])
+				v.walk(file, ptr+"/with/"+jsonpointer.Escape(k), scope, vars, with[k])
 				var schema map[string]any
 				if s, ok := with[k].(string); ok {
 					if m := placeholder.FindStringSubmatchIndex(s); m != nil && m[0] == 0 && m[1] == len(s) {
@@ -155,7 +156,7 @@ func (v *valueChecker) walk(file, ptr string, scope Use, vars []binding, node an
 			v.walk(frag.File, "/template", scope, inner, frag.Template)
 		default:
 			for _, k := range sortedKeys(x) {
-				v.walk(file, ptr+"/"+escapePointer(k), scope, vars, x[k])
+				v.walk(file, ptr+"/"+jsonpointer.Escape(k), scope, vars, x[k])
 			}
 		}
 	}
