@@ -101,16 +101,28 @@ type BaseParams struct {
 
 // parseConfig validates the config of a runtime hook.
 func (p *Provider) parseConfig(raw map[string]any) (policy.Config, error) {
-	cfg, err := policy.Parse(raw, p.Catalog.BackendNames(), policy.WithGetenv(p.Getenv))
+	cfg, err := policy.Parse(raw, p.Catalog.BackendNames(), p.policyOptions()...)
 	if err != nil {
 		return cfg, rpc.Errorf(rpc.CodeInvalidParams, "invalid Kubernetes provider config: %v", err)
 	}
 	return cfg, nil
 }
 
-// backend returns the backend spec a name selects.
+// policyOptions are the options of every policy.Validate and Parse: the
+// worker environment, and the aliases the loaded backends' files declare.
+func (p *Provider) policyOptions() []policy.Option {
+	aliases := map[string]string{}
+	for _, s := range p.Catalog.Used(resource.UseBackend) {
+		for _, a := range s.Aliases {
+			aliases[a] = s.Name
+		}
+	}
+	return []policy.Option{policy.WithGetenv(p.Getenv), policy.WithBackendAliases(aliases)}
+}
+
+// backend returns the backend a name (or an alias) selects.
 func (p *Provider) backend(name string) (*resource.Resource, error) {
-	s, ok := p.Catalog.Get(policy.CanonicalBackend(name))
+	s, ok := p.Catalog.Get(name)
 	if !ok || s.Use != resource.UseBackend {
 		return nil, fmt.Errorf("config field backend: %q is not one of the loaded backends %v; pick one of them, or add a resources/ file for it", name, p.Catalog.BackendNames())
 	}

@@ -34,7 +34,7 @@ type ValidateResult struct {
 // ValidateConfig checks a config against schemas/config.schema.json and the
 // cross-field rules; every error names its field.
 func (p *Provider) ValidateConfig(_ context.Context, in ValidateParams) (ValidateResult, error) {
-	_, norm, warns, errs := policy.Validate(in.Config, p.Catalog.BackendNames(), policy.WithGetenv(p.Getenv))
+	_, norm, warns, errs := policy.Validate(in.Config, p.Catalog.BackendNames(), p.policyOptions()...)
 	if len(errs) > 0 {
 		return ValidateResult{OK: false, Errors: policy.FieldErrors(errs).Strings(), Warnings: warns}, nil
 	}
@@ -61,7 +61,7 @@ type ProbeResult struct {
 // and, with SelfSubjectAccessReviews, that every permission the provider
 // needs is granted; each missing one is a diagnostic.
 func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error) {
-	cfg, _, _, errs := policy.Validate(in.Config, p.Catalog.BackendNames(), policy.WithGetenv(p.Getenv))
+	cfg, _, _, errs := policy.Validate(in.Config, p.Catalog.BackendNames(), p.policyOptions()...)
 	if len(errs) > 0 {
 		return ProbeResult{OK: false, Summary: "Invalid Kubernetes provider configuration.",
 			Metadata: map[string]any{"errors": policy.FieldErrors(errs).Strings()}}, nil
@@ -146,10 +146,9 @@ func (p *Provider) execNote(backend *resource.Resource) (Diagnostic, bool) {
 	exec := []string{}
 	var quoted []string
 	for _, name := range p.Catalog.BackendNames() {
-		name = policy.CanonicalBackend(name) // "sandbox-cr" is an alias
-		if s, err := p.backend(name); err == nil && s.Backend.Mode == resource.ModeExec && !slices.Contains(exec, name) {
-			exec = append(exec, name)
-			quoted = append(quoted, fmt.Sprintf("%q", name))
+		if s, err := p.backend(name); err == nil && s.Backend.Mode == resource.ModeExec && !slices.Contains(exec, s.Name) {
+			exec = append(exec, s.Name) // an alias counts as its backend
+			quoted = append(quoted, fmt.Sprintf("%q", s.Name))
 		}
 	}
 	use := "no loaded backend runs commands in a pod: add one (mode: exec) to resources/"

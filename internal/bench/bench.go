@@ -25,7 +25,6 @@ import (
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
 
 // Options say what to measure.
@@ -103,7 +102,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	if b.p, err = plugin.New(o.Log); err != nil {
 		return err
 	}
-	spec, ok := b.p.Catalog.Get(policy.CanonicalBackend(o.Backend))
+	spec, ok := b.p.Catalog.Get(o.Backend)
 	if !ok || spec.Use != resource.UseBackend {
 		return fmt.Errorf("bench: -backend %q is not one of %v", o.Backend, b.p.Catalog.BackendNames())
 	}

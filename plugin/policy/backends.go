@@ -44,18 +44,6 @@ var shippedAliases = sync.OnceValue(func() map[string]string {
 	return out
 })
 
-// CanonicalBackend returns the backend name an alias of the shipped files
-// stands for, and any other name unchanged.
-//
-// Deprecated: engine.Catalog.Get resolves aliases itself; Validate takes
-// the catalog's with WithBackendAliases.
-func CanonicalBackend(name string) string {
-	if n, ok := shippedAliases()[name]; ok {
-		return n
-	}
-	return name
-}
-
 // checkBackend puts an alias of the backend in its canonical form (with a
 // warning) and checks it against the loaded backends, whose list may name
 // aliases too. An empty list skips the check.

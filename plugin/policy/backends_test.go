@@ -24,8 +24,6 @@ func TestShippedAliases(t *testing.T) {
 		is.Equal(shippedAliases()[a], f.Name)
 	}
 	is.Equal(shippedAliases()["sandbox-cr"], BackendSandbox)
-	is.Equal(CanonicalBackend("sandbox-cr"), BackendSandbox)
-	is.Equal(CanonicalBackend("job"), "job")
 }
 
 // WithBackendAliases replaces the shipped aliases with the catalog's.
