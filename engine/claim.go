@@ -3,26 +3,14 @@ package engine
 import (
 	"context"
 	"fmt"
-	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
-
-// ClaimError says that an object a claim names exists but is not ours.
-type ClaimError struct {
-	Ref     Ref
-	File    string
-	Problem string
-}
-
-func (e *ClaimError) Error() string {
-	return fmt.Sprintf("%s exists but was not created by this provider for these values (%s): %s; the provider changes nothing in it. "+
-		"Choose other names in the config (e.g. namespacePrefix or companySlug), or have an operator delete it if it is a leftover",
-		e.Ref, e.File, e.Problem)
-}
 
 // Claim makes sure that the objects of the resources with a claim block are
 // ours before anything is applied to them: an absent object is created

@@ -2,11 +2,12 @@ package engine
 
 import (
 	"errors"
-	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
 
 // Forget drops what the engine resolved for a resource and, when the mapper

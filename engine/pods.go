@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"io"
 
 	"github.com/tidwall/gjson"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
 
 // ErrNoPod says that a workload has no pod (yet).

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"slices"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -12,32 +11,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
-
-// TerminalError says that an object reached a state it will not leave
-// before reaching the state waited for.
-type TerminalError struct {
-	Ref    Ref
-	Status resource.Status
-}
-
-func (e *TerminalError) Error() string {
-	return fmt.Sprintf("%s is %s", e.Ref, e.Status)
-}
-
-// WaitError says that the context ended before the wanted state.
-type WaitError struct {
-	Ref    Ref
-	Want   []resource.State
-	Last   resource.Status
-	Reason error
-}
-
-func (e *WaitError) Error() string {
-	return fmt.Sprintf("%s did not become %v: %v (last status: %s)", e.Ref, e.Want, e.Reason, e.Last)
-}
-
-func (e *WaitError) Unwrap() error { return e.Reason }
 
 // Wait watches an object until its status is one of want. It starts from
 // the object given (its resourceVersion), re-watches when the watch ends or
