@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/matryer/is"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -414,4 +415,26 @@ func TestWaitRewatchesAfterExpiry(t *testing.T) {
 	is.Equal(len(watches), 3)
 	is.True(w.GetResourceVersion() != "")
 	is.Equal(watches[0], w.GetResourceVersion()) // from the object's own version
+}
+
+// A watch the server refuses (not an expired resourceVersion) ends the wait
+// at once with an error naming the object, rather than being retried until
+// the context ends as an informer would.
+func TestWaitFailsOnARefusedWatch(t *testing.T) {
+	is := is.New(t)
+	c := testCatalog(t)
+	e, dyn := fakeEngine(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vc := loadValues(t, "standard-job")
+	job, _ := c.Get("job")
+	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
+	is.NoErr(err)
+	dyn.PrependWatchReactor("jobs", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "batch", Resource: "jobs"}, w.GetName(), errors.New("no watch for you"))
+	})
+	_, _, err = e.Wait(ctx, job, w, resource.Succeeded)
+	is.True(apierrors.IsForbidden(err))
+	is.True(strings.Contains(err.Error(), "watching "+engine.RefOf(job, w).String()))
+	is.True(ctx.Err() == nil) // not the context's end
 }
