@@ -150,7 +150,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	meta := LeaseMetadata{
 		Provider: "kubernetes", Namespace: ns, Backend: backend.Name,
 		WorkloadName: name, WorkloadAPIVersion: workload.GetAPIVersion(), WorkloadKind: workload.GetKind(),
-		WorkloadUID: string(workload.GetUID()), SandboxName: name, SecretName: name + "-env",
+		WorkloadUID: string(workload.GetUID()), SandboxName: name, SecretName: runValues.Run.SecretName,
 		ScopedNetworkEgress: grant, RemoteCwd: cfg.WorkspacePath, ExpiresAt: deadline.UTC().Format(time.RFC3339),
 		Phase: "Pending", NativeFileSyncUnsupported: backend.Backend.Mode != resource.ModeExec,
 	}
@@ -182,7 +182,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 			continue // not wanted under this config
 		}
 		meta.RunObjects = append(meta.RunObjects, runSpecs[i].Name+"/"+o.GetName())
-		if o.GetName() == name+"-egress" {
+		if o.GetName() == runValues.Run.EgressPolicyName {
 			meta.ScopedNetworkPolicyName = o.GetName()
 		}
 	}
