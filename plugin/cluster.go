@@ -79,6 +79,11 @@ func RESTConfig(cfg policy.Config, getenv func(string) string) (*rest.Config, er
 			return nil, policy.KubeconfigError(problems)
 		}
 		if err == nil {
+			if why := policy.KubeconfigUnusable(kc); why != "" {
+				return nil, fmt.Errorf("config field kubeconfig: the kubeconfig is not usable: %s", why)
+			}
+		}
+		if err == nil {
 			// The same parse that was checked (clientcmd.RESTConfigFromKubeConfig
 			// is Load, then this).
 			rc, err = clientcmd.NewDefaultClientConfig(*kc, &clientcmd.ConfigOverrides{}).ClientConfig()

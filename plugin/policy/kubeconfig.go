@@ -165,6 +165,34 @@ func LoadKubeconfig(data []byte, trust KubeconfigTrust) (cfg *clientcmdapi.Confi
 	return cfg, problems, nil
 }
 
+// KubeconfigUnusable says what keeps a parsed kubeconfig from naming a
+// cluster to talk to ("" when nothing does): its current-context must name
+// a context whose cluster has a server. It quotes names only, never
+// credentials.
+func KubeconfigUnusable(cfg *clientcmdapi.Config) string {
+	switch {
+	case cfg.CurrentContext == "":
+		return "it has no current-context; set current-context to the context to use"
+	case cfg.Contexts[cfg.CurrentContext] == nil:
+		return fmt.Sprintf("its current-context %q names no context in contexts[]; add that context or set current-context to one that exists", cfg.CurrentContext)
+	}
+	ctx := cfg.Contexts[cfg.CurrentContext]
+	cl := cfg.Clusters[ctx.Cluster]
+	switch {
+	case ctx.Cluster == "" || cl == nil:
+		return fmt.Sprintf("context %q names cluster %q, which is not in clusters[]; add the cluster (server and certificate-authority-data)", cfg.CurrentContext, ctx.Cluster)
+	case strings.TrimSpace(cl.Server) == "":
+		return fmt.Sprintf("cluster %q has no server; set clusters[].cluster.server to the API server's https URL", ctx.Cluster)
+	case ctx.AuthInfo != "" && cfg.AuthInfos[ctx.AuthInfo] == nil:
+		return fmt.Sprintf("context %q names user %q, which is not in users[]; add the user (e.g. a token)", cfg.CurrentContext, ctx.AuthInfo)
+	}
+	return ""
+}
+
+// looksLikeDocument tells a kubeconfig document (several lines) from a
+// secret reference the host may send at validation (one token).
+func looksLikeDocument(s string) bool { return strings.Contains(strings.TrimSpace(s), "\n") }
+
 // KubeconfigError is the error of refused kubeconfig fields, for the hooks.
 func KubeconfigError(problems []string) error {
 	return fmt.Errorf("config field kubeconfig: %s", strings.Join(problems, "; "))
@@ -413,9 +441,17 @@ func (v *validation) checkKubeconfig(o options) {
 	if v.secret == "" || v.cfg.InCluster || v.bad(secretPointer) {
 		return
 	}
-	_, problems, err := LoadKubeconfig([]byte(v.secret), KubeconfigTrustFromEnv(o.getenv))
-	if err != nil || len(problems) == 0 {
-		return
+	kc, problems, err := LoadKubeconfig([]byte(v.secret), KubeconfigTrustFromEnv(o.getenv))
+	switch {
+	case err != nil && looksLikeDocument(v.secret):
+		v.add(secretPointer, "is not a kubeconfig YAML (it does not parse); paste a complete kubeconfig whose current-context names a cluster (with server) and a user")
+	case err != nil:
+		return // a secret reference: checked once the host resolves it (probe, hooks)
+	case len(problems) > 0:
+		v.add(secretPointer, strings.Join(problems, "; "))
+	default:
+		if why := KubeconfigUnusable(kc); why != "" {
+			v.add(secretPointer, "is not usable: "+why)
+		}
 	}
-	v.add(secretPointer, strings.Join(problems, "; "))
 }

@@ -304,6 +304,7 @@ func TestInvalidReportsEveryError(t *testing.T) {
 				"/egressAllowCidrs/2",
 				"/egressMode",
 				"/imageRegistry",
+				"/kubeconfig",
 				"/namespacePrefix",
 				"/paperclipServerPort",
 			},
@@ -438,6 +439,7 @@ func TestErrorMessagesSayWhatToDo(t *testing.T) {
 		{"/backend", []string{`"firecracker"`, `"job" or "sandbox"`}},
 		{"/egressMode", []string{`"calico"`, `"standard" or "cilium"`}},
 		{"/adapters/0/image", []string{`unknown field "image"`, "allowed fields"}},
+		{"/kubeconfig", []string{"is not usable", "no current-context", "set current-context"}},
 		{"/paperclipServerPort", []string{"at most 65535"}},
 		{"/defaultResources/requests/cpu", []string{`"lots"`, "quantity"}},
 	}
@@ -689,6 +691,25 @@ func TestInputNotMutated(t *testing.T) {
 	is.Equal(norm["backend"], "sandbox")
 }
 
+// A kubeconfig document that cannot name a cluster is an error at
+// validation; a one-line value is a secret reference the host resolves
+// later, so it is not checked.
+func TestKubeconfigMustBeUsable(t *testing.T) {
+	for _, c := range []struct{ kubeconfig, want string }{
+		{"apiVersion: v1\nkind: Config\n…", "is not a kubeconfig YAML (it does not parse)"},
+		{"apiVersion: v1\nkind: Config\ncurrent-context: x\n", `current-context "x" names no context`},
+		{"apiVersion: v1\nkind: Config\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n", `names cluster "c", which is not in clusters[]`},
+		{"apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {insecure-skip-tls-verify: true}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n", `cluster "c" has no server`},
+	} {
+		_, _, _, errs := Validate(map[string]any{"kubeconfig": c.kubeconfig}, testBackends)
+		if len(errs) != 1 || errs[0].Pointer != "/kubeconfig" || !strings.Contains(errs[0].Message, c.want) {
+			t.Errorf("kubeconfig %q: errors %v, want one on /kubeconfig containing %q", c.kubeconfig, errs, c.want)
+		}
+	}
+	_, _, _, errs := Validate(map[string]any{"kubeconfig": "5f0c2a7e-1b7d-4c8e-9a51-3c2d1e0f9a88"}, testBackends)
+	is.New(t).Equal(errs, nil) // a secret id
+}
+
 func TestParse(t *testing.T) {
 	is := is.New(t)
 	cfg, err := Parse(map[string]any{"inCluster": true}, testBackends)
@@ -698,8 +719,8 @@ func TestParse(t *testing.T) {
 	var fe FieldErrors
 	is.True(err != nil)
 	is.True(errorsAs(err, &fe))
-	is.Equal(len(fe), 8)
-	is.Equal(len(fe.Strings()), 8)
+	is.Equal(len(fe), 9) // the kubeconfig in it has no current-context
+	is.Equal(len(fe.Strings()), 9)
 	is.True(strings.Contains(err.Error(), "/egressAllowCidrs/2: "))
 }
 
