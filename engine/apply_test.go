@@ -8,17 +8,20 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 // The tenant set applies the wanted objects, namespace first; objects whose
 // conditions no longer hold are pruned.
 func TestApplyTenantOrderAndPrune(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx := context.Background()
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	applied, err := e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	is.True(len(applied) > 0)
@@ -64,10 +67,10 @@ func TestApplyTenantOrderAndPrune(t *testing.T) {
 // wanted nor served), and cilium mode says what to install.
 func TestApplyWithoutCilium(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, _ := fakeEngine(t, c, "cilium.io")
+	c := testutil.TestCatalog(t)
+	e, _ := enginetest.New(t, c, "cilium.io")
 	ctx := context.Background()
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	_, err := e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	vc.Values["config"].(map[string]any)["egressMode"] = "cilium"

@@ -13,6 +13,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 var gvrPod = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
@@ -38,22 +41,22 @@ func readyCond(typ string) map[string]any {
 // failing, and returns it once it is Ready.
 func TestAwaitPodWaitsThroughAStaleReady(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := loadValues(t, "cilium-sandbox")
+	vc := valuestest.LoadShipped(t, "cilium-sandbox")
 	sb, _ := c.Get("sandbox")
 	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
 	is.NoErr(err)
-	w = setStatus(t, e, w, sb, map[string]any{"conditions": []any{readyCond("Ready")}}) // Ready, but no pod
+	w = enginetest.SetStatus(t, e, w, sb, map[string]any{"conditions": []any{readyCond("Ready")}}) // Ready, but no pod
 
 	type result struct {
 		pod *unstructured.Unstructured
 		err error
 	}
 	done := make(chan result, 1)
-	started := watchStarts(dyn)
+	started := enginetest.WatchStarts(dyn)
 	go func() {
 		_, pod, err := e.AwaitPod(ctx, sb, w)
 		done <- result{pod, err}
@@ -81,11 +84,11 @@ func TestAwaitPodWaitsThroughAStaleReady(t *testing.T) {
 // reason, the kubelet's message and the fix.
 func TestAwaitPodFailsFastOnAnImageThatCannotBePulled(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := loadValues(t, "cilium-sandbox")
+	vc := valuestest.LoadShipped(t, "cilium-sandbox")
 	sb, _ := c.Get("sandbox")
 	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
 	is.NoErr(err)
@@ -107,9 +110,9 @@ func TestAwaitPodFailsFastOnAnImageThatCannotBePulled(t *testing.T) {
 // scheduler's message and the hint).
 func TestAwaitPodTimeoutSaysWhy(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
-	vc := loadValues(t, "cilium-sandbox")
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
+	vc := valuestest.LoadShipped(t, "cilium-sandbox")
 	sb, _ := c.Get("sandbox")
 	w, err := e.Create(context.Background(), sb, "ns1", vc.Values, nil)
 	is.NoErr(err)
@@ -118,7 +121,7 @@ func TestAwaitPodTimeoutSaysWhy(t *testing.T) {
 	}}), metav1.CreateOptions{})
 	is.NoErr(err)
 	ctx, cancel := context.WithCancel(context.Background())
-	started := watchStarts(dyn)
+	started := enginetest.WatchStarts(dyn)
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := e.AwaitPod(ctx, sb, w)

@@ -14,7 +14,10 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
@@ -25,10 +28,10 @@ import (
 // first selector that matches, and is released, with no Go change.
 func TestWrittenBackendLifecycle(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx := context.Background()
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	b, ok := c.Get("jobexec")
 	is.True(ok)
 	is.Equal(b.Backend.Mode, resource.ModeExec)
@@ -51,14 +54,14 @@ func TestWrittenBackendLifecycle(t *testing.T) {
 	done := make(chan result, 1)
 	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	started := watchStarts(dyn)
+	started := enginetest.WatchStarts(dyn)
 	go func() {
 		_, st, err := e.Wait(waitCtx, b, w, resource.Ready)
 		done <- result{st, err}
 	}()
 	<-started
-	setStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(0)})
-	cur := setStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(1)})
+	enginetest.SetStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(0)})
+	cur := enginetest.SetStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(1)})
 	r := <-done
 	is.NoErr(r.err)
 	is.Equal(r.st.State, resource.Ready)
@@ -109,7 +112,7 @@ func TestReadmeBackendExampleIsJobexec(t *testing.T) {
 	c, err := resource.Load(resources.FS, ".", fstest.MapFS{"jobexec.yaml": {Data: []byte(block)}})
 	is.NoErr(err)
 	doc, _ := c.Get("jobexec")
-	file, _ := testCatalog(t).Get("jobexec")
+	file, _ := testutil.TestCatalog(t).Get("jobexec")
 	is.Equal(doc.Template, file.Template)
 	is.Equal(doc.Health, file.Health)
 	is.Equal(doc.Pods, file.Pods)

@@ -10,12 +10,14 @@ import (
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 // BenchmarkRender renders the sandbox backend (with its $use fragment).
 func BenchmarkRender(b *testing.B) {
-	c := catalog(b)
-	vc := loadValues(b, "cilium-sandbox")
+	c := testutil.Catalog(b)
+	vc := valuestest.LoadShipped(b, "cilium-sandbox")
 	sb, _ := c.Get("sandbox")
 	b.ReportAllocs()
 	for b.Loop() {
@@ -28,7 +30,7 @@ func BenchmarkRender(b *testing.B) {
 // BenchmarkEvaluate evaluates the Sandbox readiness rules on a recorded
 // object, as Wait does on every watch event.
 func BenchmarkEvaluate(b *testing.B) {
-	c := catalog(b)
+	c := testutil.Catalog(b)
 	sb, _ := c.Get("sandbox")
 	obj, err := os.ReadFile(filepath.Join("..", "testdata", "objects", "sandbox-ready.json"))
 	if err != nil {
@@ -49,7 +51,7 @@ func BenchmarkClusterClaimToReady(b *testing.B) {
 	if env == nil {
 		b.Skip("no control plane")
 	}
-	vc := loadValues(b, "standard-cidrs-sandbox")
+	vc := valuestest.LoadShipped(b, "standard-cidrs-sandbox")
 	e := realEngineB(b)
 	ctx := context.Background()
 	ns := fmt.Sprintf("bench-%x", time.Now().UnixNano()&0xffffff)

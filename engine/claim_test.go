@@ -13,7 +13,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 var gvrNamespace = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
@@ -32,9 +35,9 @@ func namespaceObj(name string, labels map[string]string) *unstructured.Unstructu
 // or carries another company's.
 func TestClaimNamespace(t *testing.T) {
 	is := is.New(t)
-	c := catalog(t)
-	vc := loadValues(t, "standard-job")
-	e, dyn := fakeEngine(t, c)
+	c := testutil.Catalog(t)
+	vc := valuestest.LoadShipped(t, "standard-job")
+	e, dyn := enginetest.New(t, c)
 	ctx := context.Background()
 	ns := vc.Values["namespace"].(string)
 	tenant := c.Used(resource.UseTenant)
@@ -71,8 +74,8 @@ func TestClaimNamespace(t *testing.T) {
 // ReleaseOwned deletes only an object an ownerReference ties to the owner.
 func TestReleaseOwnedChecksTheOwner(t *testing.T) {
 	is := is.New(t)
-	c := catalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.Catalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx := context.Background()
 	secret, _ := c.Get("secret")
 	gvr := schema.GroupVersionResource{Version: "v1", Resource: "secrets"}

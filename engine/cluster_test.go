@@ -32,6 +32,8 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devenv"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
@@ -85,12 +87,12 @@ func realEngineB(t testing.TB) *engine.Engine {
 		t.Fatal(err)
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
-	return engine.New(testCatalog(t), env.Dynamic(), mapper, env.Kube().CoreV1().RESTClient(), nil)
+	return engine.New(testutil.TestCatalog(t), env.Dynamic(), mapper, env.Kube().CoreV1().RESTClient(), nil)
 }
 
 // clusterValues are the standard-job values for a fresh namespace and run.
 func clusterValues(t *testing.T, name string) (string, map[string]any) {
-	vc := loadValues(t, name)
+	vc := valuestest.LoadShipped(t, name)
 	ns := "it-" + strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 	if len(ns) > 50 {
 		ns = ns[:50]

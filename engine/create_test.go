@@ -22,6 +22,9 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 // createThenFail makes the fake server apply every create of resource and
@@ -101,10 +104,10 @@ func TestCreateUnknownOutcomeDeletesTheAppliedObject(t *testing.T) {
 	} {
 		t.Run(cause.Error(), func(t *testing.T) {
 			is := is.New(t)
-			c := testCatalog(t)
-			e, dyn := fakeEngine(t, c)
+			c := testutil.TestCatalog(t)
+			e, dyn := enginetest.New(t, c)
 			job, _ := c.Get("job")
-			vc := loadValues(t, "standard-job")
+			vc := valuestest.LoadShipped(t, "standard-job")
 			name := vc.Values["run"].(map[string]any)["name"].(string)
 			createThenFail(dyn, "jobs", cause)
 
@@ -136,10 +139,10 @@ func TestCreateUnknownOutcomeDeletesTheAppliedObject(t *testing.T) {
 // expired (the usual cause of an unknown outcome) still deletes.
 func TestCreateUnknownOutcomeCleansUpAfterTheContextExpired(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	job, _ := c.Get("job")
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	ctx, cancel := context.WithCancel(context.Background())
 	dyn.PrependReactor("create", "jobs", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		o := a.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured)
@@ -189,10 +192,10 @@ func TestCleanupContextDeadline(t *testing.T) {
 // found, nothing is deleted, and the error says so.
 func TestCreateUnknownOutcomeNothingCreated(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	job, _ := c.Get("job")
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	failCreate(dyn, "jobs", &url.Error{Op: "Post", URL: "https://api", Err: io.EOF})
 	_, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
 	var uo *engine.UnknownOutcomeError
@@ -205,15 +208,15 @@ func TestCreateUnknownOutcomeNothingCreated(t *testing.T) {
 // An object of that name that does not carry every rendered label, or not
 // the owner's UID, is not ours: it is left alone and the error says why.
 func TestCreateUnknownOutcomeLeavesAnotherObjectAlone(t *testing.T) {
-	c := testCatalog(t)
-	vc := loadValues(t, "standard-job")
+	c := testutil.TestCatalog(t)
+	vc := valuestest.LoadShipped(t, "standard-job")
 	run := vc.Values["run"].(map[string]any)
 	name := run["name"].(string)
 	timeout := apierrors.NewTimeoutError("timed out", 0)
 
 	t.Run("labels differ", func(t *testing.T) {
 		is := is.New(t)
-		e, dyn := fakeEngine(t, c)
+		e, dyn := enginetest.New(t, c)
 		job, _ := c.Get("job")
 		other := &unstructured.Unstructured{}
 		other.SetAPIVersion("batch/v1")
@@ -243,7 +246,7 @@ func TestCreateUnknownOutcomeLeavesAnotherObjectAlone(t *testing.T) {
 
 	t.Run("owner differs", func(t *testing.T) {
 		is := is.New(t)
-		e, dyn := fakeEngine(t, c)
+		e, dyn := enginetest.New(t, c)
 		job, _ := c.Get("job")
 		secretSpec, _ := c.Get("secret")
 		w, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
@@ -269,7 +272,7 @@ func TestCreateUnknownOutcomeLeavesAnotherObjectAlone(t *testing.T) {
 
 	t.Run("owned run object is deleted", func(t *testing.T) {
 		is := is.New(t)
-		e, dyn := fakeEngine(t, c)
+		e, dyn := enginetest.New(t, c)
 		job, _ := c.Get("job")
 		secretSpec, _ := c.Get("secret")
 		w, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
@@ -289,10 +292,10 @@ func TestCreateUnknownOutcomeLeavesAnotherObjectAlone(t *testing.T) {
 // be cleaned up and names it, so an operator can.
 func TestCreateUnknownOutcomeCleanupFails(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	job, _ := c.Get("job")
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	name := vc.Values["run"].(map[string]any)["name"].(string)
 	createThenFail(dyn, "jobs", context.DeadlineExceeded)
 	dyn.PrependReactor("get", "jobs", func(k8stesting.Action) (bool, runtime.Object, error) {
@@ -313,10 +316,10 @@ func TestCreateUnknownOutcomeCleanupFails(t *testing.T) {
 // no delete.
 func TestCreateDefiniteErrorIsNotCleanedUp(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	job, _ := c.Get("job")
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	_, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
 	is.NoErr(err)
 	dyn.ClearActions()

@@ -3,9 +3,6 @@ package engine_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,133 +15,24 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	dynfake "k8s.io/client-go/dynamic/fake"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
-	"github.com/paperclip-k8s/paperclip-k8s/resources"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
-
-// fakeEngine is an engine over the fake dynamic client, with a RESTMapper
-// built from the catalog's own API blocks (cluster-scoped: the kinds named
-// in clusterScoped) and a reactor that gives created objects a UID, as the
-// API server does.
-func fakeEngine(t testing.TB, c *resource.Catalog, omit ...string) (*engine.Engine, *dynfake.FakeDynamicClient) {
-	t.Helper()
-	clusterScoped := map[string]bool{"Namespace": true}
-	omitted := map[string]bool{}
-	for _, o := range omit {
-		omitted[o] = true
-	}
-	var gvs []schema.GroupVersion
-	listKinds := map[schema.GroupVersionResource]string{}
-	for _, s := range c.All() {
-		if s.API == nil {
-			continue
-		}
-		for _, v := range s.API.Versions {
-			gvs = append(gvs, schema.GroupVersion{Group: s.API.Group, Version: v})
-		}
-	}
-	mapper := meta.NewDefaultRESTMapper(gvs)
-	for _, s := range c.All() {
-		if s.API == nil || omitted[s.API.Group] {
-			continue
-		}
-		v := s.API.Versions[0]
-		gvk := schema.GroupVersionKind{Group: s.API.Group, Version: v, Kind: s.API.Kind}
-		scope := meta.RESTScopeNamespace
-		if clusterScoped[s.API.Kind] {
-			scope = meta.RESTScopeRoot
-		}
-		mapper.AddSpecific(gvk, schema.GroupVersionResource{Group: s.API.Group, Version: v, Resource: s.API.Resource},
-			schema.GroupVersionResource{Group: s.API.Group, Version: v, Resource: strings.ToLower(s.API.Kind)}, scope)
-		listKinds[schema.GroupVersionResource{Group: s.API.Group, Version: v, Resource: s.API.Resource}] = s.API.Kind + "List"
-	}
-	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), listKinds)
-	var n atomic.Int64
-	dyn.PrependReactor("create", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		o := a.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured)
-		id := n.Add(1)
-		o.SetUID(types.UID(fmt.Sprintf("uid-%d", id)))
-		o.SetResourceVersion(fmt.Sprint(id))
-		o.SetGeneration(1)
-		return false, nil, nil
-	})
-	// The fake tracker cannot server-side apply an absent object; this
-	// reactor upserts the applied manifest. Field ownership and merge
-	// semantics are tested against a real API server (internal/devcluster).
-	dyn.PrependReactor("patch", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		p := a.(k8stesting.PatchAction)
-		if p.GetPatchType() != types.ApplyPatchType {
-			return false, nil, nil
-		}
-		o := &unstructured.Unstructured{}
-		if err := o.UnmarshalJSON(p.GetPatch()); err != nil {
-			return true, nil, err
-		}
-		o.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: engine.FieldManager, Operation: metav1.ManagedFieldsOperationApply}})
-		tr := dyn.Tracker()
-		if _, err := tr.Get(p.GetResource(), p.GetNamespace(), p.GetName()); err != nil {
-			o.SetUID(types.UID(fmt.Sprintf("uid-%d", n.Add(1))))
-			return true, o, tr.Create(p.GetResource(), o, p.GetNamespace())
-		}
-		return true, o, tr.Update(p.GetResource(), o, p.GetNamespace())
-	})
-	return engine.New(c, dyn, mapper, nil, nil), dyn
-}
-
-// watchStarts reports each watch the fake client starts, once the watcher
-// is registered with the tracker: the fake tracker does not replay events,
-// so a test must not change an object before the engine watches it.
-func watchStarts(dyn *dynfake.FakeDynamicClient) <-chan struct{} {
-	ch := make(chan struct{}, 16)
-	dyn.PrependWatchReactor("*", func(a k8stesting.Action) (bool, watch.Interface, error) {
-		w, err := dyn.Tracker().Watch(a.GetResource(), a.GetNamespace())
-		ch <- struct{}{}
-		return true, w, err
-	})
-	return ch
-}
-
-func testCatalog(t testing.TB) *resource.Catalog {
-	t.Helper()
-	c, err := resource.Load(resources.FS, ".", os.DirFS(filepath.Join("..", "testdata", "backends")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func setStatus(t testing.TB, e *engine.Engine, o *unstructured.Unstructured, spec *resource.Resource, status map[string]any) *unstructured.Unstructured {
-	t.Helper()
-	r, err := e.Resolve(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur, err := e.Dynamic.Resource(r.GVR).Namespace(o.GetNamespace()).Get(context.Background(), o.GetName(), metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur.Object["status"] = status
-	got, err := e.Dynamic.Resource(r.GVR).Namespace(o.GetNamespace()).Update(context.Background(), cur, metav1.UpdateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return got
-}
 
 // A backend defined only in testdata is claimed, awaited, its pod found and
 // released by the engine, with no Go change.
 func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx := context.Background()
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	backend, ok := c.Get("barepod")
 	is.True(ok)
 	is.Equal(backend.Backend.Mode, "exec")
@@ -177,14 +65,14 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 	done := make(chan result, 1)
 	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	started := watchStarts(dyn)
+	started := enginetest.WatchStarts(dyn)
 	go func() {
 		_, st, err := e.Wait(waitCtx, backend, w, resource.Ready)
 		done <- result{st, err}
 	}()
 	<-started
-	setStatus(t, e, w, backend, map[string]any{"phase": "Pending"})
-	setStatus(t, e, w, backend, map[string]any{"phase": "Running", "conditions": []any{map[string]any{"type": "Ready", "status": "True"}}})
+	enginetest.SetStatus(t, e, w, backend, map[string]any{"phase": "Pending"})
+	enginetest.SetStatus(t, e, w, backend, map[string]any{"phase": "Running", "conditions": []any{map[string]any{"type": "Ready", "status": "True"}}})
 	r := <-done
 	is.NoErr(r.err)
 	is.Equal(r.st.State, resource.Ready)
@@ -206,10 +94,10 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 // A terminal state ends the wait at once, with the rule's reason and message.
 func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx := context.Background()
-	vc := loadValues(t, "cilium-sandbox")
+	vc := valuestest.LoadShipped(t, "cilium-sandbox")
 	sb, _ := c.Get("sandbox")
 	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
 	is.NoErr(err)
@@ -218,7 +106,7 @@ func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 	errc := make(chan error, 1)
 	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	started := watchStarts(dyn)
+	started := enginetest.WatchStarts(dyn)
 	go func() {
 		_, _, err := e.Wait(waitCtx, sb, w, resource.Ready)
 		errc <- err
@@ -227,8 +115,8 @@ func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 	cond := func(typ, status, reason, msg string) map[string]any {
 		return map[string]any{"type": typ, "status": status, "reason": reason, "message": msg, "observedGeneration": int64(1)}
 	}
-	setStatus(t, e, w, sb, map[string]any{"conditions": []any{cond("Ready", "False", "DependenciesNotReady", "Pod exists with phase: Pending")}})
-	setStatus(t, e, w, sb, map[string]any{"conditions": []any{cond("Ready", "False", "PodFailed", "Pod failed"), cond("Finished", "True", "PodFailed", "Pod failed")}})
+	enginetest.SetStatus(t, e, w, sb, map[string]any{"conditions": []any{cond("Ready", "False", "DependenciesNotReady", "Pod exists with phase: Pending")}})
+	enginetest.SetStatus(t, e, w, sb, map[string]any{"conditions": []any{cond("Ready", "False", "PodFailed", "Pod failed"), cond("Finished", "True", "PodFailed", "Pod failed")}})
 	select {
 	case err := <-errc:
 		var te *engine.TerminalError
@@ -243,16 +131,16 @@ func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 
 func TestWaitReportsDeletionAndContextEnd(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx := context.Background()
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	job, _ := c.Get("job")
 	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
 	is.NoErr(err)
 
 	errc := make(chan error, 1)
-	started := watchStarts(dyn)
+	started := enginetest.WatchStarts(dyn)
 	go func() {
 		_, _, err := e.Wait(ctx, job, w, resource.Succeeded)
 		errc <- err
@@ -277,10 +165,10 @@ func TestWaitReportsDeletionAndContextEnd(t *testing.T) {
 // them (same UID); a pod with the right name but another owner is refused.
 func TestFindPodChecksTheOwnerUID(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, _ := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, _ := enginetest.New(t, c)
 	ctx := context.Background()
-	vc := loadValues(t, "cilium-sandbox")
+	vc := valuestest.LoadShipped(t, "cilium-sandbox")
 	sb, _ := c.Get("sandbox")
 	podSpec, _ := c.Pod()
 	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
@@ -314,10 +202,10 @@ func TestFindPodChecksTheOwnerUID(t *testing.T) {
 // Release uses a UID precondition: an object that replaced ours keeps living.
 func TestReleaseLeavesAReplacementAlone(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx := context.Background()
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	job, _ := c.Get("job")
 	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
 	is.NoErr(err)
@@ -343,8 +231,8 @@ func TestReleaseLeavesAReplacementAlone(t *testing.T) {
 
 func TestMissingAPINamesWhatToInstall(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, _ := fakeEngine(t, c, "agents.x-k8s.io")
+	c := testutil.TestCatalog(t)
+	e, _ := enginetest.New(t, c, "agents.x-k8s.io")
 	sb, _ := c.Get("sandbox")
 	_, err := e.Resolve(sb)
 	var missing *engine.APIMissingError
@@ -356,7 +244,7 @@ func TestMissingAPINamesWhatToInstall(t *testing.T) {
 // v1beta1 is preferred; a cluster that serves only v1alpha1 gets v1alpha1.
 func TestResolveFallsBackToAnOlderServedVersion(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
+	c := testutil.TestCatalog(t)
 	sb, _ := c.Get("sandbox")
 	for _, served := range []string{"v1beta1", "v1alpha1"} {
 		gv := schema.GroupVersion{Group: "agents.x-k8s.io", Version: served}
@@ -375,11 +263,11 @@ func TestResolveFallsBackToAnOlderServedVersion(t *testing.T) {
 // on from its new resourceVersion; a watch that just ends is resumed.
 func TestWaitRewatchesAfterExpiry(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	backend, _ := c.Get("barepod")
 	w, err := e.Create(ctx, backend, "ns1", vc.Values, nil)
 	is.NoErr(err)
@@ -422,11 +310,11 @@ func TestWaitRewatchesAfterExpiry(t *testing.T) {
 // the context ends as an informer would.
 func TestWaitFailsOnARefusedWatch(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	job, _ := c.Get("job")
 	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
 	is.NoErr(err)

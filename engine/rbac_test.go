@@ -14,7 +14,10 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 // Only the Namespace is cluster-scoped: everything else (subresources
@@ -22,7 +25,7 @@ import (
 func TestPermissionsSayWhatIsClusterScoped(t *testing.T) {
 	is := is.New(t)
 	var cluster []string
-	for _, p := range testCatalog(t).Permissions() {
+	for _, p := range testutil.TestCatalog(t).Permissions() {
 		if p.ClusterScoped {
 			cluster = append(cluster, p.Group+"/"+p.Resource)
 		}
@@ -34,7 +37,7 @@ func TestPermissionsSayWhatIsClusterScoped(t *testing.T) {
 // the provider learnt: a ServiceAccount, or a User; to nobody when unknown.
 func TestProviderRoleBindingSubject(t *testing.T) {
 	is := is.New(t)
-	c := catalog(t)
+	c := testutil.Catalog(t)
 	s, ok := c.Get("provider-rolebinding")
 	is.True(ok)
 	is.True(s.GrantsAccess)
@@ -42,7 +45,7 @@ func TestProviderRoleBindingSubject(t *testing.T) {
 	name, err := s.GrantName()
 	is.NoErr(err)
 	is.Equal(name, "paperclip-k8s-provider")
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	subjects := func(provider map[string]any) any {
 		vc.Values["provider"] = provider
 		obj, wanted, err := s.Render(vc.Values)
@@ -101,10 +104,10 @@ func (*notYet) Error() string { return "the authorizer has not seen the binding 
 // rest; a Forbidden right after the grant is retried.
 func TestApplyGrantFirstThenRetriesForbidden(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	order, refused := forbidAfterGrant(dyn, 3)
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	applied, err := e.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.NoErr(err)
 	is.Equal(refused.Load(), int64(3))
@@ -121,17 +124,17 @@ func TestApplyGrantFirstThenRetriesForbidden(t *testing.T) {
 func TestApplyForbiddenAfterGrantGivesUp(t *testing.T) {
 	is := is.New(t)
 	defer engine.SetGrantBackoff(time.Millisecond, time.Millisecond)()
-	c := testCatalog(t)
-	e, dyn := fakeEngine(t, c)
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c)
 	_, refused := forbidAfterGrant(dyn, 1000)
-	vc := loadValues(t, "standard-job")
+	vc := valuestest.LoadShipped(t, "standard-job")
 	_, err := e.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.True(err != nil)
 	is.True(apierrors.IsForbidden(err))
 	is.Equal(refused.Load(), int64(3)) // the first try and two retries
 	is.True(strings.Contains(err.Error(), "still forbidden 2ms after RoleBinding paperclip-acme/paperclip-k8s-provider from provider-rolebinding.yaml granted the provider its permissions in this namespace"))
 
-	e2, dyn2 := fakeEngine(t, c)
+	e2, dyn2 := enginetest.New(t, c)
 	var calls atomic.Int64
 	dyn2.PrependReactor("patch", "namespaces", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		calls.Add(1)
@@ -147,11 +150,11 @@ func TestApplyForbiddenAfterGrantGivesUp(t *testing.T) {
 // RBAC would grant its permissions in the wrong place.
 func TestApplyChecksClusterScoped(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
+	c := testutil.TestCatalog(t)
 	ns, _ := c.Get("namespace")
 	ns.API.ClusterScoped = false
-	e, _ := fakeEngine(t, c)
-	vc := loadValues(t, "standard-job")
+	e, _ := enginetest.New(t, c)
+	vc := valuestest.LoadShipped(t, "standard-job")
 	_, err := e.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "namespace.yaml: /api/clusterScoped: is false, but the server says Namespace is namespaced: false"))

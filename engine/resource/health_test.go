@@ -11,6 +11,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 )
 
 // TestReadinessRules evaluates the rules of the sandbox, job and pod files
@@ -18,7 +19,7 @@ import (
 // every state: ready, pending, terminal failures and successes, stale
 // observedGeneration and deletion.
 func TestReadinessRules(t *testing.T) {
-	c := catalog(t)
+	c := testutil.Catalog(t)
 	dir := filepath.Join("..", "..", "testdata", "objects")
 	raw, err := os.ReadFile(filepath.Join(dir, "expected.json"))
 	if err != nil {
@@ -53,7 +54,7 @@ const header = "apiVersion: paperclip-k8s.io/v1alpha1\nkind: Resource\n"
 
 func TestReadinessMessagesComeFromTheCondition(t *testing.T) {
 	is := is.New(t)
-	c := catalog(t)
+	c := testutil.Catalog(t)
 	s, _ := c.Get("job")
 	obj, err := os.ReadFile(filepath.Join("..", "..", "testdata", "objects", "job-failed-deadline.json"))
 	is.NoErr(err)
@@ -69,7 +70,7 @@ func TestReadinessMessagesComeFromTheCondition(t *testing.T) {
 // when the conditions say Ready.
 func TestGenericRulesComeFirst(t *testing.T) {
 	is := is.New(t)
-	c := catalog(t)
+	c := testutil.Catalog(t)
 	sb, _ := c.Get("sandbox")
 	ready, err := os.ReadFile(filepath.Join("..", "..", "testdata", "objects", "sandbox-ready.json"))
 	is.NoErr(err)
@@ -104,7 +105,7 @@ func TestGenericRulesComeFirst(t *testing.T) {
 // {$use: file} in health.rules stands for that file's rules.
 func TestHealthRulesAreSharedByUse(t *testing.T) {
 	is := is.New(t)
-	c := testCatalog(t)
+	c := testutil.TestCatalog(t)
 	bare, _ := c.Get("barepod")
 	pod, _ := c.Get("pod")
 	is.Equal(bare.Health.Rules, pod.Health.Rules)

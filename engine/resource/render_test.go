@@ -15,38 +15,23 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
 
-func catalog(t testing.TB) *resource.Catalog {
-	t.Helper()
-	c, err := resource.Load(resources.FS, ".")
-	if err != nil {
-		t.Fatalf("loading resources: %v", err)
-	}
-	return c
-}
-
-// loadValues builds the values of testdata/values/<name>.yaml (the inputs
-// of acquire) with the provider's own builder, plugin.BuildValues.
-func loadValues(t testing.TB, name string) valuestest.Case {
-	t.Helper()
-	return valuestest.Load(t, catalog(t), name)
-}
-
 // TestGoldenManifests renders every tenant, run and backend file under each
 // representative config, from the values plugin.BuildValues builds out of
 // testdata/values, and compares with testdata/golden (go test -update
 // rewrites them; review the diff).
 func TestGoldenManifests(t *testing.T) {
-	c := catalog(t)
+	c := testutil.Catalog(t)
 	for _, name := range []string{"standard-job", "cilium-sandbox", "standard-cidrs-sandbox"} {
 		t.Run(name, func(t *testing.T) {
 			is := is.New(t)
-			vc := loadValues(t, name)
+			vc := valuestest.LoadShipped(t, name)
 			var specs []*resource.Resource
 			specs = append(specs, c.Used(resource.UseTenant)...)
 			specs = append(specs, c.Used(resource.UseRun)...)
@@ -83,8 +68,8 @@ func TestGoldenManifests(t *testing.T) {
 // optional fields disappear, and the public fallback follows the values.
 func TestRenderTypesAndOptionalFields(t *testing.T) {
 	is := is.New(t)
-	c := catalog(t)
-	vc := loadValues(t, "standard-job")
+	c := testutil.Catalog(t)
+	vc := valuestest.LoadShipped(t, "standard-job")
 	job, _ := c.Get("job")
 	obj, wanted, err := job.Render(vc.Values)
 	is.NoErr(err)
@@ -116,7 +101,7 @@ func TestRenderTypesAndOptionalFields(t *testing.T) {
 	is.NoErr(err)
 	is.True(!wanted) // standard mode: the CNP is not wanted
 
-	vc = loadValues(t, "cilium-sandbox")
+	vc = valuestest.LoadShipped(t, "cilium-sandbox")
 	cnp, wanted, err := cilium.Render(vc.Values)
 	is.NoErr(err)
 	is.True(wanted)
@@ -130,8 +115,8 @@ func TestRenderTypesAndOptionalFields(t *testing.T) {
 
 func TestRenderMissingValueNamesFileAndPath(t *testing.T) {
 	is := is.New(t)
-	c := catalog(t)
-	vc := loadValues(t, "standard-job")
+	c := testutil.Catalog(t)
+	vc := valuestest.LoadShipped(t, "standard-job")
 	run := vc.Values["run"].(map[string]any)
 	delete(run, "image")
 	job, _ := c.Get("job")
@@ -186,7 +171,7 @@ health:
 
 func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {
 	is := is.New(t)
-	c := catalog(t)
+	c := testutil.Catalog(t)
 	perms := map[string][]string{}
 	for _, p := range c.Permissions() {
 		perms[p.Group+"/"+p.Resource] = p.Verbs
@@ -211,8 +196,8 @@ func TestPermissionsCoverEveryFileAndSubresource(t *testing.T) {
 // Deadline reads the absolute deadline the template put at deadlinePath.
 func TestDeadlineIsReadFromTheWorkload(t *testing.T) {
 	is := is.New(t)
-	c := catalog(t)
-	vc := loadValues(t, "cilium-sandbox")
+	c := testutil.Catalog(t)
+	vc := valuestest.LoadShipped(t, "cilium-sandbox")
 	sb, _ := c.Get("sandbox")
 	obj, _, err := sb.Render(vc.Values)
 	is.NoErr(err)
@@ -292,14 +277,4 @@ template:
 			t.Errorf("the error does not say %q:\n%s", want, msg)
 		}
 	}
-}
-
-// testCatalog loads the shipped data files and the testdata-only backends.
-func testCatalog(t testing.TB) *resource.Catalog {
-	t.Helper()
-	c, err := resource.Load(resources.FS, ".", os.DirFS(filepath.Join("..", "..", "testdata", "backends")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }

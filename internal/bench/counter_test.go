@@ -8,22 +8,12 @@ import (
 	"time"
 
 	"github.com/matryer/is"
-
-	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
-	"github.com/paperclip-k8s/paperclip-k8s/resources"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 )
-
-func catalog(t *testing.T) *resource.Catalog {
-	c, err := resource.Load(resources.FS, ".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 func TestClassify(t *testing.T) {
 	is := is.New(t)
-	c := NewCounter(catalog(t))
+	c := NewCounter(testutil.Catalog(t))
 	for _, tc := range []struct {
 		method, url, contentType string
 		verb, resource           string
@@ -67,7 +57,7 @@ func (okTransport) RoundTrip(*http.Request) (*http.Response, error) {
 // what it returned.
 func TestCounterTake(t *testing.T) {
 	is := is.New(t)
-	c := NewCounter(catalog(t))
+	c := NewCounter(testutil.Catalog(t))
 	rt := c.Wrap(okTransport{})
 	for _, u := range []string{"/api/v1/namespaces/t1/secrets", "/version"} {
 		method := "POST"

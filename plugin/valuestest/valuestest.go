@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
@@ -77,6 +78,12 @@ func Load(t testing.TB, c *resource.Catalog, name string) Case {
 		t.Fatalf("%s.yaml: %v", name, err)
 	}
 	return vc
+}
+
+// LoadShipped is Load over the shipped data files (resources/).
+func LoadShipped(t testing.TB, name string) Case {
+	t.Helper()
+	return Load(t, testutil.Catalog(t), name)
 }
 
 // Build builds the values of one set of inputs.
