@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/matryer/is"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 )
 
 // target is somewhere to run the stream matrix: an execnode directly, or a
@@ -181,7 +182,9 @@ func testTimeout(t *testing.T, tg target, tr Transport) {
 	select {
 	case pid := <-pidc:
 		// Through an execnode the stream teardown kills the process group.
-		waitGone(t, pid)
+		gone, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		testutil.WaitGone(t, gone, pid)
 	default:
 		t.Log("the command had not printed its pid before the timeout; kill check skipped")
 	}
@@ -313,7 +316,7 @@ func testBackground(t *testing.T, tg target, tr Transport) {
 	pid, err := strconv.Atoi(strings.TrimSpace(string(res.Stdout)))
 	is.NoErr(err)
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
-	is.True(alive(pid)) // still running after Run returned
+	is.True(testutil.Alive(pid)) // still running after Run returned
 }
 
 // testEnvCwd round-trips tricky env values and a tricky cwd through the

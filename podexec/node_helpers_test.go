@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -80,26 +77,4 @@ func (tn *testNode) executor(tb testing.TB, tr Transport) *Executor {
 
 func req(command string, args ...string) Request {
 	return Request{Namespace: testNS, Pod: testPod, Container: testContainer, Command: command, Args: args, Timeout: 60 * time.Second}
-}
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
-}
-
-func waitGone(tb testing.TB, pid int) {
-	tb.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			tb.Fatalf("process %d still alive", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devenv"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 )
 
 var (
@@ -164,7 +165,7 @@ func TestPodDeletionCutsOffExec(t *testing.T) {
 	is.NoErr(err)
 	helper, err := strconv.Atoi(strings.TrimSpace(out))
 	is.NoErr(err)
-	is.True(alive(helper))
+	is.True(testutil.Alive(helper))
 
 	// A command still running: it prints its pid, then sleeps.
 	started := &notify{ch: make(chan struct{})}
@@ -198,36 +199,10 @@ func TestPodDeletionCutsOffExec(t *testing.T) {
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(res.out))
 	is.NoErr(err)
-	is.True(!alive(pid)) // reaped before the exec returned
-	waitGone(t, ctx, helper)
+	is.True(!testutil.Alive(pid)) // reaped before the exec returned
+	testutil.WaitGone(t, ctx, helper)
 
 	// The pod is gone: an exec for it fails at the API server.
 	_, err = podExec(ctx, ns, "busy", nil, "true")
 	is.True(err != nil)
-}
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
-}
-
-// waitGone waits for the process to end (the node kills it when it
-// handles the pod's deletion, which no API event tells the test about).
-func waitGone(t *testing.T, ctx context.Context, pid int) {
-	t.Helper()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for alive(pid) {
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			t.Fatalf("process %d still alive after its pod was deleted: %v", pid, ctx.Err())
-		}
-	}
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/matryer/is"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/remotecommand"
 	utilexec "k8s.io/client-go/util/exec"
@@ -155,12 +156,12 @@ func TestTornDownStreamKillsProcessGroup(t *testing.T) {
 			wd := n.WorkDir("ns1", "pod1")
 			shPid := readPid(t, filepath.Join(wd, "sh.pid"))
 			childPid := readPid(t, filepath.Join(wd, "child.pid"))
-			is.True(alive(shPid))
-			is.True(alive(childPid))
+			is.True(testutil.Alive(shPid))
+			is.True(testutil.Alive(childPid))
 			cancel()
 			<-errc
-			waitGone(t, shPid)
-			waitGone(t, childPid)
+			testutil.WaitGone(t, within(t, 20*time.Second), shPid)
+			testutil.WaitGone(t, within(t, 20*time.Second), childPid)
 		})
 	}
 }
@@ -172,9 +173,9 @@ func TestCloseKillsBackgroundHelpers(t *testing.T) {
 	is.NoErr(err) // returned although the background child still runs
 	pid, err := strconv.Atoi(strings.TrimSpace(out))
 	is.NoErr(err)
-	is.True(alive(pid))
+	is.True(testutil.Alive(pid))
 	n.Close()
-	waitGone(t, pid)
+	testutil.WaitGone(t, within(t, 20*time.Second), pid)
 }
 
 func TestBackgroundChildHoldingStdoutDoesNotHang(t *testing.T) {
@@ -266,24 +267,9 @@ func readPid(t *testing.T, path string) int {
 	return pid
 }
 
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
-}
-
-func waitGone(t *testing.T, pid int) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("process %d still alive", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+// within is a context that ends after d, or with the test.
+func within(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
 }
