@@ -11,9 +11,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 )
 
 // podWatch follows one pod from before it is created, so a test sees every
@@ -26,22 +26,9 @@ type podWatch struct {
 	seen []string // a short trace for failure messages
 }
 
-// watchKube is a client whose watches are not cut off by the admin
-// client's 30 s request timeout.
-func watchKube(t *testing.T) kubernetes.Interface {
-	t.Helper()
-	cfg := cluster.RESTConfig()
-	cfg.Timeout = 0
-	kc, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kc
-}
-
 func watchPod(t *testing.T, ctx context.Context, ns, name string) *podWatch {
 	t.Helper()
-	w, err := watchKube(t).CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+	w, err := testutil.WatchKube(t, cluster.RESTConfig()).CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +246,7 @@ func TestUnschedulableNodeSelector(t *testing.T) {
 	ns := devcluster.NewNamespace(t, cluster, nil)
 	ctx := ctxT(t, 60*time.Second)
 	kube := cluster.Kube()
-	ew, err := watchKube(t).CoreV1().Events(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=nowhere"})
+	ew, err := testutil.WatchKube(t, cluster.RESTConfig()).CoreV1().Events(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=nowhere"})
 	is.NoErr(err)
 	defer ew.Stop()
 	pw := watchPod(t, ctx, ns, "nowhere")

@@ -14,10 +14,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/sandboxctl"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 )
 
 // What the Sandbox said at one watch event: the parts the vanished-pod
@@ -87,19 +87,6 @@ func (tr *sbTrace) until(t *testing.T, ctx context.Context, what string, f func(
 			t.Fatalf("waiting for %s: %v; states: %+v", what, ctx.Err(), tr.states)
 		}
 	}
-}
-
-// watchKube is a client whose watches are not cut off by the admin
-// client's 30 s request timeout.
-func watchKube(t *testing.T) kubernetes.Interface {
-	t.Helper()
-	cfg := cluster.RESTConfig()
-	cfg.Timeout = 0
-	kc, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kc
 }
 
 func wait(t *testing.T, ctx context.Context, ch <-chan struct{}, what string) {
@@ -253,7 +240,7 @@ func TestTerminatingPodKeepsSandboxReady(t *testing.T) {
 	old, err := kube.CoreV1().Pods(ns).Get(ctx, "sb-grace", metav1.GetOptions{})
 	is.NoErr(err)
 
-	pw, err := watchKube(t).CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=sb-grace", ResourceVersion: old.ResourceVersion})
+	pw, err := testutil.WatchKube(t, cluster.RESTConfig()).CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=sb-grace", ResourceVersion: old.ResourceVersion})
 	is.NoErr(err)
 	defer pw.Stop()
 	is.NoErr(kube.CoreV1().Pods(ns).Delete(ctx, "sb-grace", metav1.DeleteOptions{}))
@@ -320,7 +307,7 @@ func TestMultiplePods(t *testing.T) {
 	pod, err := kube.CoreV1().Pods(ns).Get(ctx, "sb-multi", metav1.GetOptions{})
 	is.NoErr(err)
 
-	ew, err := watchKube(t).CoreV1().Events(ns).Watch(ctx, metav1.ListOptions{})
+	ew, err := testutil.WatchKube(t, cluster.RESTConfig()).CoreV1().Events(ns).Watch(ctx, metav1.ListOptions{})
 	is.NoErr(err)
 	defer ew.Stop()
 	// A second pod with the Sandbox's label and controller reference (as a

@@ -41,23 +41,7 @@ func startHost(t testing.TB, h rpc.Handler, opts rpc.Options) *fakeHost {
 		fh.done <- err
 		outW.Close()
 	}()
-	go func() {
-		br := bufio.NewReader(outR)
-		for {
-			line, err := br.ReadBytes('\n')
-			if len(line) > 0 {
-				fh.lines <- line
-			}
-			if err != nil {
-				close(fh.lines)
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		inW.Close()
-		outR.Close()
-	})
+	fh.readLines(t, inW, outR)
 	return fh
 }
 
@@ -156,4 +140,26 @@ func str(m map[string]json.RawMessage, key string) string {
 	var s string
 	_ = json.Unmarshal(m[key], &s)
 	return s
+}
+
+// readLines feeds fh.lines with the worker's output, one line each, until
+// it ends; the pipes close with the test.
+func (fh *fakeHost) readLines(t testing.TB, in *io.PipeWriter, out *io.PipeReader) {
+	go func() {
+		br := bufio.NewReader(out)
+		for {
+			line, err := br.ReadBytes('\n')
+			if len(line) > 0 {
+				fh.lines <- line
+			}
+			if err != nil {
+				close(fh.lines)
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		in.Close()
+		out.Close()
+	})
 }

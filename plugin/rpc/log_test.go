@@ -1,7 +1,6 @@
 package rpc_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,23 +39,7 @@ func startLogHost(t *testing.T, h func(log *slog.Logger) rpc.Handler) *logHost {
 		fh.done <- conn.Serve(context.Background())
 		outW.Close()
 	}()
-	go func() {
-		br := bufio.NewReader(outR)
-		for {
-			line, err := br.ReadBytes('\n')
-			if len(line) > 0 {
-				fh.lines <- line
-			}
-			if err != nil {
-				close(fh.lines)
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		inW.Close()
-		outR.Close()
-	})
+	fh.readLines(t, inW, outR)
 	return &logHost{fakeHost: fh, log: log, stderr: stderr}
 }
 
