@@ -37,16 +37,18 @@ if ! command -v busybox >/dev/null 2>&1; then
 fi
 command -v busybox || true
 
-echo "== shellcheck (the sync's pod scripts)"
+echo "== shellcheck (the sync's pod scripts, the project's own scripts)"
 if ! command -v shellcheck >/dev/null 2>&1; then
 	apt_install shellcheck || { echo "shellcheck is missing: install shellcheck (apt)"; exit 1; }
 fi
 shellcheck --version | sed -n 2p
 # -x -P SCRIPTDIR: each script's ". ./common.sh" (what it is sent with) is followed.
 shellcheck -x -P SCRIPTDIR plugin/filesync/scripts/*.sh
+shellcheck hack/*.sh .ci/run
 
 echo "== gofmt, go vet"
-bad=$(gofmt -l $(git ls-files '*.go' | grep -v '^hack/') 2>/dev/null || true)
+mapfile -t gofiles < <(git ls-files '*.go' | grep -v '^hack/')
+bad=$(gofmt -l "${gofiles[@]}" 2>/dev/null || true)
 if [ -n "$bad" ]; then echo "gofmt would change:"; echo "$bad"; exit 1; fi
 go vet ./...
 
@@ -55,4 +57,10 @@ STATICCHECK_VERSION=v0.8.2 # pinned (a newer one may add checks); runs with Go 1
 go run "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" ./...
 
 echo "== go test"
-go test -count=1 -timeout 60m "$@" ./...
+# The packages that start paperclip-server run one at a time: each server's
+# embedded Postgres picks its port when it starts, and two servers started
+# at once by parallel test binaries can race for the same one.
+mapfile -t e2e < <(go list ./e2e/...)
+mapfile -t rest < <(go list ./... | grep -vxF -f <(printf '%s\n' "${e2e[@]}"))
+go test -count=1 -timeout 60m "$@" "${rest[@]}"
+go test -count=1 -timeout 60m -p 1 "$@" "${e2e[@]}"
