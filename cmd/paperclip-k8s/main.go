@@ -55,10 +55,12 @@ func main() {
 const usage = `usage: paperclip-k8s [command]
   worker     serve the Paperclip plugin protocol on stdin/stdout (the default)
   manifest   print the plugin manifest as JSON
-  rbac       print the ClusterRoles, binding and admission policy that confine
-             the provider identity (YAML; --service-account <ns>/<name>)
+  rbac       print the ClusterRoles, binding, admission policy and flow schema
+             for the provider identity (YAML; --service-account <ns>/<name>)
   demo       acquire a lease, exec in it and release it; starts a local
              control plane unless --kubeconfig is given (demo -h for flags)
+  bench      measure requests, latency and throughput of acquire and
+             execute on the local control plane (bench -h for flags)
   version    print the version
 `
 
