@@ -15,7 +15,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +23,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/paperclip-k8s/paperclip-k8s/e2e/paperclip"
-	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devenv"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
@@ -62,57 +60,20 @@ func TestPaperclipKubernetes(t *testing.T) {
 		t.Skip("the paperclip harness reads /proc and uses Linux process groups")
 	}
 	is := is.New(t)
-	root, err := repoRoot()
-	is.NoErr(err)
-
-	// Install paperclipai, build the control-plane binaries and the plugin
-	// package concurrently: each is a no-op when cached.
-	var (
-		wg                    sync.WaitGroup
-		pcDir, binDir, pkgDir string
-		pcErr, binErr, pkgErr error
-	)
-	pkgDir = filepath.Join(t.TempDir(), "plugin-kubernetes")
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		timed(t, "paperclip.Install", func() { pcDir, pcErr = paperclip.Install() })
-	}()
-	go func() {
-		defer wg.Done()
-		timed(t, "devcluster.BinDir", func() { binDir, binErr = devcluster.BinDir() })
-	}()
-	go func() {
-		defer wg.Done()
-		timed(t, "hack/build-npm.sh", func() { pkgErr = buildPackage(root, pkgDir) })
-	}()
-	wg.Wait()
-	if err := errors.Join(pcErr, binErr, pkgErr); err != nil {
-		t.Fatal(err)
-	}
+	pcDir, binDir, pkgDir := prerequisites(t)
 
 	// ctx outlives the test function: the cleanups below stop the server,
 	// then the control plane, then cancel it (cleanups run last-in first-out).
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	t.Cleanup(cancel)
 
-	// What the "sandbox image" holds. The exec node runs pod commands as
-	// local processes, so remote paths are local paths: the workspace
-	// (workspacePath, the lease's remoteCwd, where the host uploads and runs)
-	// and a bin dir with the fake agent CLIs.
-	scratch := t.TempDir()
-	workspace := filepath.Join(scratch, "workspace")
-	is.NoErr(os.MkdirAll(workspace, 0o755))
-	sandboxBin := filepath.Join(scratch, "bin")
-	is.NoErr(os.MkdirAll(sandboxBin, 0o755))
-	claude := filepath.Join(sandboxBin, "claude")
-	is.NoErr(os.WriteFile(claude, []byte(fakeClaude), 0o755))
-	is.NoErr(os.WriteFile(filepath.Join(sandboxBin, "codex-acp"), []byte(fakeCodexACP), 0o755))
+	workspace, sandboxBin, claude := sandboxImage(t)
 
 	// The control plane. Pod commands get the fake CLIs and Node 24 first in
 	// PATH (the host's PATH is never exported into a pod).
 	var nodeLog, clusterLog lockedBuffer
 	var env *devenv.Env
+	var err error
 	podPath := strings.Join([]string{sandboxBin, paperclip.NodeBin(pcDir), os.Getenv("PATH")}, string(os.PathListSeparator))
 	timed(t, "devenv.Start", func() {
 		env, err = devenv.Start(ctx, devenv.Options{BinDir: binDir, Log: &clusterLog, NodeLog: &nodeLog, NodeEnv: []string{"PATH=" + podPath}})

@@ -3,7 +3,6 @@ package e2e_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -54,32 +53,7 @@ func TestPaperclipSlowPod(t *testing.T) {
 		t.Skip("the paperclip harness reads /proc and uses Linux process groups")
 	}
 	is := is.New(t)
-	root, err := repoRoot()
-	is.NoErr(err)
-
-	var (
-		wg                    sync.WaitGroup
-		pcDir, binDir, pkgDir string
-		pcErr, binErr, pkgErr error
-	)
-	pkgDir = filepath.Join(t.TempDir(), "plugin-kubernetes")
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		timed(t, "paperclip.Install", func() { pcDir, pcErr = paperclip.Install() })
-	}()
-	go func() {
-		defer wg.Done()
-		timed(t, "devcluster.BinDir", func() { binDir, binErr = devcluster.BinDir() })
-	}()
-	go func() {
-		defer wg.Done()
-		timed(t, "hack/build-npm.sh", func() { pkgErr = buildPackage(root, pkgDir) })
-	}()
-	wg.Wait()
-	if err := errors.Join(pcErr, binErr, pkgErr); err != nil {
-		t.Fatal(err)
-	}
+	pcDir, binDir, pkgDir := prerequisites(t)
 	annotations := map[string]string{devcluster.ReadyAfterAnnotation: slowPodDelay.String()}
 	b, err := json.Marshal(annotations)
 	is.NoErr(err)
@@ -88,13 +62,7 @@ func TestPaperclipSlowPod(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	t.Cleanup(cancel)
 
-	scratch := t.TempDir()
-	workspace := filepath.Join(scratch, "workspace")
-	is.NoErr(os.MkdirAll(workspace, 0o755))
-	sandboxBin := filepath.Join(scratch, "bin")
-	is.NoErr(os.MkdirAll(sandboxBin, 0o755))
-	claude := filepath.Join(sandboxBin, "claude")
-	is.NoErr(os.WriteFile(claude, []byte(fakeClaude), 0o755))
+	workspace, sandboxBin, claude := sandboxImage(t)
 
 	var nodeLog, clusterLog lockedBuffer
 	var env *devenv.Env
