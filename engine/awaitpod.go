@@ -15,7 +15,8 @@ import (
 )
 
 // AwaitPod waits until a workload is Ready and has a Ready pod (FindPod),
-// and returns both. It watches the workload and the pods of its namespace,
+// and returns both. w should be freshly read: the watch on it starts from
+// its resourceVersion. It watches the workload and the pods of its namespace,
 // so what happens to either is seen as it happens:
 //   - a pod whose rules say it will not start (Failed: an image that cannot
 //     be pulled, say) ends the wait with a *TerminalError naming the pod,
@@ -66,18 +67,22 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 		}
 		return nil, false, nil
 	}
-	for {
+	// The workload given is used as read (callers have just read it); it
+	// is read again only when the watches start over.
+	for first := true; ; first = false {
 		// List first: a pod created between the list and the watch is
 		// still an event of the watch.
 		pl, err := pc.List(ctx, metav1.ListOptions{Limit: 1})
 		if err != nil {
 			return nil, nil, e.waitFailed(ctx, ref, last, fmt.Errorf("listing the pods of %s: %w", ref, err))
 		}
-		cur, err := e.Get(ctx, Ref{Resource: s, Namespace: ref.Namespace, Name: ref.Name, UID: ref.UID})
-		if err != nil {
-			return nil, nil, e.waitFailed(ctx, ref, last, err)
+		if !first {
+			cur, err := e.Get(ctx, Ref{Resource: s, Namespace: ref.Namespace, Name: ref.Name, UID: ref.UID})
+			if err != nil {
+				return nil, nil, e.waitFailed(ctx, ref, last, err)
+			}
+			w = cur
 		}
-		w = cur
 		if pod, done, err := check(); done {
 			return w, pod, err
 		}
