@@ -377,6 +377,17 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	switch h.rule.Action {
 	case Stall:
+		// Read the body first: net/http notices a client that goes away
+		// (and cancels r.Context()) only once the request body is
+		// consumed. Unread, a create whose client gave up would still be
+		// forwarded at the release.
+		if r.Body != nil {
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				return // the client went away while sending
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
 		if !h.stall(r.Context()) {
 			return // the client gave up: nothing is forwarded
 		}

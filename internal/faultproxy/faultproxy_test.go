@@ -254,3 +254,32 @@ func TestKubeconfig(t *testing.T) {
 	is.Equal(rc.BearerToken, "tok2")
 	is.Equal(string(rc.CAData), string(p.CAData()))
 }
+
+// The same for a request with a body (a create): net/http notices the
+// client going away only once the body is read, so the proxy reads it
+// before it holds the request.
+func TestStalledPostOfAGoneClientIsNotForwarded(t *testing.T) {
+	is := is.New(t)
+	p, up, c := start(t)
+	h := p.MustAdd(faultproxy.Rule{Action: faultproxy.Stall})
+	ctx, cancel := context.WithCancel(ctxT(t))
+	errc := make(chan error, 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.URL()+"/create", strings.NewReader(`{"kind":"Sandbox"}`))
+		if err != nil {
+			errc <- err
+			return
+		}
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	is.NoErr(h.WaitStalled(ctxT(t), 1))
+	cancel()
+	is.True(errors.Is(<-errc, context.Canceled))
+	is.NoErr(h.WaitNoneStalled(ctxT(t))) // fails without reading the body first: the proxy never sees the client go
+	h.Release()
+	is.Equal(len(up.received()), 0)
+}
