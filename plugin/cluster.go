@@ -49,6 +49,8 @@ type cluster struct {
 	tenants sync.Map
 	// tenantFlights keeps one tenant apply per tenant in flight.
 	tenantFlights flights
+	// identity is who the provider is here (providerIdentity).
+	identity atomic.Value // Identity
 }
 
 // WrapTransport, when set, wraps the transports of clusters built afterwards (under the apiGate): `paperclip-k8s bench` counts requests with it.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,16 +39,14 @@ func (id Identity) Values() map[string]any {
 	return map[string]any{"username": id.Username, "kind": id.Kind, "name": id.Name, "namespace": id.Namespace}
 }
 
-// identities caches the identity per cluster client: credentials do not
-// change under a cluster (a new kubeconfig is a new cluster).
-var identities sync.Map // *cluster -> Identity
-
 // providerIdentity asks the API server who the provider is (a
 // SelfSubjectReview, authentication.k8s.io/v1, GA since Kubernetes 1.28),
 // once per cluster.
 func (p *Provider) providerIdentity(ctx context.Context, cl *cluster) (Identity, error) {
-	if id, ok := identities.Load(cl); ok {
-		return id.(Identity), nil
+	// Credentials do not change under a cluster (a new kubeconfig is a new
+	// cluster), so the answer is kept on it.
+	if id, ok := cl.identity.Load().(Identity); ok {
+		return id, nil
 	}
 	r, err := cl.kube.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authnv1.SelfSubjectReview{}, metav1.CreateOptions{})
 	if err != nil {
@@ -59,7 +56,7 @@ func (p *Provider) providerIdentity(ctx context.Context, cl *cluster) (Identity,
 		return Identity{}, fmt.Errorf("the API server's SelfSubjectReview named no user for the provider's credentials; the provider cannot bind its own permissions in the tenant namespace")
 	}
 	id := ParseUsername(r.Status.UserInfo.Username)
-	identities.Store(cl, id)
+	cl.identity.Store(id)
 	return id, nil
 }
 
