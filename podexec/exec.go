@@ -229,6 +229,8 @@ type Executor struct {
 	client    rest.Interface
 	// urlFor builds the exec URL; tests point it straight at an execnode.
 	urlFor func(req *Request, argv []string) (*url.URL, error)
+	// ttyURLFor is urlFor for RunTTY (tty.go).
+	ttyURLFor func(req *TTYRequest) *url.URL
 }
 
 // NewExecutor returns an Executor for the API server in config.
@@ -254,6 +256,7 @@ func NewExecutor(config *rest.Config, opts Options) (*Executor, error) {
 	}
 	e := &Executor{config: c, transport: opts.Transport, client: rc}
 	e.urlFor = e.podExecURL
+	e.ttyURLFor = e.ttyURL
 	return e, nil
 }
 

@@ -99,11 +99,8 @@ func (e signalExit) String() string  { return e.Error() }
 func (e signalExit) Exited() bool    { return true }
 func (e signalExit) ExitStatus() int { return 128 + int(e.sig) }
 
-func (e *localExecutor) ExecInContainer(ctx context.Context, pod, uid, container string, argv []string, in io.Reader, out, errw io.WriteCloser, tty bool, _ <-chan remotecommand.TerminalSize, _ time.Duration) error {
+func (e *localExecutor) ExecInContainer(ctx context.Context, pod, uid, container string, argv []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize, _ time.Duration) error {
 	n := e.n
-	if tty {
-		return errors.New("execnode: tty is not supported")
-	}
 	key, dir, err := n.resolvePod(ctx, e.ns, pod, uid)
 	if err != nil {
 		n.logf("exec %s/%s/%s: %v", e.ns, pod, container, err)
@@ -139,7 +136,13 @@ func (e *localExecutor) ExecInContainer(ctx context.Context, pod, uid, container
 	}
 	cmd.WaitDelay = n.waitDelay
 
-	if err := cmd.Start(); err != nil {
+	var waitTTY func() error // tty: the command runs on a terminal (tty_linux.go)
+	if tty {
+		waitTTY, err = startTTY(cmd, in, out, resize)
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
 		n.logf("exec %s/%s/%s argv0=%q args=%d: start failed: %v", e.ns, pod, container, argv[0], len(argv)-1, err)
 		return fmt.Errorf("execnode: start %q: %w", argv[0], unwrapPathError(err))
 	}
@@ -151,7 +154,11 @@ func (e *localExecutor) ExecInContainer(ctx context.Context, pod, uid, container
 		_ = killGroup(pgid) // the pod ended while the command started
 	}
 
-	err = cmd.Wait()
+	if waitTTY != nil {
+		err = waitTTY()
+	} else {
+		err = cmd.Wait()
+	}
 	n.finishedExec(key, pgid)
 	d := time.Since(start).Round(time.Millisecond)
 	var ee *exec.ExitError

@@ -47,8 +47,8 @@
 // cut off WaitDelay after the foreground process exits (a real container
 // runtime may instead keep the exec open until the grandchild closes them).
 //
-// Not implemented: TTY (requests with tty=1 fail with an internal error),
-// resize, attach, port-forward, /run, the container's image environment,
+// TTY (tty=1) runs the command on a new terminal (Linux; tty_linux.go), with
+// resizes. Not implemented: attach, port-forward, /run, the container's image environment,
 // users, and any resource accounting.
 //
 // The process environment is minimal and does not inherit the test process's

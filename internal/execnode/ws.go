@@ -67,7 +67,7 @@ func (n *Node) serveExecWebSocketV5(w http.ResponseWriter, r *http.Request, ex r
 		ch(opts.Stdout, wsstream.WriteChannel),
 		ch(opts.Stderr, wsstream.WriteChannel),
 		wsstream.WriteChannel, // error / status
-		wsstream.ReadChannel,  // resize (ignored)
+		wsstream.ReadChannel,  // resize
 	}
 	conn := wsstream.NewConn(map[string]wsstream.ChannelProtocolConfig{
 		v5Protocol: {Binary: true, Channels: channels},
@@ -110,7 +110,26 @@ func (n *Node) serveExecWebSocketV5(w http.ResponseWriter, r *http.Request, ex r
 		errw = nil
 	}
 	st := streamStatus{Status: "Success"}
-	if err := ex.ExecInContainer(r.Context(), pod, uid, container, cmd, in, out, errw, opts.TTY, nil, 0); err != nil {
+	// Resizes are JSON TerminalSize frames; the channel is always read, so
+	// a client's resize never stalls the connection's other channels.
+	resize := make(chan remotecommand.TerminalSize, 1)
+	go func() {
+		defer close(resize)
+		dec := json.NewDecoder(streams[4])
+		for {
+			var s remotecommand.TerminalSize
+			if dec.Decode(&s) != nil {
+				return
+			}
+			if opts.TTY {
+				select {
+				case resize <- s:
+				default: // the command has not taken the previous one
+				}
+			}
+		}
+	}()
+	if err := ex.ExecInContainer(r.Context(), pod, uid, container, cmd, in, out, errw, opts.TTY, resize, 0); err != nil {
 		if ee, ok := err.(utilexec.ExitError); ok && ee.Exited() {
 			st = streamStatus{
 				Status:  "Failure",
