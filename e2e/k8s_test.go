@@ -25,7 +25,6 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/e2e/paperclip"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devenv"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
 
 // fakeCodexACP only has to exist: the codex_local adapter test resolves
@@ -60,68 +59,10 @@ func TestPaperclipKubernetes(t *testing.T) {
 		t.Skip("the paperclip harness reads /proc and uses Linux process groups")
 	}
 	is := is.New(t)
-	pcDir, binDir, pkgDir := prerequisites(t)
-
-	// ctx outlives the test function: the cleanups below stop the server,
-	// then the control plane, then cancel it (cleanups run last-in first-out).
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	t.Cleanup(cancel)
-
-	workspace, sandboxBin, claude := sandboxImage(t)
-
-	// The control plane. Pod commands get the fake CLIs and Node 24 first in
-	// PATH (the host's PATH is never exported into a pod).
-	var nodeLog, clusterLog lockedBuffer
-	var env *devenv.Env
+	s := startStack(t, stackOptions{})
+	ctx, srv, env, pkgDir, pl := s.ctx, s.srv, s.env, s.pkgDir, s.plugin
+	pluginID, claude, config := pl.ID, s.claude, s.config
 	var err error
-	podPath := strings.Join([]string{sandboxBin, paperclip.NodeBin(pcDir), os.Getenv("PATH")}, string(os.PathListSeparator))
-	timed(t, "devenv.Start", func() {
-		env, err = devenv.Start(ctx, devenv.Options{BinDir: binDir, Log: &clusterLog, NodeLog: &nodeLog, NodeEnv: []string{"PATH=" + podPath}})
-	})
-	is.NoErr(err)
-	t.Cleanup(env.Stop) // after the server's cleanup below: the worker may still call the cluster
-	rec, err := startRecorder(ctx, env.Dynamic())
-	is.NoErr(err)
-
-	// The server.
-	var srv *paperclip.Server
-	timed(t, "paperclip.Start", func() { srv, err = paperclip.Start(ctx, paperclip.Options{Dir: pcDir}) })
-	is.NoErr(err)
-	var pluginID string
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("server log tail (successful GETs dropped, secret-looking lines withheld):\n%s", redact(quiet(srv.LogTail(400), 80)))
-			if pluginID != "" {
-				if lines, err := srv.PluginLines(pluginID); err == nil {
-					var b strings.Builder
-					for _, l := range lines {
-						fmt.Fprintf(&b, "%s %s: %s\n", l.Level, l.Source, l.Message)
-					}
-					t.Logf("plugin worker log tail:\n%s", redact(tailLines(b.String(), 60)))
-				}
-			}
-			t.Logf("exec node log tail:\n%s", nodeLog.tail(40))
-			t.Logf("control plane log tail:\n%s", redact(clusterLog.tail(20)))
-		}
-		err := srv.Stop()
-		if t.Failed() || os.Getenv("PAPERCLIP_E2E_KEEP") != "" {
-			t.Logf("server root kept: %s (log %s)", srv.Root, srv.LogPath)
-		} else {
-			srv.Cleanup()
-		}
-		if err != nil {
-			t.Errorf("stopping the server: %v", err)
-		}
-	})
-	t.Logf("paperclip-server %s on %s (started in %v), API server %s", paperclip.PaperclipVersion, srv.BaseURL,
-		srv.StartDuration.Round(time.Millisecond), env.Host())
-
-	var pl paperclip.Plugin
-	timed(t, "InstallLocalPlugin", func() { pl, err = srv.InstallLocalPlugin(ctx, pkgDir) })
-	is.NoErr(err)
-	pluginID = pl.ID
-	is.Equal(pl.PluginKey, plugin.ManifestID)
-	is.Equal(pl.Status, "ready")
 
 	t.Run("package and worker process", func(t *testing.T) {
 		is := is.New(t)
@@ -166,24 +107,8 @@ func TestPaperclipKubernetes(t *testing.T) {
 		is.True(slices.Contains(keys, "PAPERCLIP_PLUGIN_ID"))
 	})
 
-	company, err := srv.CreateCompany(ctx, "e2e kubernetes")
-	is.NoErr(err)
-	config := func(backend string) map[string]any {
-		return map[string]any{
-			"provider":      "kubernetes",
-			"kubeconfig":    string(env.KubeconfigBytes()),
-			"backend":       backend,
-			"workspacePath": workspace,
-			"reuseLease":    false,
-		}
-	}
-	// The tenant namespace of the company (the lease metadata says it too).
-	cfg, err := policy.Parse(withoutProvider(config("sandbox")), nil)
-	is.NoErr(err)
-	tenant, err := cfg.Namespace(company.ID)
-	is.NoErr(err)
-
-	c := &checker{srv: srv, env: env, rec: rec, tenant: tenant}
+	company, c := s.company(t, "e2e kubernetes")
+	tenant := c.tenant
 
 	t.Run("probe-config", func(t *testing.T) {
 		is := is.New(t)
@@ -256,23 +181,8 @@ func TestPaperclipKubernetes(t *testing.T) {
 
 			t.Run("agent run", func(t *testing.T) {
 				is := is.New(t)
-				agent, err := srv.CreateAgent(ctx, company.ID, paperclip.AgentSpec{
-					Name: "e2e-" + backend, AdapterType: "claude_local",
-					AdapterConfig:        map[string]any{"engine": "cli", "command": claude},
-					DefaultEnvironmentID: e.ID,
-				})
-				is.NoErr(err)
 				before := c.leaseIDs(ctx, t, e.ID)
-				var run paperclip.Run
-				timed(t, "Wakeup+WaitRun", func() {
-					run, err = srv.Wakeup(ctx, agent.ID, "e2e kubernetes "+backend)
-					is.NoErr(err)
-					wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-					defer cancel()
-					run, err = srv.WaitRun(wctx, run.ID)
-				})
-				is.NoErr(err)
-				t.Logf("run %s: status %q error %q code %q result %v", run.ID, run.Status, deref(run.Error), deref(run.ErrorCode), run.ResultJSON["result"])
+				run := s.runAgent(t, company.ID, e.ID, "e2e-"+backend, 3*time.Minute)
 				var ls []paperclip.Lease
 				switch backend {
 				case "sandbox":
@@ -301,7 +211,7 @@ func TestPaperclipKubernetes(t *testing.T) {
 					is.True(synced["environmentSyncOut"] >= 1) // and restored the workspace through it
 					is.Equal(run.ResultJSON["result"], "done (fake)")
 					ls = c.released(ctx, t, e.ID, before, backend, "released")
-					execs, logs := c.podCalls(t, &nodeLog, ls[0])
+					execs, logs := c.podCalls(t, s.nodeLog, ls[0])
 					t.Logf("the run's pod served %d execs, %d log reads", execs, logs)
 					is.True(execs >= 10) // every command went through pods/exec
 				case "job":
@@ -318,7 +228,7 @@ func TestPaperclipKubernetes(t *testing.T) {
 					is.Equal(deref(run.ErrorCode), "setup_failed")
 					is.Equal(deref(run.Error), "Could not read execution-target Git context")
 					ls = c.released(ctx, t, e.ID, before, backend, "failed")
-					execs, logs := c.podCalls(t, &nodeLog, ls[0])
+					execs, logs := c.podCalls(t, s.nodeLog, ls[0])
 					t.Logf("the run's pod served %d execs, %d log reads", execs, logs)
 					is.Equal(execs, 0) // no command ran
 					is.True(logs >= 1) // the Job's log was read instead
@@ -351,7 +261,7 @@ func TestPaperclipKubernetes(t *testing.T) {
 		is := is.New(t)
 		var srv2 *paperclip.Server
 		timed(t, "paperclip.Start (second server)", func() {
-			srv2, err = paperclip.Start(ctx, paperclip.Options{Dir: pcDir, Env: []string{"PAPERCLIP_KUBERNETES_PLUGIN_PATH=" + pkgDir}})
+			srv2, err = paperclip.Start(ctx, paperclip.Options{Dir: s.pcDir, Env: []string{"PAPERCLIP_KUBERNETES_PLUGIN_PATH=" + pkgDir}})
 		})
 		is.NoErr(err)
 		defer func() {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -20,10 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/paperclip-k8s/paperclip-k8s/e2e/paperclip"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
-	"github.com/paperclip-k8s/paperclip-k8s/internal/devenv"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
 )
 
@@ -53,108 +48,27 @@ func TestPaperclipSlowPod(t *testing.T) {
 		t.Skip("the paperclip harness reads /proc and uses Linux process groups")
 	}
 	is := is.New(t)
-	pcDir, binDir, pkgDir := prerequisites(t)
 	annotations := map[string]string{devcluster.ReadyAfterAnnotation: slowPodDelay.String()}
 	b, err := json.Marshal(annotations)
 	is.NoErr(err)
-	is.NoErr(bakeWorkerEnv(pkgDir, map[string]string{"PAPERCLIP_K8S_POD_ANNOTATIONS": string(b)}))
-
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	t.Cleanup(cancel)
-
-	workspace, sandboxBin, claude := sandboxImage(t)
-
-	var nodeLog, clusterLog lockedBuffer
-	var env *devenv.Env
-	podPath := strings.Join([]string{sandboxBin, paperclip.NodeBin(pcDir), os.Getenv("PATH")}, string(os.PathListSeparator))
-	timed(t, "devenv.Start", func() {
-		env, err = devenv.Start(ctx, devenv.Options{BinDir: binDir, Log: &clusterLog, NodeLog: &nodeLog, NodeEnv: []string{"PATH=" + podPath}})
-	})
-	is.NoErr(err)
-	t.Cleanup(env.Stop)
-	rec, err := startRecorder(ctx, env.Dynamic())
-	is.NoErr(err)
-	pods, err := startPodHistory(ctx, env.Kube())
+	s := startStack(t, stackOptions{WorkerEnv: map[string]string{"PAPERCLIP_K8S_POD_ANNOTATIONS": string(b)}})
+	ctx, srv, rec := s.ctx, s.srv, s.rec
+	pods, err := startPodHistory(ctx, s.env.Kube())
 	is.NoErr(err)
 
-	var srv *paperclip.Server
-	timed(t, "paperclip.Start", func() { srv, err = paperclip.Start(ctx, paperclip.Options{Dir: pcDir}) })
-	is.NoErr(err)
-	var pluginID string
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("server log tail (successful GETs dropped, secret-looking lines withheld):\n%s", redact(quiet(srv.LogTail(400), 80)))
-			if pluginID != "" {
-				if lines, err := srv.PluginLines(pluginID); err == nil {
-					var b strings.Builder
-					for _, l := range lines {
-						fmt.Fprintf(&b, "%s %s: %s\n", l.Level, l.Source, l.Message)
-					}
-					t.Logf("plugin worker log tail:\n%s", redact(tailLines(b.String(), 60)))
-				}
-			}
-			t.Logf("exec node log tail:\n%s", nodeLog.tail(40))
-			t.Logf("control plane log tail:\n%s", redact(clusterLog.tail(20)))
-		}
-		err := srv.Stop()
-		if t.Failed() || os.Getenv("PAPERCLIP_E2E_KEEP") != "" {
-			t.Logf("server root kept: %s (log %s)", srv.Root, srv.LogPath)
-		} else {
-			srv.Cleanup()
-		}
-		if err != nil {
-			t.Errorf("stopping the server: %v", err)
-		}
-	})
-
-	var pl paperclip.Plugin
-	timed(t, "InstallLocalPlugin", func() { pl, err = srv.InstallLocalPlugin(ctx, pkgDir) })
-	is.NoErr(err)
-	pluginID = pl.ID
-	is.Equal(pl.PluginKey, plugin.ManifestID)
-	is.Equal(pl.Status, "ready")
-
-	company, err := srv.CreateCompany(ctx, "e2e slow pod")
-	is.NoErr(err)
-	config := map[string]any{
-		"provider":      "kubernetes",
-		"kubeconfig":    string(env.KubeconfigBytes()),
-		"backend":       "sandbox",
-		"workspacePath": workspace,
-		"reuseLease":    false,
-	}
-	cfg, err := policy.Parse(withoutProvider(config), nil)
-	is.NoErr(err)
-	tenant, err := cfg.Namespace(company.ID)
-	is.NoErr(err)
-	c := &checker{srv: srv, env: env, rec: rec, tenant: tenant}
-
-	e, err := srv.CreateEnvironment(ctx, company.ID, "k8s-slow-pod", config)
-	is.NoErr(err)
-	agent, err := srv.CreateAgent(ctx, company.ID, paperclip.AgentSpec{
-		Name: "e2e-slow-pod", AdapterType: "claude_local",
-		AdapterConfig:        map[string]any{"engine": "cli", "command": claude},
-		DefaultEnvironmentID: e.ID,
-	})
+	company, c := s.company(t, "e2e slow pod")
+	tenant := c.tenant
+	e, err := srv.CreateEnvironment(ctx, company.ID, "k8s-slow-pod", s.config("sandbox"))
 	is.NoErr(err)
 	before := c.leaseIDs(ctx, t, e.ID)
-	var run paperclip.Run
-	timed(t, "Wakeup+WaitRun", func() {
-		run, err = srv.Wakeup(ctx, agent.ID, "e2e slow pod")
-		is.NoErr(err)
-		wctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
-		defer cancel()
-		run, err = srv.WaitRun(wctx, run.ID)
-	})
-	is.NoErr(err)
-	t.Logf("run %s: status %q error %q code %q result %v", run.ID, run.Status, deref(run.Error), deref(run.ErrorCode), run.ResultJSON["result"])
+	run := s.runAgent(t, company.ID, e.ID, "e2e-slow-pod", 4*time.Minute)
 	if run.Status != "succeeded" {
 		t.Fatalf("run %s on a pod Ready after %v: status %q error %q code %q", run.ID, slowPodDelay, run.Status, deref(run.Error), deref(run.ErrorCode))
 	}
 	is.Equal(run.ResultJSON["result"], "done (fake)")
 	ls := c.released(ctx, t, e.ID, before, "sandbox", "released")
 	is.True(ls[0].HeartbeatRunID != nil && *ls[0].HeartbeatRunID == run.ID) // the run's own lease
-	execs, _ := c.podCalls(t, &nodeLog, ls[0])
+	execs, _ := c.podCalls(t, s.nodeLog, ls[0])
 	t.Logf("the run's pod served %d execs", execs)
 	is.True(execs >= 10) // the agent's commands ran in the slow pod
 
@@ -191,7 +105,7 @@ func TestPaperclipSlowPod(t *testing.T) {
 
 	// The wait happened in environmentRealizeWorkspace: the plugin logs
 	// "workspace ready" for this pod when realize returns.
-	lines, err := srv.PluginLines(pluginID)
+	lines, err := srv.PluginLines(s.plugin.ID)
 	is.NoErr(err)
 	var realized string
 	for _, l := range lines {
@@ -201,19 +115,6 @@ func TestPaperclipSlowPod(t *testing.T) {
 	}
 	t.Logf("realize: %s", realized)
 	is.True(realized != "") // realize waited for the run's pod
-}
-
-// bakeWorkerEnv writes the operator's worker settings where the package's
-// launcher reads them: paperclip-k8s.env next to worker.js. Paperclip
-// 2026.916.1 gives a plugin worker only a fixed list of variables, so an
-// operator's PAPERCLIP_K8S_* setting cannot come from the server's
-// environment.
-func bakeWorkerEnv(pkgDir string, env map[string]string) error {
-	src := "# e2e/slowpod_test.go: the operator's worker settings\n"
-	for k, v := range env {
-		src += k + "=" + v + "\n"
-	}
-	return os.WriteFile(filepath.Join(pkgDir, "paperclip-k8s.env"), []byte(src), 0o644)
 }
 
 // podHistory keeps, per pod UID, the last version of every agent pod (label
