@@ -6,17 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
-	"github.com/paperclip-k8s/paperclip-k8s/internal/devenv"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin"
 )
 
@@ -25,21 +20,15 @@ import (
 // control plane and stops it afterwards.
 func demo(args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	kubeconfig := fs.String("kubeconfig", "", "run against this cluster instead of a local control plane")
-	backend := fs.String("backend", "sandbox", "backend: sandbox or job (or any backend file)")
+	rf := newRunFlags(fs, "run against this cluster instead of a local control plane")
 	company := fs.String("company", "demo-company", "company id (the tenant namespace is derived from it)")
-	verbose := fs.Bool("v", false, "show the provider's log")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	defer stop()
 
-	logOut := io.Discard
-	if *verbose {
-		logOut = os.Stderr
-	}
-	p, err := plugin.New(slog.New(slog.NewTextHandler(logOut, nil)))
+	p, err := plugin.New(rf.logger())
 	if err != nil {
 		return err
 	}
@@ -55,39 +44,14 @@ func demo(args []string) error {
 		return nil
 	}
 
-	fmt.Print(demoPlan(*kubeconfig, *backend))
-	var kc []byte
-	if *kubeconfig != "" {
-		kc, err = os.ReadFile(*kubeconfig)
-		if err != nil {
-			return err
-		}
-	} else {
-		var env *devenv.Env
-		if err := step("build the control plane (cold: ~7.5 min once)", func() error {
-			// A cold build prints a line on stderr; from then on a line
-			// every 30 s says how long it has run and what it builds.
-			stop := make(chan struct{})
-			defer close(stop)
-			go watchBuild(os.Stdout, binRoot(), time.Now(), 30*time.Second, stop)
-			_, err := devcluster.BinDir()
-			return err
-		}); err != nil {
-			return err
-		}
-		if err := step("start etcd, apiserver, controllers, kwok", func() error {
-			env, err = devenv.Start(ctx, devenv.Options{})
-			return err
-		}); err != nil {
-			return err
-		}
-		defer func() {
-			_ = step("stop the control plane", func() error { env.Stop(); return nil })
-		}()
-		kc = env.KubeconfigBytes()
+	fmt.Print(demoPlan(rf.kubeconfig, rf.backend))
+	tg, err := openTarget(ctx, rf.kubeconfig, step, os.Stdout)
+	if err != nil {
+		return err
 	}
+	defer tg.stop()
 
-	cfg := map[string]any{"kubeconfig": string(kc), "backend": *backend}
+	cfg := map[string]any{"kubeconfig": string(tg.kubeconfig), "backend": rf.backend}
 	base := plugin.BaseParams{DriverKey: "kubernetes", CompanyID: *company, EnvironmentID: "demo", Config: cfg}
 	if err := step("validate the config", func() error {
 		r, err := p.ValidateConfig(ctx, plugin.ValidateParams{DriverKey: "kubernetes", Config: cfg})
@@ -99,7 +63,7 @@ func demo(args []string) error {
 		return err
 	}
 	var lease plugin.Lease
-	if err := step("acquire a lease ("+*backend+")", func() error {
+	if err := step("acquire a lease ("+rf.backend+")", func() error {
 		lease, err = p.AcquireLease(ctx, plugin.AcquireParams{BaseParams: base, RunID: fmt.Sprintf("demo-%d", time.Now().Unix()), AdapterType: "codex_local"})
 		return err
 	}); err != nil {
@@ -136,7 +100,7 @@ func demo(args []string) error {
 			return nil
 		})
 	}
-	if *backend == "job" {
+	if rf.backend == "job" {
 		if err := run("await the job and read its log", "ignored"); err != nil {
 			return err
 		}
