@@ -7,10 +7,13 @@ import (
 	"testing"
 
 	"github.com/matryer/is"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
@@ -108,4 +111,111 @@ func TestReleaseOwnedChecksTheOwner(t *testing.T) {
 	is.NoErr(err)
 	_, err = e.ReleaseOwned(ctx, engine.Ref{Resource: secret, Namespace: "ns", Name: "mine"}, "")
 	is.True(err != nil) // no owner to check against: refused
+}
+
+// requestsOn lists the verbs of the fake client's requests on one resource
+// since the last call, and forgets them.
+func requestsOn(dyn interface {
+	Actions() []k8stesting.Action
+	ClearActions()
+}, res string) []string {
+	var out []string
+	for _, a := range dyn.Actions() {
+		if a.GetResource().Resource == res {
+			out = append(out, a.GetVerb())
+		}
+	}
+	dyn.ClearActions()
+	return out
+}
+
+// A new tenant costs one request for its namespace: the claim creates it
+// (no read first) and ClaimApply does not apply what the claim just
+// created. The next call reads it first (a recheck: one read, then the
+// apply); another engine, which has not claimed it, tries the create and
+// reads the namespace that exists.
+func TestClaimApplyRequests(t *testing.T) {
+	is := is.New(t)
+	c := testutil.Catalog(t)
+	vc := valuestest.LoadShipped(t, "standard-job")
+	e, dyn := enginetest.New(t, c)
+	ctx := context.Background()
+	ns := vc.Values["namespace"].(string)
+	var tenant []*resource.Resource // the namespace and two objects in it
+	for _, name := range []string{"serviceaccount", "namespace", "role"} {
+		s, ok := c.Get(name)
+		is.True(ok)
+		tenant = append(tenant, s)
+	}
+
+	applied, err := e.ClaimApply(ctx, tenant, ns, vc.Values)
+	is.NoErr(err)
+	sa := 0
+	for _, a := range dyn.Actions() {
+		if a.GetResource().Resource == "serviceaccounts" && a.GetVerb() == "patch" {
+			sa++
+		}
+	}
+	is.Equal(sa, 1) // the others are applied
+	is.Equal(requestsOn(dyn, "namespaces"), []string{"create"})
+	is.Equal(applied[0].Resource.Name, "namespace")
+	is.Equal(applied[0].Object.GetLabels()["paperclip.io/company-id"], "5f0c2a7e-1b7d-4c8e-9a51-3c2d1e0f9a88")
+	var objects int
+	for _, a := range applied {
+		if a.Object != nil {
+			objects++
+		}
+	}
+	is.Equal(objects, 3)
+
+	_, err = e.ClaimApply(ctx, tenant, ns, vc.Values)
+	is.NoErr(err)
+	is.Equal(requestsOn(dyn, "namespaces"), []string{"get", "patch"})
+
+	other := engine.New(c, dyn, e.Mapper, nil, nil)
+	is.NoErr(other.Claim(ctx, tenant, ns, vc.Values))
+	is.Equal(requestsOn(dyn, "namespaces"), []string{"create", "get"})
+
+	// Gone meanwhile: read first, then created again.
+	is.NoErr(dyn.Resource(gvrNamespace).Delete(ctx, ns, metav1.DeleteOptions{}))
+	dyn.ClearActions()
+	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values))
+	is.Equal(requestsOn(dyn, "namespaces"), []string{"get", "create"})
+
+	// Replaced by someone else's namespace of that name: refused, even by
+	// the engine that claimed it before.
+	is.NoErr(dyn.Resource(gvrNamespace).Delete(ctx, ns, metav1.DeleteOptions{}))
+	_, err = dyn.Resource(gvrNamespace).Create(ctx, namespaceObj(ns, map[string]string{"team": "x"}), metav1.CreateOptions{})
+	is.NoErr(err)
+	_, err = e.ClaimApply(ctx, tenant, ns, vc.Values)
+	var ce *engine.ClaimError
+	is.True(errors.As(err, &ce))
+	got, err := dyn.Resource(gvrNamespace).Get(ctx, ns, metav1.GetOptions{})
+	is.NoErr(err)
+	is.Equal(got.GetLabels(), map[string]string{"team": "x"}) // unchanged
+}
+
+// When the provider may not create namespaces (an operator made them), the
+// claim checks the one there; an absent one is the create's error.
+func TestClaimWithoutCreate(t *testing.T) {
+	is := is.New(t)
+	c := testutil.Catalog(t)
+	vc := valuestest.LoadShipped(t, "standard-job")
+	e, dyn := enginetest.New(t, c)
+	ctx := context.Background()
+	ns := vc.Values["namespace"].(string)
+	tenant := c.Used(resource.UseTenant)
+	dyn.PrependReactor("create", "namespaces", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(gvrNamespace.GroupResource(), ns, errors.New("no create"))
+	})
+
+	err := e.Claim(ctx, tenant, ns, vc.Values)
+	is.True(apierrors.IsForbidden(err))
+	is.True(strings.Contains(err.Error(), "creating Namespace "+ns))
+
+	nsSpec, _ := c.Get("namespace")
+	want, _, _, err := e.Build(nsSpec, ns, vc.Values)
+	is.NoErr(err)
+	is.NoErr(dyn.Tracker().Add(namespaceObj(ns, want.GetLabels())))
+	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values))
 }

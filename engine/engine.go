@@ -39,6 +39,9 @@ type Engine struct {
 	resolved map[string]Resolved
 	// refreshed is when a miss last reset the mapper (refreshDiscovery).
 	refreshed time.Time
+	// claimed holds the objects a claim of this engine created or found
+	// ours (Ref.String() -> true): they are read first next time (claim.go).
+	claimed sync.Map
 }
 
 // New returns an engine over a catalog.
