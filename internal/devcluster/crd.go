@@ -2,7 +2,8 @@ package devcluster
 
 import (
 	"context"
-	_ "embed"
+	"embed"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -28,14 +29,93 @@ import (
 //go:embed crds/sandbox.yaml
 var SandboxCRD []byte
 
+// ExtensionCRDs are agent-sandbox's own CustomResourceDefinitions for its
+// extensions API (extensions.agents.x-k8s.io/v1beta1: SandboxTemplate,
+// SandboxWarmPool, SandboxClaim), as YAML, keyed by file name.
+//
+//go:embed crds/sandboxtemplates.yaml crds/sandboxwarmpools.yaml crds/sandboxclaims.yaml
+var extensionCRDs embed.FS
+
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
-// InstallSandboxCRD creates (or updates) the Sandbox CRD, waits until it is
-// Established and until the API server serves the resource.
+// InstallSandboxCRD creates (or updates) the Sandbox CRD and the extension
+// CRDs (SandboxTemplate, SandboxWarmPool, SandboxClaim) in parallel, waits
+// until each is Established and until the API server serves them.
 func InstallSandboxCRD(ctx context.Context, dyn dynamic.Interface) error {
+	files := []string{"crds/sandboxtemplates.yaml", "crds/sandboxwarmpools.yaml", "crds/sandboxclaims.yaml"}
+	errs := make(chan error, len(files)+1)
+	go func() { errs <- installCRD(ctx, dyn, "crds/sandbox.yaml", SandboxCRD, sandboxWarmUp) }()
+	for _, f := range files {
+		go func() {
+			b, err := extensionCRDs.ReadFile(f)
+			if err != nil {
+				errs <- err
+				return
+			}
+			errs <- installCRD(ctx, dyn, f, b, extensionWarmUp[f])
+		}()
+	}
+	var all error
+	for range len(files) + 1 {
+		all = errors.Join(all, <-errs)
+	}
+	return all
+}
+
+// extensionWarmUp dry-run creates one object of each extension kind, as
+// sandboxWarmUp does for Sandboxes.
+var extensionWarmUp = map[string]func(context.Context, dynamic.Interface) error{
+	"crds/sandboxtemplates.yaml": dryRunCreate(sandboxctl.TemplateGVR, sandboxctl.TemplateKind, map[string]any{
+		"podTemplate": map[string]any{"spec": map[string]any{"containers": []any{map[string]any{"name": "c", "image": "busybox"}}}},
+	}),
+	"crds/sandboxwarmpools.yaml": dryRunCreate(sandboxctl.WarmPoolGVR, sandboxctl.WarmPoolKind, map[string]any{
+		"sandboxTemplateRef": map[string]any{"name": "devcluster-warm-up"},
+	}),
+	"crds/sandboxclaims.yaml": dryRunCreate(sandboxctl.ClaimGVR, sandboxctl.ClaimKind, map[string]any{
+		"warmPoolRef": map[string]any{"name": "devcluster-warm-up"},
+	}),
+}
+
+func dryRunCreate(gvr schema.GroupVersionResource, kind string, spec map[string]any) func(context.Context, dynamic.Interface) error {
+	return func(ctx context.Context, dyn dynamic.Interface) error {
+		obj := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": gvr.GroupVersion().String(),
+			"kind":       kind,
+			"metadata":   map[string]any{"name": "devcluster-warm-up"},
+			"spec":       spec,
+		}}
+		if _, err := dyn.Resource(gvr).Namespace("default").Create(ctx, obj, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("dry-run create of a %s after install: %w", kind, err)
+		}
+		return nil
+	}
+}
+
+// sandboxWarmUp pays the first-request cost of a new resource.
+func sandboxWarmUp(ctx context.Context, dyn dynamic.Interface) error {
+	// The first requests for a new resource are slow (a list ~1 s, the first
+	// create ~2 s) while the API server sets up storage and admission for
+	// it; pay that here with a dry-run create rather than in a test.
+	warm := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": sandboxctl.APIVersion,
+		"kind":       sandboxctl.Kind,
+		"metadata":   map[string]any{"name": "devcluster-warm-up"},
+		"spec": map[string]any{"podTemplate": map[string]any{"spec": map[string]any{
+			"containers": []any{map[string]any{"name": "c", "image": "busybox"}},
+		}}},
+	}}
+	if _, err := dyn.Resource(sandboxctl.GVR).Namespace("default").Create(ctx, warm, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("dry-run create of a %s after install: %w", sandboxctl.Kind, err)
+	}
+	return nil
+}
+
+// installCRD creates (or updates) one CRD and waits until it is
+// Established, then runs warmUp (if any).
+func installCRD(ctx context.Context, dyn dynamic.Interface, file string, data []byte, warmUp func(context.Context, dynamic.Interface) error) error {
 	obj := &unstructured.Unstructured{}
-	if err := yaml.Unmarshal(SandboxCRD, &obj.Object); err != nil {
-		return fmt.Errorf("parse crds/sandbox.yaml: %w", err)
+	if err := yaml.Unmarshal(data, &obj.Object); err != nil {
+		return fmt.Errorf("parse %s: %w", file, err)
 	}
 	crds := dyn.Resource(crdGVR)
 	if _, err := crds.Create(ctx, obj, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
@@ -78,19 +158,8 @@ func InstallSandboxCRD(ctx context.Context, dyn dynamic.Interface) error {
 	if err != nil {
 		return fmt.Errorf("wait for CRD %s Established: %w", name, err)
 	}
-	// The first requests for a new resource are slow (a list ~1 s, the first
-	// create ~2 s) while the API server sets up storage and admission for
-	// it; pay that here with a dry-run create rather than in a test.
-	warm := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": sandboxctl.APIVersion,
-		"kind":       sandboxctl.Kind,
-		"metadata":   map[string]any{"name": "devcluster-warm-up"},
-		"spec": map[string]any{"podTemplate": map[string]any{"spec": map[string]any{
-			"containers": []any{map[string]any{"name": "c", "image": "busybox"}},
-		}}},
-	}}
-	if _, err := dyn.Resource(sandboxctl.GVR).Namespace("default").Create(ctx, warm, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("dry-run create of a %s after install: %w", sandboxctl.Kind, err)
+	if warmUp != nil {
+		return warmUp(ctx, dyn)
 	}
 	return nil
 }

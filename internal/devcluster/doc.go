@@ -49,8 +49,11 @@
 //     pods/exec and pods/log for its pods reach a server the test runs there
 //     (internal/execnode).
 //   - With Options.SandboxController: the project's Sandbox CRD
-//     (crds/sandbox.yaml, agents.x-k8s.io/v1beta1) is installed and
-//     sandboxctl reconciles Sandboxes into pods.
+//     (crds/sandbox.yaml, agents.x-k8s.io/v1beta1) and agent-sandbox's own
+//     extension CRDs (crds/sandbox{templates,warmpools,claims}.yaml,
+//     extensions.agents.x-k8s.io/v1beta1) are installed, and sandboxctl
+//     reconciles Sandboxes into pods, and templates, warm pools and claims
+//     as the real controller does.
 //
 // # Binaries
 //

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -129,17 +130,31 @@ func (c *Controller) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	// The extensions (templates, warm pools, claims) when their API is served.
+	var ext *extensions
+	kubeFactory := informers.NewSharedInformerFactory(c.kube, 0)
+	synced := []cache.InformerSynced{c.sandboxes.HasSynced, c.pods.HasSynced}
+	if c.extensionsServed() {
+		var err error
+		if ext, err = c.newExtensions(sbFactory, kubeFactory); err != nil {
+			return err
+		}
+		defer ext.queue.ShutDown()
+		synced = append(synced, ext.hasSynced)
+	}
 	sbFactory.Start(ctx.Done())
 	podFactory.Start(ctx.Done())
+	kubeFactory.Start(ctx.Done())
 	defer sbFactory.Shutdown()
 	defer podFactory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.sandboxes.HasSynced, c.pods.HasSynced) {
+	defer kubeFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return errors.New("sandboxctl: caches did not sync")
 	}
-	c.log.Info("sandbox controller started")
+	c.log.Info("sandbox controller started", "extensions", ext != nil)
 
 	var wg sync.WaitGroup
 	for range 2 {
@@ -148,9 +163,15 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 		})
 	}
+	if ext != nil {
+		ext.run(ctx, 4, &wg)
+	}
 	c.syncedOnce.Do(func() { close(c.synced) })
 	<-ctx.Done()
 	c.queue.ShutDown()
+	if ext != nil {
+		ext.queue.ShutDown()
+	}
 	wg.Wait()
 	return nil
 }
@@ -463,6 +484,7 @@ func (c *Controller) createPod(ctx context.Context, sb *sandbox) (*corev1.Pod, e
 	}
 	labels, annotations := propagated(sb)
 	labels[NameHashLabel] = NameHash(sb.obj.GetName())
+	maps.Copy(labels, extensionPodLabels(sb))
 	if len(annotations) == 0 {
 		annotations = nil
 	}
@@ -488,6 +510,29 @@ func (c *Controller) createPod(ctx context.Context, sb *sandbox) (*corev1.Pod, e
 		c.log.Info("created pod", "sandbox", sb.obj.GetNamespace()+"/"+sb.obj.GetName(), "uid", created.UID)
 	}
 	return created, err
+}
+
+// extensionPodLabelKeys are the agents.x-k8s.io/ labels the real
+// controller sets on a pod from the Sandbox's own labels (not its
+// podTemplate): the pool and template hashes of a Sandbox controlled by a
+// SandboxWarmPool or SandboxClaim, and created-by.
+var extensionPodLabelKeys = []string{WarmPoolLabel, TemplateRefHashLabel, CreatedByLabel}
+
+func extensionPodLabels(sb *sandbox) map[string]string {
+	out := map[string]string{}
+	labels := sb.obj.GetLabels()
+	if ref := metav1.GetControllerOfNoCopy(sb.obj); ref != nil && refInGroup(ref.APIVersion, ExtGroup) {
+		if v := labels[WarmPoolLabel]; v != "" && ref.Kind == WarmPoolKind {
+			out[WarmPoolLabel] = v
+		}
+		if v := labels[TemplateRefHashLabel]; v != "" {
+			out[TemplateRefHashLabel] = v
+		}
+	}
+	if v := labels[CreatedByLabel]; v != "" {
+		out[CreatedByLabel] = v
+	}
+	return out
 }
 
 func filtered(m map[string]string) map[string]string {
@@ -529,6 +574,7 @@ func sortedKeys(m map[string]string) []string {
 func (c *Controller) syncPodMetadata(ctx context.Context, sb *sandbox, pod *corev1.Pod) error {
 	wantL, wantA := propagated(sb)
 	wantL[NameHashLabel] = NameHash(sb.obj.GetName())
+	maps.Copy(wantL, extensionPodLabels(sb))
 	diff := func(have, want map[string]string, prevKeys string) map[string]any {
 		out := map[string]any{}
 		for k, v := range want {
@@ -546,6 +592,13 @@ func (c *Controller) syncPodMetadata(ctx context.Context, sb *sandbox, pod *core
 		return out
 	}
 	dl := diff(pod.Labels, wantL, pod.Annotations[PropagatedLabelsAnnotation])
+	for _, k := range extensionPodLabelKeys {
+		if _, want := wantL[k]; !want {
+			if _, have := pod.Labels[k]; have {
+				dl[k] = nil
+			}
+		}
+	}
 	da := diff(pod.Annotations, wantA, pod.Annotations[PropagatedAnnotationsAnnotation])
 	for _, k := range []string{PropagatedLabelsAnnotation, PropagatedAnnotationsAnnotation} {
 		if _, want := wantA[k]; !want {

@@ -1,8 +1,9 @@
 // Package sandboxctl is a small stand-in for the kubernetes-sigs/agent-sandbox
-// controller (agents.x-k8s.io/v1beta1 Sandbox), for tests against a real API
-// server (see internal/devcluster). It uses client-go informers (list+watch,
-// re-listing when a watch expires), a rate-limited work queue and a per-key
-// timer for shutdownTime; no controller-runtime and no sleep loops.
+// controller (agents.x-k8s.io/v1beta1 Sandbox, and its extensions below),
+// for tests against a real API server (see internal/devcluster). It uses
+// client-go informers (list+watch, re-listing when a watch expires),
+// rate-limited work queues and per-key timers for shutdownTime; no
+// controller-runtime and no sleep loops.
 //
 // It copies exactly these behaviours of the real controller, as observed in
 // /work/shared/research/agent-sandbox-real.md (agent-sandbox main@2fd412d5):
@@ -78,9 +79,84 @@
 //     resourceVersion precondition, so a stale cache cannot overwrite newer
 //     status).
 //
+// The pod also gets the real controller's extension labels from the
+// Sandbox's own labels: agents.x-k8s.io/warm-pool-sandbox (while a
+// SandboxWarmPool controls the Sandbox), agents.x-k8s.io/sandbox-template-ref-hash
+// (while a pool or claim does) and agents.x-k8s.io/created-by; they are
+// removed in place when the Sandbox loses them (adoption).
+//
 // Left out: spec.service (headless Service, status.service/serviceFQDN),
-// volumeClaimTemplates, operatingMode Suspended (reported as Ready
-// False/ReconcilerError instead of suspending), warm pools and claims,
-// adoption of unowned pods, Kubernetes Events other than MultiplePods,
-// metrics.
+// volumeClaimTemplates (PVCs), operatingMode Suspended (reported as Ready
+// False/ReconcilerError instead of suspending), adoption of unowned pods,
+// Kubernetes Events other than MultiplePods, metrics.
+//
+// # Extensions (extensions.agents.x-k8s.io/v1beta1)
+//
+// When the API server serves the extensions group (devcluster installs
+// agent-sandbox's own CRDs, crds/sandbox{templates,warmpools,claims}.yaml),
+// the controller also runs templates, warm pools and claims, with the
+// behaviour observed in /work/shared/research/agent-sandbox-extensions-real.md
+// and read in the real controllers' code (extensions/controllers @2fd412d5):
+//
+//   - SandboxTemplate: labelled agents.x-k8s.io/sandbox-template-ref-hash =
+//     NameHash(name); one NetworkPolicy <name>-network-policy with a
+//     controller ownerReference, podSelector on that label, policyTypes
+//     Ingress and Egress, the template's networkPolicy rules or the secure
+//     default (ingress from the sandbox router only, egress to public
+//     addresses only); hand edits reverted; deleted when
+//     networkPolicyManagement is Unmanaged. No status.
+//   - Pod specs built from a template: automountServiceAccountToken false
+//     unless set; with the secure default and no dnsPolicy, dnsPolicy None
+//     and nameservers 8.8.8.8, 1.1.1.1.
+//   - SandboxWarmPool: spec.replicas members, generateName "<pool>-",
+//     controlled by the pool, labels warm-pool-sandbox, sandbox-template-ref-hash,
+//     launch-type=warm, created-by=controller, sandbox-template-hash and
+//     sandbox-pod-template-hash (FNV-1a of the blueprint's and podTemplate's
+//     JSON: the real values), annotation sandbox-template-ref, podTemplate
+//     with the pool labels and safe-to-evict "true". Created in slow-start
+//     batches (1, 2, 4, ...), refilled when one is claimed or deleted,
+//     scaled down by deleting not-Ready then newest members (also through
+//     the scale subresource), stale members replaced under updateStrategy
+//     Recreate. Status replicas, readyReplicas (omitted when 0), selector,
+//     observedGeneration; no conditions.
+//   - SandboxClaim: controller-first-observed-at annotation; additionalPodMetadata
+//     validated (labels only under sandbox.users.io, annotations not in
+//     kubernetes.io, k8s.io, agents.x-k8s.io except safe-to-evict, values of
+//     at most 63 bytes) else Ready=False InvalidMetadata with the real
+//     message; the oldest Ready member with a Pod IP is adopted (waiting
+//     while members have no IP, 500 ms retries up to 2 s after the claim's
+//     creation): the sandbox-name annotation by a full update (writing
+//     spec.additionalPodMetadata {}, so the generation goes to 2 when it was
+//     absent), one optimistically locked merge patch of the Sandbox (the
+//     controller ownerReference moves to the claim, pool labels dropped,
+//     claim-uid added, podTemplate metadata = template + claim, without
+//     safe-to-evict), one status write Ready = the Sandbox's (its
+//     lastTransitionTime, the claim's observedGeneration) with
+//     sandbox {name, podIPs}, a SandboxAdopted event; the pod keeps its
+//     name and UID and is patched in place. Else (empty or absent pool,
+//     env or volumeClaimTemplates) the cold path: a Sandbox named like the
+//     claim, launch-type=cold, no sandbox-name annotation, SandboxProvisioned
+//     event, Ready SandboxNotReady then the Sandbox's. env per
+//     envVarsInjectionPolicy (EnvVarsInjectionRejected, ReconcilerError on an
+//     override under Allowed), volumeClaimTemplates per
+//     volumeClaimTemplatesPolicy (VolumeClaimTemplatesError). Missing pool
+//     or template: WarmPoolNotFound / TemplateNotFound, re-reconciled when
+//     they appear. Lifecycle: at shutdownTime (or ttlSecondsAfterFinished
+//     after the mirrored Finished) Ready=False ClaimExpired first, then
+//     Delete / DeleteForeground delete the claim, Retain deletes only the
+//     Sandbox and empties status.sandbox. A bound Sandbox that disappears
+//     makes the claim rebind (warm, else cold) with Ready staying True.
+//     Finished and SandboxExpired are mirrored. claim-first-ready-at is set
+//     once.
+//
+// Differences from the real controller: claim-first-ready-at is never
+// overwritten with "unknown" (a race there); warm candidates are taken
+// oldest first from the informer cache (the real one keeps a queue and
+// prefers nodes); no readiness grace period for stuck members and no
+// WarmPoolNotProgressing event; no --sandbox-warm-pool-* rate limits or
+// replenish delay; no allowed-label-domains file (always sandbox.users.io);
+// no adoption of orphan Sandboxes by a pool, no agents.x-k8s.io/adoptable;
+// no legacy per-claim NetworkPolicy cleanup; no metrics or tracing; a port
+// without protocol in a template's networkPolicy is defaulted to TCP before
+// comparing (the real controller would update the policy on every pass).
 package sandboxctl
