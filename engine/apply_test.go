@@ -8,21 +8,17 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
-	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
-	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 // The tenant set applies the wanted objects, namespace first; objects whose
 // conditions no longer hold are pruned.
 func TestApplyTenantOrderAndPrune(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "standard-job")
+	c, e := f.c, f.e
 	ctx := context.Background()
-	vc := valuestest.LoadShipped(t, "standard-job")
-	applied, err := e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
+	applied, err := e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", f.values)
 	is.NoErr(err)
 	is.True(len(applied) > 0)
 	is.Equal(applied[0].Resource.Name, "namespace") // cluster-scoped first
@@ -35,7 +31,7 @@ func TestApplyTenantOrderAndPrune(t *testing.T) {
 	is.Equal(kinds["NetworkPolicy"], 2) // deny + standard egress
 	is.Equal(kinds["CiliumNetworkPolicy"], 0)
 	var applies int
-	for _, a := range dyn.Actions() {
+	for _, a := range f.dyn.Actions() {
 		if a.GetVerb() == "patch" {
 			applies++
 		}
@@ -43,9 +39,9 @@ func TestApplyTenantOrderAndPrune(t *testing.T) {
 	is.True(applies >= 8) // server-side apply, not create
 
 	// Switch to cilium: the standard egress policy is pruned, the CNP applied.
-	cfg := vc.Values["config"].(map[string]any)
+	cfg := f.values["config"].(map[string]any)
 	cfg["egressMode"] = "cilium"
-	applied, err = e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
+	applied, err = e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", f.values)
 	is.NoErr(err)
 	var pruned, cnp bool
 	for _, a := range applied {
@@ -67,14 +63,13 @@ func TestApplyTenantOrderAndPrune(t *testing.T) {
 // wanted nor served), and cilium mode says what to install.
 func TestApplyWithoutCilium(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, _ := enginetest.New(t, c, "cilium.io")
+	f := newFixture(t, "standard-job", "cilium.io")
 	ctx := context.Background()
-	vc := valuestest.LoadShipped(t, "standard-job")
-	_, err := e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
+	tenant := f.c.Used(resource.UseTenant)
+	_, err := f.e.Apply(ctx, tenant, "paperclip-acme", f.values)
 	is.NoErr(err)
-	vc.Values["config"].(map[string]any)["egressMode"] = "cilium"
-	_, err = e.Apply(ctx, c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
+	f.values["config"].(map[string]any)["egressMode"] = "cilium"
+	_, err = f.e.Apply(ctx, tenant, "paperclip-acme", f.values)
 	is.True(err != nil)
 	is.True(strings.Contains(err.Error(), "Install Cilium"))
 }

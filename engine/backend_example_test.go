@@ -17,7 +17,6 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
@@ -28,16 +27,13 @@ import (
 // first selector that matches, and is released, with no Go change.
 func TestWrittenBackendLifecycle(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "standard-job")
+	e := f.e
 	ctx := context.Background()
-	vc := valuestest.LoadShipped(t, "standard-job")
-	b, ok := c.Get("jobexec")
-	is.True(ok)
+	b := f.file(t, "jobexec")
 	is.Equal(b.Backend.Mode, resource.ModeExec)
 
-	w, err := e.Create(ctx, b, "ns1", vc.Values, nil)
-	is.NoErr(err)
+	w := f.create(t, b, nil)
 	is.Equal(w.GetKind(), "Job")
 	is.Equal(w.GetAPIVersion(), "batch/v1")
 	deadline, _, _ := unstructured.NestedInt64(w.Object, "spec", "activeDeadlineSeconds")
@@ -47,19 +43,9 @@ func TestWrittenBackendLifecycle(t *testing.T) {
 	is.Equal(pod["serviceAccountName"], "paperclip-tenant-sa") // from the fragment
 	is.Equal(pod["containers"].([]any)[0].(map[string]any)["command"], []any{"/usr/bin/tini", "--", "/bin/sh", "-c", "sleep infinity"})
 
-	type result struct {
-		st  resource.Status
-		err error
-	}
-	done := make(chan result, 1)
 	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	started := enginetest.WatchStarts(dyn)
-	go func() {
-		_, st, err := e.Wait(waitCtx, b, w, resource.Ready)
-		done <- result{st, err}
-	}()
-	<-started
+	done := f.waitAsync(waitCtx, b, w, resource.Ready)
 	enginetest.SetStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(0)})
 	cur := enginetest.SetStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(1)})
 	r := <-done
@@ -69,7 +55,7 @@ func TestWrittenBackendLifecycle(t *testing.T) {
 
 	// The first selector finds nothing (the pod lacks the controller-uid
 	// label); the second, a gjson path with an escaped dot, finds it.
-	podSpec, _ := c.Pod()
+	podSpec, _ := f.c.Pod()
 	res, err := e.Resolve(podSpec)
 	is.NoErr(err)
 	ctrl := true

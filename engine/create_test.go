@@ -22,9 +22,6 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
-	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
-	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 // createThenFail makes the fake server apply every create of resource and
@@ -104,14 +101,11 @@ func TestCreateUnknownOutcomeDeletesTheAppliedObject(t *testing.T) {
 	} {
 		t.Run(cause.Error(), func(t *testing.T) {
 			is := is.New(t)
-			c := testutil.TestCatalog(t)
-			e, dyn := enginetest.New(t, c)
-			job, _ := c.Get("job")
-			vc := valuestest.LoadShipped(t, "standard-job")
-			name := vc.Values["run"].(map[string]any)["name"].(string)
+			f := newFixture(t, "standard-job")
+			dyn, name := f.dyn, f.runName()
 			createThenFail(dyn, "jobs", cause)
 
-			w, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
+			w, err := f.e.Create(context.Background(), f.file(t, "job"), "ns1", f.values, nil)
 			is.True(w == nil)
 			var uo *engine.UnknownOutcomeError
 			is.True(errors.As(err, &uo))
@@ -139,10 +133,8 @@ func TestCreateUnknownOutcomeDeletesTheAppliedObject(t *testing.T) {
 // expired (the usual cause of an unknown outcome) still deletes.
 func TestCreateUnknownOutcomeCleansUpAfterTheContextExpired(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
-	job, _ := c.Get("job")
-	vc := valuestest.LoadShipped(t, "standard-job")
+	f := newFixture(t, "standard-job")
+	dyn := f.dyn
 	ctx, cancel := context.WithCancel(context.Background())
 	dyn.PrependReactor("create", "jobs", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		o := a.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured)
@@ -154,7 +146,7 @@ func TestCreateUnknownOutcomeCleansUpAfterTheContextExpired(t *testing.T) {
 	// The fake client ignores contexts: the control-plane test in
 	// cmd/paperclip-k8s shows the delete reaching a real server after the
 	// hook's context expired. Here CleanupContext itself is checked.
-	_, err := e.Create(ctx, job, "ns1", vc.Values, nil)
+	_, err := f.e.Create(ctx, f.file(t, "job"), "ns1", f.values, nil)
 	var uo *engine.UnknownOutcomeError
 	is.True(errors.As(err, &uo))
 	is.True(uo.Deleted)
@@ -192,98 +184,85 @@ func TestCleanupContextDeadline(t *testing.T) {
 // found, nothing is deleted, and the error says so.
 func TestCreateUnknownOutcomeNothingCreated(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
-	job, _ := c.Get("job")
-	vc := valuestest.LoadShipped(t, "standard-job")
-	failCreate(dyn, "jobs", &url.Error{Op: "Post", URL: "https://api", Err: io.EOF})
-	_, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
+	f := newFixture(t, "standard-job")
+	failCreate(f.dyn, "jobs", &url.Error{Op: "Post", URL: "https://api", Err: io.EOF})
+	_, err := f.e.Create(context.Background(), f.file(t, "job"), "ns1", f.values, nil)
 	var uo *engine.UnknownOutcomeError
 	is.True(errors.As(err, &uo))
 	is.True(uo.Absent)
 	is.True(strings.Contains(err.Error(), "did not exist when read back"))
-	is.Equal(len(deletes(dyn)), 0)
+	is.Equal(len(deletes(f.dyn)), 0)
 }
 
 // An object of that name that does not carry every rendered label, or not
 // the owner's UID, is not ours: it is left alone and the error says why.
 func TestCreateUnknownOutcomeLeavesAnotherObjectAlone(t *testing.T) {
-	c := testutil.TestCatalog(t)
-	vc := valuestest.LoadShipped(t, "standard-job")
-	run := vc.Values["run"].(map[string]any)
-	name := run["name"].(string)
 	timeout := apierrors.NewTimeoutError("timed out", 0)
+	// another is an object in ns1 that is not the one the create made.
+	another := func(apiVersion, kind, name string, labels map[string]string) *unstructured.Unstructured {
+		o := &unstructured.Unstructured{}
+		o.SetAPIVersion(apiVersion)
+		o.SetKind(kind)
+		o.SetName(name)
+		o.SetNamespace("ns1")
+		o.SetUID("uid-other")
+		o.SetLabels(labels)
+		return o
+	}
 
 	t.Run("labels differ", func(t *testing.T) {
 		is := is.New(t)
-		e, dyn := enginetest.New(t, c)
-		job, _ := c.Get("job")
-		other := &unstructured.Unstructured{}
-		other.SetAPIVersion("batch/v1")
-		other.SetKind("Job")
-		other.SetName(name)
-		other.SetNamespace("ns1")
-		other.SetUID("uid-other")
+		f := newFixture(t, "standard-job")
+		name := f.runName()
 		labels := map[string]string{}
-		for k, v := range run["labels"].(map[string]any) {
+		for k, v := range f.values["run"].(map[string]any)["labels"].(map[string]any) {
 			labels[k] = v.(string)
 		}
 		labels["paperclip.io/run-id"] = "another-run"
-		other.SetLabels(labels)
-		is.NoErr(dyn.Tracker().Create(jobsGVR, other, "ns1"))
-		failCreate(dyn, "jobs", timeout)
+		is.NoErr(f.dyn.Tracker().Create(jobsGVR, another("batch/v1", "Job", name, labels), "ns1"))
+		failCreate(f.dyn, "jobs", timeout)
 
-		_, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
+		_, err := f.e.Create(context.Background(), f.file(t, "job"), "ns1", f.values, nil)
 		var uo *engine.UnknownOutcomeError
 		is.True(errors.As(err, &uo))
 		is.True(uo.LeftAlone != "")
 		is.True(strings.Contains(err.Error(), "paperclip.io/run-id"))
 		is.True(strings.Contains(err.Error(), "left alone"))
-		is.Equal(len(deletes(dyn)), 0)
-		_, gerr := dyn.Resource(jobsGVR).Namespace("ns1").Get(context.Background(), name, metav1.GetOptions{})
+		is.Equal(len(deletes(f.dyn)), 0)
+		_, gerr := f.dyn.Resource(jobsGVR).Namespace("ns1").Get(context.Background(), name, metav1.GetOptions{})
 		is.NoErr(gerr)
 	})
 
 	t.Run("owner differs", func(t *testing.T) {
 		is := is.New(t)
-		e, dyn := enginetest.New(t, c)
-		job, _ := c.Get("job")
-		secretSpec, _ := c.Get("secret")
-		w, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
-		is.NoErr(err)
+		f := newFixture(t, "standard-job")
+		name := f.runName()
+		w := f.create(t, f.file(t, "job"), nil)
 		// Another Secret of that name with our labels but another owner.
-		other := &unstructured.Unstructured{}
-		other.SetAPIVersion("v1")
-		other.SetKind("Secret")
-		other.SetName(name + "-env")
-		other.SetNamespace("ns1")
-		other.SetUID("uid-other")
-		other.SetLabels(w.GetLabels())
+		other := another("v1", "Secret", name+"-env", w.GetLabels())
 		other.SetOwnerReferences([]metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: name, UID: "uid-someone-else"}})
-		is.NoErr(dyn.Tracker().Create(secretsGVR, other, "ns1"))
-		failCreate(dyn, "secrets", timeout)
+		is.NoErr(f.dyn.Tracker().Create(secretsGVR, other, "ns1"))
+		failCreate(f.dyn, "secrets", timeout)
 
-		_, err = e.Create(context.Background(), secretSpec, "ns1", vc.Values, w)
+		_, err := f.e.Create(context.Background(), f.file(t, "secret"), "ns1", f.values, w)
 		var uo *engine.UnknownOutcomeError
 		is.True(errors.As(err, &uo))
 		is.True(strings.Contains(err.Error(), "not owned by UID "+string(w.GetUID())))
-		is.Equal(len(deletes(dyn)), 0)
+		is.Equal(len(deletes(f.dyn)), 0)
 	})
 
 	t.Run("owned run object is deleted", func(t *testing.T) {
 		is := is.New(t)
-		e, dyn := enginetest.New(t, c)
-		job, _ := c.Get("job")
-		secretSpec, _ := c.Get("secret")
-		w, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
-		is.NoErr(err)
-		createThenFail(dyn, "secrets", timeout)
-		_, err = e.Create(context.Background(), secretSpec, "ns1", vc.Values, w)
+		f := newFixture(t, "standard-job")
+		name := f.runName()
+		w := f.create(t, f.file(t, "job"), nil)
+		createThenFail(f.dyn, "secrets", timeout)
+		_, err := f.e.Create(context.Background(), f.file(t, "secret"), "ns1", f.values, w)
 		var uo *engine.UnknownOutcomeError
 		is.True(errors.As(err, &uo))
 		is.True(uo.Deleted)
 		is.True(strings.Contains(err.Error(), "Secret ns1/"+name+"-env"))
-		_, gerr := dyn.Resource(secretsGVR).Namespace("ns1").Get(context.Background(), name+"-env", metav1.GetOptions{})
+		_, gerr := f.dyn.Resource(secretsGVR).Namespace("ns1").Get(context.Background(), name+"-env", metav1.GetOptions{})
 		is.True(apierrors.IsNotFound(gerr))
 	})
 }
@@ -292,16 +271,13 @@ func TestCreateUnknownOutcomeLeavesAnotherObjectAlone(t *testing.T) {
 // be cleaned up and names it, so an operator can.
 func TestCreateUnknownOutcomeCleanupFails(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
-	job, _ := c.Get("job")
-	vc := valuestest.LoadShipped(t, "standard-job")
-	name := vc.Values["run"].(map[string]any)["name"].(string)
-	createThenFail(dyn, "jobs", context.DeadlineExceeded)
-	dyn.PrependReactor("get", "jobs", func(k8stesting.Action) (bool, runtime.Object, error) {
+	f := newFixture(t, "standard-job")
+	name := f.runName()
+	createThenFail(f.dyn, "jobs", context.DeadlineExceeded)
+	f.dyn.PrependReactor("get", "jobs", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, &url.Error{Op: "Get", URL: "https://api", Err: syscall.ECONNREFUSED}
 	})
-	_, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
+	_, err := f.e.Create(context.Background(), f.file(t, "job"), "ns1", f.values, nil)
 	var uo *engine.UnknownOutcomeError
 	is.True(errors.As(err, &uo))
 	is.True(uo.CleanupErr != nil)
@@ -316,18 +292,15 @@ func TestCreateUnknownOutcomeCleanupFails(t *testing.T) {
 // no delete.
 func TestCreateDefiniteErrorIsNotCleanedUp(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
-	job, _ := c.Get("job")
-	vc := valuestest.LoadShipped(t, "standard-job")
-	_, err := e.Create(context.Background(), job, "ns1", vc.Values, nil)
-	is.NoErr(err)
-	dyn.ClearActions()
-	_, err = e.Create(context.Background(), job, "ns1", vc.Values, nil)
+	f := newFixture(t, "standard-job")
+	job := f.file(t, "job")
+	f.create(t, job, nil)
+	f.dyn.ClearActions()
+	_, err := f.e.Create(context.Background(), job, "ns1", f.values, nil)
 	is.True(apierrors.IsAlreadyExists(err))
 	var uo *engine.UnknownOutcomeError
 	is.True(!errors.As(err, &uo))
-	for _, a := range dyn.Actions() {
+	for _, a := range f.dyn.Actions() {
 		if a.GetVerb() != "create" {
 			t.Errorf("unexpected %s after a definite error", a.GetVerb())
 		}

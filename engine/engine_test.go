@@ -29,25 +29,20 @@ import (
 // released by the engine, with no Go change.
 func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "standard-job")
+	e := f.e
 	ctx := context.Background()
-	vc := valuestest.LoadShipped(t, "standard-job")
-	backend, ok := c.Get("barepod")
-	is.True(ok)
+	backend := f.file(t, "barepod")
 	is.Equal(backend.Backend.Mode, "exec")
 
-	w, err := e.Create(ctx, backend, "ns1", vc.Values, nil)
-	is.NoErr(err)
+	w := f.create(t, backend, nil)
 	is.Equal(w.GetKind(), "Pod")
 	is.Equal(w.GetAPIVersion(), "v1")
 	is.Equal(w.GetNamespace(), "ns1")
 	deadline, _, _ := unstructured.NestedInt64(w.Object, "spec", "activeDeadlineSeconds")
 	is.Equal(deadline, int64(3600))
 
-	secretSpec, _ := c.Get("secret")
-	sec, err := e.Create(ctx, secretSpec, "ns1", vc.Values, w)
-	is.NoErr(err)
+	sec := f.create(t, f.file(t, "secret"), w)
 	refs := sec.GetOwnerReferences()
 	is.Equal(len(refs), 1)
 	is.Equal(refs[0].UID, w.GetUID())
@@ -55,22 +50,12 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 	is.True(*refs[0].Controller)
 
 	// A second claim of the same name fails: Create is a claim.
-	_, err = e.Create(ctx, backend, "ns1", vc.Values, nil)
+	_, err := e.Create(ctx, backend, "ns1", f.values, nil)
 	is.True(err != nil)
 
-	type result struct {
-		st  resource.Status
-		err error
-	}
-	done := make(chan result, 1)
 	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	started := enginetest.WatchStarts(dyn)
-	go func() {
-		_, st, err := e.Wait(waitCtx, backend, w, resource.Ready)
-		done <- result{st, err}
-	}()
-	<-started
+	done := f.waitAsync(waitCtx, backend, w, resource.Ready)
 	enginetest.SetStatus(t, e, w, backend, map[string]any{"phase": "Pending"})
 	enginetest.SetStatus(t, e, w, backend, map[string]any{"phase": "Running", "conditions": []any{map[string]any{"type": "Ready", "status": "True"}}})
 	r := <-done
@@ -165,18 +150,16 @@ func TestWaitReportsDeletionAndContextEnd(t *testing.T) {
 // them (same UID); a pod with the right name but another owner is refused.
 func TestFindPodChecksTheOwnerUID(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, _ := enginetest.New(t, c)
+	f := newFixture(t, "cilium-sandbox")
+	e := f.e
 	ctx := context.Background()
-	vc := valuestest.LoadShipped(t, "cilium-sandbox")
-	sb, _ := c.Get("sandbox")
-	podSpec, _ := c.Pod()
-	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
-	is.NoErr(err)
+	sb := f.file(t, "sandbox")
+	podSpec, _ := f.c.Pod()
+	w := f.create(t, sb, nil)
 	r, _ := e.Resolve(podSpec)
 	pods := e.Dynamic.Resource(r.GVR).Namespace("ns1")
 
-	_, err = e.FindPod(ctx, sb, w)
+	_, err := e.FindPod(ctx, sb, w)
 	is.True(errors.Is(err, engine.ErrNoPod))
 
 	tru := true
@@ -202,15 +185,13 @@ func TestFindPodChecksTheOwnerUID(t *testing.T) {
 // Release uses a UID precondition: an object that replaced ours keeps living.
 func TestReleaseLeavesAReplacementAlone(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "standard-job")
+	e := f.e
 	ctx := context.Background()
-	vc := valuestest.LoadShipped(t, "standard-job")
-	job, _ := c.Get("job")
-	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
-	is.NoErr(err)
+	job := f.file(t, "job")
+	w := f.create(t, job, nil)
 	var sawPrecondition atomic.Bool
-	dyn.PrependReactor("delete", "jobs", func(a k8stesting.Action) (bool, runtime.Object, error) {
+	f.dyn.PrependReactor("delete", "jobs", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		d := a.(k8stesting.DeleteAction)
 		if p := d.GetDeleteOptions().Preconditions; p != nil && p.UID != nil {
 			sawPrecondition.Store(true)
@@ -222,7 +203,7 @@ func TestReleaseLeavesAReplacementAlone(t *testing.T) {
 	})
 	ref := engine.RefOf(job, w)
 	ref.UID = "an-older-uid"
-	_, err = e.Get(ctx, ref)
+	_, err := e.Get(ctx, ref)
 	is.True(engine.IsGone(err)) // another UID under the name: replaced
 	_, err = e.Release(ctx, engine.RefOf(job, w))
 	is.NoErr(err)
@@ -231,10 +212,8 @@ func TestReleaseLeavesAReplacementAlone(t *testing.T) {
 
 func TestMissingAPINamesWhatToInstall(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, _ := enginetest.New(t, c, "agents.x-k8s.io")
-	sb, _ := c.Get("sandbox")
-	_, err := e.Resolve(sb)
+	f := newFixture(t, "standard-job", "agents.x-k8s.io")
+	_, err := f.e.Resolve(f.file(t, "sandbox"))
 	var missing *engine.APIMissingError
 	is.True(errors.As(err, &missing))
 	is.True(strings.Contains(err.Error(), "agent-sandbox"))

@@ -104,11 +104,9 @@ func (*notYet) Error() string { return "the authorizer has not seen the binding 
 // rest; a Forbidden right after the grant is retried.
 func TestApplyGrantFirstThenRetriesForbidden(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
-	order, refused := forbidAfterGrant(dyn, 3)
-	vc := valuestest.LoadShipped(t, "standard-job")
-	applied, err := e.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
+	f := newFixture(t, "standard-job")
+	order, refused := forbidAfterGrant(f.dyn, 3)
+	applied, err := f.e.Apply(context.Background(), f.c.Used(resource.UseTenant), "paperclip-acme", f.values)
 	is.NoErr(err)
 	is.Equal(refused.Load(), int64(3))
 	is.Equal(applied[0].Resource.Name, "namespace")
@@ -124,11 +122,10 @@ func TestApplyGrantFirstThenRetriesForbidden(t *testing.T) {
 func TestApplyForbiddenAfterGrantGivesUp(t *testing.T) {
 	is := is.New(t)
 	defer engine.SetGrantBackoff(time.Millisecond, time.Millisecond)()
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
-	_, refused := forbidAfterGrant(dyn, 1000)
-	vc := valuestest.LoadShipped(t, "standard-job")
-	_, err := e.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
+	f := newFixture(t, "standard-job")
+	c := f.c
+	_, refused := forbidAfterGrant(f.dyn, 1000)
+	_, err := f.e.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", f.values)
 	is.True(err != nil)
 	is.True(apierrors.IsForbidden(err))
 	is.Equal(refused.Load(), int64(3)) // the first try and two retries
@@ -140,7 +137,7 @@ func TestApplyForbiddenAfterGrantGivesUp(t *testing.T) {
 		calls.Add(1)
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "namespaces"}, "paperclip-acme", errNotYet)
 	})
-	_, err = e2.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", vc.Values)
+	_, err = e2.Apply(context.Background(), c.Used(resource.UseTenant), "paperclip-acme", f.values)
 	is.True(apierrors.IsForbidden(err))
 	is.Equal(calls.Load(), int64(1))
 	is.True(!strings.Contains(err.Error(), "still forbidden"))

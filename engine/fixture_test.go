@@ -1,0 +1,88 @@
+package engine_test
+
+import (
+	"context"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	dynfake "k8s.io/client-go/dynamic/fake"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
+)
+
+// fixture is what most engine unit tests start from: the test catalog
+// (resources/ and testdata/backends), the engine over the fake dynamic
+// client (enginetest.New) and the values of one shipped values fixture.
+//
+//	f := newFixture(t, "standard-job")
+//	job := f.file(t, "job")
+//	w := f.create(t, job, nil) // the run's Job in ns1
+//	_, err := f.e.Release(ctx, engine.RefOf(job, w))
+type fixture struct {
+	c      *resource.Catalog
+	e      *engine.Engine
+	dyn    *dynfake.FakeDynamicClient
+	values map[string]any // valuestest.LoadShipped(values).Values; tests may change it
+}
+
+// newFixture loads the catalog and the values fixture (a testdata/values
+// name: "standard-job", "cilium-sandbox", …) and starts the engine; the
+// API groups in omit are not served (see enginetest.New).
+func newFixture(t *testing.T, values string, omit ...string) *fixture {
+	t.Helper()
+	c := testutil.TestCatalog(t)
+	e, dyn := enginetest.New(t, c, omit...)
+	return &fixture{c: c, e: e, dyn: dyn, values: valuestest.LoadShipped(t, values).Values}
+}
+
+// file is the catalog's file name (a backend or an object file); the test
+// fails when there is none.
+func (f *fixture) file(t *testing.T, name string) *resource.Resource {
+	t.Helper()
+	r, ok := f.c.Get(name)
+	if !ok {
+		t.Fatalf("the test catalog has no file %q", name)
+	}
+	return r
+}
+
+// runName is the values' run.name: the name of the run's workload.
+func (f *fixture) runName() string {
+	return f.values["run"].(map[string]any)["name"].(string)
+}
+
+// create creates file's object in namespace ns1 from the fixture's values,
+// owned by owner (nil for a workload); the test fails on an error.
+func (f *fixture) create(t *testing.T, file *resource.Resource, owner *unstructured.Unstructured) *unstructured.Unstructured {
+	t.Helper()
+	obj, err := f.e.Create(context.Background(), file, "ns1", f.values, owner)
+	if err != nil {
+		t.Fatalf("creating %s in ns1: %v", file.Name, err)
+	}
+	return obj
+}
+
+// waitResult is what Engine.Wait returned.
+type waitResult struct {
+	obj *unstructured.Unstructured
+	st  resource.Status
+	err error
+}
+
+// waitAsync runs f.e.Wait(ctx, file, w, want) in a goroutine and returns
+// once its watch has started, so that what the test changes next reaches
+// the wait as events; the channel gets the wait's result.
+func (f *fixture) waitAsync(ctx context.Context, file *resource.Resource, w *unstructured.Unstructured, want ...resource.State) <-chan waitResult {
+	done := make(chan waitResult, 1)
+	started := enginetest.WatchStarts(f.dyn)
+	go func() {
+		obj, st, err := f.e.Wait(ctx, file, w, want...)
+		done <- waitResult{obj, st, err}
+	}()
+	<-started
+	return done
+}
