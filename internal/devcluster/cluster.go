@@ -176,7 +176,12 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	// while the node stack starts.
 	crdDone := make(chan error, 1)
 	if opts.SandboxController {
-		go func() { crdDone <- InstallSandboxCRD(ctx, c.dyn) }()
+		established := make(chan error, 1)
+		go func() { crdDone <- installCRDs(ctx, c.dyn, established) }()
+		// kube-controller-manager's garbage collector must know the kinds.
+		if err := <-established; err != nil {
+			return nil, err
+		}
 	}
 	if opts.Nodes {
 		if err := c.startNodes(ctx); err != nil {

@@ -42,24 +42,46 @@ var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version:
 // CRDs (SandboxTemplate, SandboxWarmPool, SandboxClaim) in parallel, waits
 // until each is Established and until the API server serves them.
 func InstallSandboxCRD(ctx context.Context, dyn dynamic.Interface) error {
-	files := []string{"crds/sandboxtemplates.yaml", "crds/sandboxwarmpools.yaml", "crds/sandboxclaims.yaml"}
-	errs := make(chan error, len(files)+1)
-	go func() { errs <- installCRD(ctx, dyn, "crds/sandbox.yaml", SandboxCRD, sandboxWarmUp) }()
-	for _, f := range files {
-		go func() {
-			b, err := extensionCRDs.ReadFile(f)
-			if err != nil {
-				errs <- err
-				return
-			}
-			errs <- installCRD(ctx, dyn, f, b, extensionWarmUp[f])
-		}()
+	return installCRDs(ctx, dyn, nil)
+}
+
+// installCRDs is InstallSandboxCRD; established (if not nil) receives
+// nil once every CRD is Established (before the warm-ups), or the error.
+// kube-controller-manager starts only then, so its garbage collector knows
+// the new kinds from the start (it discovers new resources only every
+// 30 s: a claim's Sandbox or a pool's members would outlive their owner
+// that long).
+func installCRDs(ctx context.Context, dyn dynamic.Interface, established chan<- error) error {
+	files := []string{"crds/sandbox.yaml", "crds/sandboxtemplates.yaml", "crds/sandboxwarmpools.yaml", "crds/sandboxclaims.yaml"}
+	data := map[string][]byte{"crds/sandbox.yaml": SandboxCRD}
+	warmUps := map[string]func(context.Context, dynamic.Interface) error{"crds/sandbox.yaml": sandboxWarmUp}
+	for _, f := range files[1:] {
+		b, err := extensionCRDs.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		data[f] = b
+		warmUps[f] = extensionWarmUp[f]
 	}
-	var all error
-	for range len(files) + 1 {
-		all = errors.Join(all, <-errs)
+	run := func(step func(string) error) error {
+		errs := make(chan error, len(files))
+		for _, f := range files {
+			go func() { errs <- step(f) }()
+		}
+		var all error
+		for range files {
+			all = errors.Join(all, <-errs)
+		}
+		return all
 	}
-	return all
+	err := run(func(f string) error { return installCRD(ctx, dyn, f, data[f]) })
+	if established != nil {
+		established <- err
+	}
+	if err != nil {
+		return err
+	}
+	return run(func(f string) error { return warmUps[f](ctx, dyn) })
 }
 
 // extensionWarmUp dry-run creates one object of each extension kind, as
@@ -111,8 +133,8 @@ func sandboxWarmUp(ctx context.Context, dyn dynamic.Interface) error {
 }
 
 // installCRD creates (or updates) one CRD and waits until it is
-// Established, then runs warmUp (if any).
-func installCRD(ctx context.Context, dyn dynamic.Interface, file string, data []byte, warmUp func(context.Context, dynamic.Interface) error) error {
+// Established.
+func installCRD(ctx context.Context, dyn dynamic.Interface, file string, data []byte) error {
 	obj := &unstructured.Unstructured{}
 	if err := yaml.Unmarshal(data, &obj.Object); err != nil {
 		return fmt.Errorf("parse %s: %w", file, err)
@@ -157,9 +179,6 @@ func installCRD(ctx context.Context, dyn dynamic.Interface, file string, data []
 	})
 	if err != nil {
 		return fmt.Errorf("wait for CRD %s Established: %w", name, err)
-	}
-	if warmUp != nil {
-		return warmUp(ctx, dyn)
 	}
 	return nil
 }

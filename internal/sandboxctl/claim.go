@@ -420,6 +420,19 @@ func (e *extensions) adoptFromPool(ctx context.Context, cl *claim) (*sandbox, er
 	if pool == nil {
 		return nil, nil
 	}
+	// Under Recreate, stale members are not handed out.
+	var ps poolSpec
+	_ = fromObject(pool, &ps, "spec")
+	var stale func(*sandbox) bool
+	if ps.UpdateStrategy != nil && ps.UpdateStrategy.Type == "Recreate" {
+		if tu := e.latest(e.templates, TemplateGVR, pool.GetNamespace(), ps.SandboxTemplateRef.Name); tu != nil {
+			if ts, err := parseTemplate(tu); err == nil {
+				if _, bpHash, err := templateHashes(ts); err == nil {
+					stale = func(sb *sandbox) bool { return memberStale(sb, tu.GetName(), ts, bpHash) }
+				}
+			}
+		}
+	}
 	for range 3 {
 		members, _ := e.poolMembers(pool)
 		var ready, fallback *sandbox
@@ -428,7 +441,7 @@ func (e *extensions) adoptFromPool(ctx context.Context, cl *claim) (*sandbox, er
 			e.mu.Lock()
 			owner, taken := e.reserved[m.obj.GetUID()]
 			e.mu.Unlock()
-			if taken && owner != cl.obj.GetUID() {
+			if (taken && owner != cl.obj.GetUID()) || (stale != nil && stale(m)) {
 				continue
 			}
 			switch {

@@ -968,3 +968,138 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// Under Recreate a template pod spec change replaces the unclaimed
+// members; under OnReplenish (the default) members stay and a claim gets
+// a stale one; a metadata-only change replaces nothing.
+func TestWarmPoolUpdateStrategy(t *testing.T) {
+	is := is.New(t)
+	ns := devcluster.NewNamespace(t, cluster, nil)
+	ctx := ctxT(t, 90*time.Second)
+	create(t, ctx, sandboxctl.TemplateGVR, ns, templateObj("tpl", nil, nil))
+	rec := poolObj("pool-rec", "tpl", 2)
+	_ = unstructured.SetNestedField(rec.Object, "Recreate", "spec", "updateStrategy", "type")
+	create(t, ctx, sandboxctl.WarmPoolGVR, ns, rec)
+	create(t, ctx, sandboxctl.WarmPoolGVR, ns, poolObj("pool-onr", "tpl", 2))
+	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool-rec", "ready", readyPool(2))
+	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool-onr", "ready", readyPool(2))
+	onr := names(poolMembers(t, ctx, ns, "pool-onr"))
+	recBefore := names(poolMembers(t, ctx, ns, "pool-rec"))
+
+	// Labels only: the blueprint hash changes but the spec does not.
+	mergePatch(t, ctx, sandboxctl.TemplateGVR, ns, "tpl", map[string]any{"spec": map[string]any{"podTemplate": map[string]any{"metadata": map[string]any{"labels": map[string]any{"x": "y"}}}}})
+	// A spec change: the env of the container.
+	c := mainContainer()
+	c["env"] = []any{map[string]any{"name": "X", "value": "1"}}
+	mergePatch(t, ctx, sandboxctl.TemplateGVR, ns, "tpl", map[string]any{"spec": map[string]any{"podTemplate": map[string]any{"spec": map[string]any{"containers": []any{c}}}}})
+	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool-rec", "recreated", func(u *unstructured.Unstructured) bool {
+		if !readyPool(2)(u) {
+			return false
+		}
+		for _, m := range poolMembers(t, ctx, ns, "pool-rec") {
+			if recBefore[m.GetName()] || m.GetDeletionTimestamp() != nil {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range poolMembers(t, ctx, ns, "pool-rec") {
+		cs, _, _ := unstructured.NestedSlice(m.Object, "spec", "podTemplate", "spec", "containers")
+		is.Equal(jsonOf(t, cs[0].(map[string]any)["env"]), `[{"name":"X","value":"1"}]`)
+	}
+	// OnReplenish: the same members (checked after Recreate acted on the
+	// same template events).
+	is.Equal(names(poolMembers(t, ctx, ns, "pool-onr")), onr)
+	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("i-onr", "pool-onr", nil))
+	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "i-onr", "Ready", claimReady("True", "DependenciesReady"))
+	sbName, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	is.True(onr[sbName]) // a stale member, handed out
+}
+
+// Template deleted while its pool exists: the NetworkPolicy goes, the pool
+// keeps its member and a claim still adopts it; the pool does not refill,
+// and the next claim gets TemplateNotFound.
+func TestTemplateDeletedUnderPool(t *testing.T) {
+	is := is.New(t)
+	ns := devcluster.NewNamespace(t, cluster, nil)
+	ctx := ctxT(t, 90*time.Second)
+	setupPool(t, ctx, ns, 1)
+	waitFor(t, ctx, schema.GroupVersionResource{Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"}, ns, "tpl-network-policy", "created", func(u *unstructured.Unstructured) bool { return u != nil })
+	is.NoErr(cluster.Dynamic().Resource(sandboxctl.TemplateGVR).Namespace(ns).Delete(ctx, "tpl", metav1.DeleteOptions{}))
+	waitFor(t, ctx, sandboxctl.TemplateGVR, ns, "tpl", "gone", gone)
+	waitFor(t, ctx, schema.GroupVersionResource{Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"}, ns, "tpl-network-policy", "garbage-collected", gone)
+	members := poolMembers(t, ctx, ns, "pool")
+	is.Equal(len(members), 1)
+
+	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("g-after", "pool", nil))
+	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "g-after", "Ready", claimReady("True", "DependenciesReady"))
+	sbName, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	is.Equal(sbName, members[0].GetName())
+	p := waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool", "emptied", func(u *unstructured.Unstructured) bool {
+		_, has, _ := unstructured.NestedInt64(u.Object, "status", "replicas")
+		return !has
+	})
+	st, _, _ := unstructured.NestedMap(p.Object, "status")
+	is.Equal(jsonOf(t, st), `{"observedGeneration":1,"selector":"agents.x-k8s.io/warm-pool-sandbox=91dd7983"}`)
+	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("g-after2", "pool", nil))
+	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "g-after2", "TemplateNotFound", claimReady("False", "TemplateNotFound"))
+	is.Equal(condition(got, "Ready").Message, `SandboxTemplate "tpl" not found`)
+	is.Equal(len(poolMembers(t, ctx, ns, "pool")), 0) // no refill
+}
+
+// Losing things under a claim: a deleted pod is recreated under the same
+// Sandbox (the claim stays bound to it); a failed pod is mirrored as
+// Finished and Ready=False PodFailed, and ttlSecondsAfterFinished then
+// expires the claim; a Sandbox that expires by itself gives SandboxExpired.
+func TestClaimMirrorsItsSandbox(t *testing.T) {
+	is := is.New(t)
+	ns := devcluster.NewNamespace(t, cluster, nil)
+	ctx := ctxT(t, 90*time.Second)
+	setupPool(t, ctx, ns, 2)
+
+	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("f-pod", "pool", nil))
+	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "f-pod", "Ready", claimReady("True", "DependenciesReady"))
+	sbName, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	pod, err := cluster.Kube().CoreV1().Pods(ns).Get(ctx, sbName, metav1.GetOptions{})
+	is.NoErr(err)
+	is.NoErr(cluster.Kube().CoreV1().Pods(ns).Delete(ctx, sbName, metav1.DeleteOptions{}))
+	_, err = devcluster.WaitPod(ctx, cluster.Kube(), ns, sbName, func(p *corev1.Pod) bool {
+		return p != nil && p.UID != pod.UID && p.Status.PodIP != ""
+	})
+	is.NoErr(err)
+	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "f-pod", "Ready on the new pod", func(u *unstructured.Unstructured) bool {
+		ips, _, _ := unstructured.NestedStringSlice(u.Object, "status", "sandbox", "podIPs")
+		return claimReady("True", "DependenciesReady")(u) && len(ips) == 1
+	})
+	again, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	is.Equal(again, sbName) // same Sandbox, same pod name
+
+	// A pod that fails: Finished and Ready=False/PodFailed, mirrored whole;
+	// ttlSecondsAfterFinished 1 with Retain then expires the claim, which
+	// stays with Finished and ClaimExpired.
+	failTpl := templateObj("tpl-fail", map[string]any{"labels": map[string]any{devcluster.FailLabel: "true"}}, nil)
+	create(t, ctx, sandboxctl.TemplateGVR, ns, failTpl)
+	create(t, ctx, sandboxctl.WarmPoolGVR, ns, poolObj("pool-fail", "tpl-fail", 0))
+	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("e-ttlret", "pool-fail", map[string]any{"lifecycle": map[string]any{"ttlSecondsAfterFinished": int64(1)}}))
+	failed := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "e-ttlret", "Finished", func(u *unstructured.Unstructured) bool {
+		return condition(u, "Finished").Status == "True"
+	})
+	is.Equal(condition(failed, "Finished").Reason, "PodFailed")
+	is.True(claimReady("False", "PodFailed")(failed) || claimReady("False", "ClaimExpired")(failed))
+	expired := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "e-ttlret", "expired", func(u *unstructured.Unstructured) bool {
+		n, _, _ := unstructured.NestedString(u.Object, "status", "sandbox", "name")
+		return claimReady("False", "ClaimExpired")(u) && n == ""
+	})
+	is.Equal(claimStatusJSON(t, expired), `{"conditions":[{"lastTransitionTime":"T","message":"Pod failed","observedGeneration":1,"reason":"PodFailed","status":"True","type":"Finished"},{"lastTransitionTime":"T","message":"Claim expired. Sandbox cleanup initiated.","observedGeneration":1,"reason":"ClaimExpired","status":"False","type":"Ready"}],"sandbox":{}}`)
+	waitFor(t, ctx, sandboxctl.GVR, ns, "e-ttlret", "deleted", gone)
+
+	// The claimed Sandbox expires by itself (shutdownTime patched onto it).
+	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("j-exp", "pool", nil))
+	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "j-exp", "Ready", claimReady("True", "DependenciesReady"))
+	sbName, _, _ = unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	mergePatch(t, ctx, sandboxctl.GVR, ns, sbName, map[string]any{"spec": map[string]any{"shutdownTime": time.Now().Add(-time.Second).UTC().Format(time.RFC3339)}})
+	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "j-exp", "SandboxExpired", claimReady("False", "SandboxExpired"))
+	is.Equal(condition(got, "Ready").Message, "Underlying Sandbox resource has expired independently of the Claim.")
+	name, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	is.Equal(name, sbName) // not re-provisioned
+}

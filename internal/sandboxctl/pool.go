@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -124,7 +126,7 @@ func (e *extensions) reconcilePool(ctx context.Context, ns, name string) (time.D
 	if ts != nil && spec.UpdateStrategy != nil && spec.UpdateStrategy.Type == "Recreate" {
 		kept := active[:0]
 		for _, sb := range active {
-			if sb.obj.GetLabels()[TemplateHashLabel] == bpHash {
+			if !memberStale(sb, tmplName, ts, bpHash) {
 				kept = append(kept, sb)
 				continue
 			}
@@ -174,6 +176,41 @@ func (e *extensions) reconcilePool(ctx context.Context, ns, name string) (time.D
 		}
 	}
 	return 0, errs
+}
+
+// memberStale is the real controller's isSandboxStale: a member of
+// another template, or whose blueprint hash differs and whose pod spec
+// (with the secure defaults), volume claim templates (name and spec) or
+// service differ from the template's. A metadata-only change is not stale.
+func memberStale(sb *sandbox, tmplName string, ts *templateSpec, bpHash string) bool {
+	labels := sb.obj.GetLabels()
+	if labels[TemplateRefHashLabel] != NameHash(tmplName) {
+		return true
+	}
+	if h := labels[TemplateHashLabel]; h != "" && h == bpHash {
+		return false
+	}
+	var have blueprint
+	if err := fromObject(sb.obj, &have, "spec"); err != nil {
+		return true
+	}
+	var want corev1.PodSpec
+	if err := deepCopyJSON(ts.PodTemplate.Spec, &want); err != nil {
+		return true
+	}
+	applySecureDefaults(ts, &want)
+	if !equality.Semantic.DeepEqual(want, have.PodTemplate.Spec) || !equality.Semantic.DeepEqual(ts.Service, have.Service) {
+		return true
+	}
+	if len(ts.VolumeClaimTemplates) != len(have.VolumeClaimTemplates) {
+		return true
+	}
+	for i, v := range ts.VolumeClaimTemplates {
+		if v.Name != have.VolumeClaimTemplates[i].Name || !equality.Semantic.DeepEqual(v.Spec, have.VolumeClaimTemplates[i].Spec) {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *extensions) deleteMember(ctx context.Context, pk string, sb *sandbox) error {
