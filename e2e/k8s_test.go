@@ -194,19 +194,7 @@ func TestPaperclipKubernetes(t *testing.T) {
 					if run.Status != "succeeded" {
 						t.Fatalf("run %s: status %q error %q code %q", run.ID, run.Status, deref(run.Error), deref(run.ErrorCode))
 					}
-					lines, err := srv.PluginLines(pluginID)
-					is.NoErr(err)
-					synced := map[string]int{}
-					for _, l := range lines {
-						if strings.Contains(l.Text(), `msg="file sync done"`) {
-							for _, m := range []string{"environmentSyncIn", "environmentSyncOut"} {
-								if strings.Contains(l.Text(), "method="+m+" ") {
-									synced[m]++
-								}
-							}
-						}
-					}
-					t.Logf("native file sync calls: %v", synced)
+					synced := s.fileSyncCalls(t)
 					is.True(synced["environmentSyncIn"] >= 1)  // the host uploaded through the plugin
 					is.True(synced["environmentSyncOut"] >= 1) // and restored the workspace through it
 					is.Equal(run.ResultJSON["result"], "done (fake)")

@@ -218,6 +218,29 @@ func (s *stack) runAgent(t *testing.T, companyID, envID, name string, wait time.
 	return run
 }
 
+// fileSyncCalls counts the plugin's "file sync done" log lines by hook:
+// environmentSyncIn (the host uploaded the workspace through the plugin) and
+// environmentSyncOut (it restored the workspace through it).
+func (s *stack) fileSyncCalls(t *testing.T) map[string]int {
+	t.Helper()
+	lines, err := s.srv.PluginLines(s.plugin.ID)
+	if err != nil {
+		t.Fatalf("the plugin's log lines: %v", err)
+	}
+	synced := map[string]int{}
+	for _, l := range lines {
+		if strings.Contains(l.Text(), `msg="file sync done"`) {
+			for _, m := range []string{"environmentSyncIn", "environmentSyncOut"} {
+				if strings.Contains(l.Text(), "method="+m+" ") {
+					synced[m]++
+				}
+			}
+		}
+	}
+	t.Logf("native file sync calls: %v", synced)
+	return synced
+}
+
 // bakeWorkerEnv writes the operator's worker settings where the package's
 // launcher reads them: paperclip-k8s.env next to worker.js. Paperclip
 // 2026.916.1 gives a plugin worker only a fixed list of variables, so an
