@@ -173,6 +173,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		ext.queue.ShutDown()
 	}
 	wg.Wait()
+	if ext != nil {
+		ext.events.Wait()
+	}
 	return nil
 }
 

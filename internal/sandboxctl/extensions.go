@@ -204,9 +204,10 @@ type extKey struct {
 // extensions runs the template, warm pool and claim controllers next to
 // the Sandbox controller, sharing its Sandbox informer.
 type extensions struct {
-	c     *Controller
-	log   *slog.Logger
-	queue workqueue.TypedRateLimitingInterface[extKey]
+	c      *Controller
+	log    *slog.Logger
+	queue  workqueue.TypedRateLimitingInterface[extKey]
+	events sync.WaitGroup // events being sent
 
 	templates cache.SharedIndexInformer
 	pools     cache.SharedIndexInformer
@@ -594,9 +595,15 @@ func (e *extensions) event(ctx context.Context, u *unstructured.Unstructured, co
 		Note: note,
 		Type: typ,
 	}
-	if _, err := e.c.kube.EventsV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
-		e.log.Info("recording an event failed", "object", u.GetNamespace()+"/"+u.GetName(), "reason", reason, "err", err)
-	}
+	// Sent in the background, as the real controllers' event recorder
+	// does: a reconcile never waits for its events.
+	e.events.Go(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := e.c.kube.EventsV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+			e.log.Info("recording an event failed", "object", u.GetNamespace()+"/"+u.GetName(), "reason", reason, "err", err)
+		}
+	})
 }
 
 // controllerRef is a controller ownerReference to u.

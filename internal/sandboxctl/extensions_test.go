@@ -11,6 +11,7 @@ import (
 
 	"github.com/matryer/is"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/sandboxctl"
@@ -522,18 +524,14 @@ func TestClaimAdoptsWarmMember(t *testing.T) {
 	}
 
 	// The SandboxAdopted event.
-	evs, err := cluster.Kube().EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
-	is.NoErr(err)
-	found := false
-	for _, ev := range evs.Items {
-		if ev.Reason == "SandboxAdopted" && ev.Regarding.Name == "c-warm" {
-			found = true
-			is.Equal(ev.Note, fmt.Sprintf("Adopted warm pool Sandbox %q", sbName))
-			is.Equal(ev.Action, "Adoption")
-			is.Equal(ev.ReportingController, "sandboxclaim-controller")
-		}
-	}
-	is.True(found) // SandboxAdopted event
+	ev := waitEvent(t, ctx, ns, "SandboxAdopted of c-warm", func(ev *eventsv1.Event) bool {
+		return ev.Reason == "SandboxAdopted" && ev.Regarding.Name == "c-warm"
+	})
+	is.Equal(ev.Note, fmt.Sprintf("Adopted warm pool Sandbox %q", sbName))
+	is.Equal(ev.Action, "Adoption")
+	is.Equal(ev.Type, "Normal")
+	is.Equal(ev.ReportingController, "sandboxclaim-controller")
+	is.Equal(ev.Regarding.Kind+"/"+string(ev.Regarding.UID), "SandboxClaim/"+string(cl.GetUID()))
 
 	// A claim without additionalPodMetadata: the adoption update writes
 	// spec.additionalPodMetadata {} and the generation goes to 2.
@@ -823,17 +821,49 @@ func TestClaimLifecycle(t *testing.T) {
 			waitFor(t, ctx, sandboxctl.GVR, ns, sbOf[name], "deleted", gone)
 		}
 	}
-	evs, err := cluster.Kube().EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
-	is.NoErr(err)
-	expiredEvents := map[string]bool{}
-	for _, ev := range evs.Items {
-		if ev.Reason == "ClaimExpired" {
-			expiredEvents[ev.Regarding.Name+": "+ev.Note] = true
+	for _, want := range []string{"e-ret: Claim expired", "e-del: Claim expired", "e-del: Deleting Claim (ShutdownPolicy=Delete)", "e-fg: Deleting Claim (ShutdownPolicy=DeleteForeground)"} {
+		waitEvent(t, ctx, ns, want, func(ev *eventsv1.Event) bool {
+			return ev.Reason == "ClaimExpired" && ev.Regarding.Name+": "+ev.Note == want
+		})
+	}
+}
+
+// waitEvent waits (list, then watch) for an events.k8s.io event of the
+// namespace that f accepts.
+func waitEvent(t *testing.T, ctx context.Context, ns, what string, f func(*eventsv1.Event) bool) *eventsv1.Event {
+	t.Helper()
+	cfg := cluster.RESTConfig()
+	cfg.Timeout = 0
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := kube.EventsV1().Events(ns)
+	l, err := evs.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range l.Items {
+		if f(&l.Items[i]) {
+			return &l.Items[i]
 		}
 	}
-	for _, want := range []string{"e-ret: Claim expired", "e-del: Claim expired", "e-del: Deleting Claim (ShutdownPolicy=Delete)", "e-fg: Deleting Claim (ShutdownPolicy=DeleteForeground)"} {
-		if !expiredEvents[want] {
-			t.Errorf("no event %q; have %v", want, expiredEvents)
+	w, err := evs.Watch(ctx, metav1.ListOptions{ResourceVersion: l.ResourceVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case e, ok := <-w.ResultChan():
+			if !ok {
+				t.Fatalf("event watch ended waiting for %s", what)
+			}
+			if ev, ok := e.Object.(*eventsv1.Event); ok && f(ev) {
+				return ev
+			}
+		case <-ctx.Done():
+			t.Fatalf("waiting for the event %s: %v", what, ctx.Err())
 		}
 	}
 }
