@@ -70,7 +70,7 @@ func claimObj(name, pool string, extra map[string]any) *unstructured.Unstructure
 	}}
 }
 
-func create(t *testing.T, ctx context.Context, gvr schema.GroupVersionResource, ns string, u *unstructured.Unstructured) *unstructured.Unstructured {
+func create(t testing.TB, ctx context.Context, gvr schema.GroupVersionResource, ns string, u *unstructured.Unstructured) *unstructured.Unstructured {
 	t.Helper()
 	out, err := cluster.Dynamic().Resource(gvr).Namespace(ns).Create(ctx, u, metav1.CreateOptions{})
 	if err != nil {
@@ -79,7 +79,7 @@ func create(t *testing.T, ctx context.Context, gvr schema.GroupVersionResource, 
 	return out
 }
 
-func mergePatch(t *testing.T, ctx context.Context, gvr schema.GroupVersionResource, ns, name string, patch any) {
+func mergePatch(t testing.TB, ctx context.Context, gvr schema.GroupVersionResource, ns, name string, patch any) {
 	t.Helper()
 	b, err := json.Marshal(patch)
 	if err != nil {
@@ -90,7 +90,7 @@ func mergePatch(t *testing.T, ctx context.Context, gvr schema.GroupVersionResour
 	}
 }
 
-func waitFor(t *testing.T, ctx context.Context, gvr schema.GroupVersionResource, ns, name, what string, f func(*unstructured.Unstructured) bool) *unstructured.Unstructured {
+func waitFor(t testing.TB, ctx context.Context, gvr schema.GroupVersionResource, ns, name, what string, f func(*unstructured.Unstructured) bool) *unstructured.Unstructured {
 	t.Helper()
 	u, err := devcluster.WaitObject(ctx, cluster.Dynamic(), gvr, ns, name, f)
 	if err != nil {
@@ -103,7 +103,7 @@ func gone(u *unstructured.Unstructured) bool { return u == nil }
 
 // jsonOf is v's JSON with sorted keys, for comparisons with verbatim
 // values.
-func jsonOf(t *testing.T, v any) string {
+func jsonOf(t testing.TB, v any) string {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -117,7 +117,7 @@ func jsonOf(t *testing.T, v any) string {
 	return string(b)
 }
 
-func canon(t *testing.T, s string) string {
+func canon(t testing.TB, s string) string {
 	t.Helper()
 	var m any
 	if err := json.Unmarshal([]byte(s), &m); err != nil {
@@ -139,7 +139,7 @@ func readyPool(n int64) func(*unstructured.Unstructured) bool {
 }
 
 // poolMembers lists the Sandboxes the pool controls, by its selector.
-func poolMembers(t *testing.T, ctx context.Context, ns, pool string) []unstructured.Unstructured {
+func poolMembers(t testing.TB, ctx context.Context, ns, pool string) []unstructured.Unstructured {
 	t.Helper()
 	l, err := cluster.Dynamic().Resource(sandboxctl.GVR).Namespace(ns).List(ctx, metav1.ListOptions{LabelSelector: sandboxctl.PoolSelector(pool)})
 	if err != nil {
@@ -155,7 +155,7 @@ func claimReady(status, reason string) func(*unstructured.Unstructured) bool {
 	}
 }
 
-func claimStatusJSON(t *testing.T, u *unstructured.Unstructured) string {
+func claimStatusJSON(t testing.TB, u *unstructured.Unstructured) string {
 	t.Helper()
 	st, _, _ := unstructured.NestedMap(u.Object, "status")
 	// lastTransitionTime is a wall-clock second: blank it out.
@@ -174,7 +174,7 @@ type claimTrace struct {
 	states []string
 }
 
-func traceClaims(t *testing.T, ctx context.Context, ns string) *claimTrace {
+func traceClaims(t testing.TB, ctx context.Context, ns string) *claimTrace {
 	t.Helper()
 	cfg := cluster.RESTConfig()
 	cfg.Timeout = 0
@@ -195,7 +195,7 @@ func traceClaims(t *testing.T, ctx context.Context, ns string) *claimTrace {
 }
 
 // until reads the named claim's events until f holds.
-func (tr *claimTrace) until(t *testing.T, ctx context.Context, name, what string, f func(*unstructured.Unstructured) bool) *unstructured.Unstructured {
+func (tr *claimTrace) until(t testing.TB, ctx context.Context, name, what string, f func(*unstructured.Unstructured) bool) *unstructured.Unstructured {
 	t.Helper()
 	for {
 		select {
@@ -324,7 +324,7 @@ func mustNP(t *testing.T, s string) networkingv1.NetworkPolicySpec {
 
 // setupPool creates the research run's template `tpl` and a pool `pool`
 // of n members, and waits until they are all Ready.
-func setupPool(t *testing.T, ctx context.Context, ns string, n int64) *unstructured.Unstructured {
+func setupPool(t testing.TB, ctx context.Context, ns string, n int64) *unstructured.Unstructured {
 	t.Helper()
 	create(t, ctx, sandboxctl.TemplateGVR, ns, templateObj("tpl", map[string]any{
 		"labels":      map[string]any{"app": "demo", "paperclip.io/run-id": "r1", "agents.x-k8s.io/foo": "bar"},
@@ -400,7 +400,7 @@ func TestWarmPoolMembers(t *testing.T) {
 }
 
 // waitMembers waits until the pool controls exactly n live Sandboxes.
-func waitMembers(t *testing.T, ctx context.Context, ns, pool string, n int) {
+func waitMembers(t testing.TB, ctx context.Context, ns, pool string, n int) {
 	t.Helper()
 	cfg := cluster.RESTConfig()
 	cfg.Timeout = 0
@@ -830,7 +830,7 @@ func TestClaimLifecycle(t *testing.T) {
 
 // waitEvent waits (list, then watch) for an events.k8s.io event of the
 // namespace that f accepts.
-func waitEvent(t *testing.T, ctx context.Context, ns, what string, f func(*eventsv1.Event) bool) *eventsv1.Event {
+func waitEvent(t testing.TB, ctx context.Context, ns, what string, f func(*eventsv1.Event) bool) *eventsv1.Event {
 	t.Helper()
 	cfg := cluster.RESTConfig()
 	cfg.Timeout = 0
