@@ -27,7 +27,11 @@ func (e *Engine) Claim(ctx context.Context, specs []*resource.Resource, namespac
 // objects the claim has just created: a create writes the very object the
 // apply would send, so applying it again in the same call changes nothing
 // and costs a request. The next apply of the same specs (a later call)
-// applies them too. Their Applied entries carry the created objects.
+// applies them too. Their Applied entries carry the created objects. When
+// the claim has just created the namespace itself (a cluster-scoped object
+// named namespace), nothing in it can be this field manager's yet, so the
+// namespaced specs whose conditions do not hold are not pruned (a read
+// each).
 func (e *Engine) ClaimApply(ctx context.Context, specs []*resource.Resource, namespace string, values map[string]any) ([]Applied, error) {
 	created, err := e.claimAll(ctx, specs, namespace, values)
 	if err != nil {
@@ -36,12 +40,27 @@ func (e *Engine) ClaimApply(ctx context.Context, specs []*resource.Resource, nam
 	if len(created) == 0 {
 		return e.Apply(ctx, specs, namespace, values)
 	}
+	fresh := false
+	for _, o := range created {
+		if o.GetNamespace() == "" && o.GetName() == namespace {
+			fresh = true
+		}
+	}
 	rest := make([]*resource.Resource, 0, len(specs))
 	var out []Applied
 	for _, s := range specs {
 		if o, ok := created[s]; ok {
 			out = append(out, Applied{Resource: s, Object: o})
 			continue
+		}
+		if fresh && s.API != nil && !s.API.ClusterScoped {
+			wanted, err := s.Wanted(values)
+			if err != nil {
+				return out, err
+			}
+			if !wanted {
+				continue
+			}
 		}
 		rest = append(rest, s)
 	}

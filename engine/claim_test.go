@@ -141,8 +141,8 @@ func TestClaimApplyRequests(t *testing.T) {
 	e, dyn := enginetest.New(t, c)
 	ctx := context.Background()
 	ns := vc.Values["namespace"].(string)
-	var tenant []*resource.Resource // the namespace and two objects in it
-	for _, name := range []string{"serviceaccount", "namespace", "role"} {
+	var tenant []*resource.Resource // the namespace, two objects in it and one not wanted (standard egress)
+	for _, name := range []string{"serviceaccount", "namespace", "role", "ciliumnetworkpolicy-egress"} {
 		s, ok := c.Get(name)
 		is.True(ok)
 		tenant = append(tenant, s)
@@ -157,6 +157,9 @@ func TestClaimApplyRequests(t *testing.T) {
 		}
 	}
 	is.Equal(sa, 1) // the others are applied
+	for _, a := range dyn.Actions() {
+		is.True(a.GetResource().Resource != "ciliumnetworkpolicies") // a new namespace holds nothing to prune
+	}
 	is.Equal(requestsOn(dyn, "namespaces"), []string{"create"})
 	is.Equal(applied[0].Resource.Name, "namespace")
 	is.Equal(applied[0].Object.GetLabels()["paperclip.io/company-id"], "5f0c2a7e-1b7d-4c8e-9a51-3c2d1e0f9a88")
@@ -170,6 +173,13 @@ func TestClaimApplyRequests(t *testing.T) {
 
 	_, err = e.ClaimApply(ctx, tenant, ns, vc.Values)
 	is.NoErr(err)
+	pruneReads := 0
+	for _, a := range dyn.Actions() {
+		if a.GetResource().Resource == "ciliumnetworkpolicies" && a.GetVerb() == "get" {
+			pruneReads++
+		}
+	}
+	is.Equal(pruneReads, 1) // an existing namespace: what is not wanted is pruned
 	is.Equal(requestsOn(dyn, "namespaces"), []string{"get", "patch"})
 
 	other := engine.New(c, dyn, e.Mapper, nil, nil)
