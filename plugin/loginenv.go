@@ -1,0 +1,263 @@
+package plugin
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
+)
+
+// A command the host sends alone (no args) is a shell script, and it used
+// to run in a login shell (`/bin/sh -lc`, as the reference plugin does) so
+// that what the image's /etc/profile and ~/.profile export (PATH above
+// all) applies. Sourcing the profile on every command costs milliseconds
+// (a fork of id(1) in Debian's /etc/profile, a scan of /etc/profile.d), so
+// the login shell runs once per lease instead: the lease's first such
+// command captures what a login shell exports on top of a plain shell's
+// environment (and its umask), and every command of the lease then runs in
+// a plain `/bin/sh -c` with that applied:
+//
+//   - PATH, when the login shell changes it, is set by the script itself
+//     (`export PATH='…'; ` ahead of the command, on its first line): a
+//     search path is not a secret, and the common case then needs no
+//     wrapper shell. podexec never exports the host's PATH (it does not
+//     describe the image), so the login PATH always applies, as before;
+//   - every other variable travels with the host's env on the command's
+//     stdin (podexec's preamble, never in the exec request's URL), and a
+//     variable the host sends keeps the host's value;
+//   - a variable the login shell drops is unset (unless the host sends it),
+//     and a different umask is set.
+//
+// Functions, aliases, shell options and unexported variables that a
+// profile defines are not carried (a plain shell cannot receive them); a
+// command that needs them sources the profile itself (`. /etc/profile`).
+// The profile is read once: a change to it during the lease is seen by the
+// next lease's commands (and by a command that sources it). A command with
+// args runs as given, without the login environment, as before. When the
+// capture fails (no cat, no /proc), the lease's commands keep the login
+// shell.
+
+// loginEnv is a lease's login environment, captured on its first
+// command-only execute (leaseState.login).
+type loginEnv struct {
+	mu sync.Mutex
+	// done is closed when the capture in flight ends; nil when none has
+	// started, or the last one was cut short by its caller's context.
+	done chan struct{}
+	diff *loginDiff // nil until captured, or when the capture failed
+}
+
+// loginDiff is what a login shell exports on top of a plain shell.
+type loginDiff struct {
+	set   map[string]string // names a login shell exports with another value, or only it exports
+	unset []string          // names only the plain shell exports, sorted
+	umask string            // the login shell's umask when it differs, else ""
+}
+
+// loginCaptureTimeout bounds the capture (the profile runs in it).
+const loginCaptureTimeout = 30 * time.Second
+
+// loginCaptureScript prints, framed by the marker ($1) between NUL bytes,
+// the umask and the environment (/proc/self/environ: NUL-separated, exact)
+// of a plain shell, then of a login shell. What the profile prints lands
+// between the frames and is ignored.
+const loginCaptureScript = `printf '\000%s\000' "$1"; umask; printf '\000'; cat /proc/self/environ || exit 1; ` +
+	`printf '\000%s\000' "$1"; exec /bin/sh -lc 'printf "\000%s\000" "$1"; umask; printf "\000"; exec cat /proc/self/environ' sh "$1"`
+
+// forCommand returns the lease's login environment for a command-only
+// execute (capturing it on the lease's first), nil for a command with args
+// or when it is not known (the command then runs in a login shell). pod
+// names the lease's pod (Namespace, Pod, Container).
+func (l *loginEnv) forCommand(ctx context.Context, log *slog.Logger, ex loginRunner, pod podexec.Request, command string, args []string) *loginDiff {
+	if len(args) > 0 || command == "" {
+		return nil
+	}
+	return l.get(ctx, func(ctx context.Context) (*loginDiff, error) {
+		d, err := captureLogin(ctx, ex, pod)
+		if err != nil && ctx.Err() == nil {
+			// The capture's errors hold neither its output nor values.
+			log.Info("reading the login environment of a lease's pod failed; its commands run in a login shell",
+				"namespace", pod.Namespace, "pod", pod.Pod, "error", err)
+		}
+		return d, err
+	})
+}
+
+// get returns the login environment, capturing it first if no capture ran
+// yet; concurrent callers wait for the one in flight. nil when the capture
+// failed, or ctx ended first (the next call then captures again).
+func (l *loginEnv) get(ctx context.Context, capture func(context.Context) (*loginDiff, error)) *loginDiff {
+	l.mu.Lock()
+	if done := l.done; done != nil {
+		l.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.diff
+	}
+	done := make(chan struct{})
+	l.done = done
+	l.mu.Unlock()
+	d, err := capture(ctx)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case err == nil:
+		l.diff = d
+	case ctx.Err() != nil:
+		l.done = nil // cut short by this caller, not the pod's answer
+	}
+	close(done)
+	return l.diff
+}
+
+// loginRunner runs a command in a pod (podexec.Executor).
+type loginRunner interface {
+	Run(ctx context.Context, req podexec.Request) (*podexec.Result, error)
+}
+
+// captureLogin runs loginCaptureScript in the pod of req and compares its
+// two environments.
+func captureLogin(ctx context.Context, ex loginRunner, req podexec.Request) (*loginDiff, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	mark := "paperclip-login-" + hex.EncodeToString(b[:])
+	req.Command, req.Args = podexec.Shell, []string{"-c", loginCaptureScript, "sh", mark}
+	req.Timeout, req.MaxStdout, req.MaxStderr = loginCaptureTimeout, 4<<20, 64<<10
+	res, err := ex.Run(ctx, req)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("running the login shell: %w", err)
+	case res.TimedOut:
+		return nil, fmt.Errorf("the login shell did not finish within %s", loginCaptureTimeout)
+	case res.ExitCode == nil || *res.ExitCode != 0:
+		code := -1
+		if res.ExitCode != nil {
+			code = *res.ExitCode
+		}
+		return nil, fmt.Errorf("the login shell exited with status %d (the image needs cat and /proc)", code)
+	}
+	return parseLoginCapture(res.Stdout, mark)
+}
+
+// parseLoginCapture reads loginCaptureScript's output.
+func parseLoginCapture(out []byte, mark string) (*loginDiff, error) {
+	parts := strings.Split(string(out), "\x00"+mark+"\x00")
+	if len(parts) != 4 || parts[0] != "" {
+		return nil, errors.New("the login shell's output is not in the expected frames (does the profile exec another program?)")
+	}
+	plainMask, plain, err := parseEnvBlock(parts[1])
+	if err != nil {
+		return nil, fmt.Errorf("the plain shell's environment: %w", err)
+	}
+	loginMask, login, err := parseEnvBlock(parts[3])
+	if err != nil {
+		return nil, fmt.Errorf("the login shell's environment: %w", err)
+	}
+	d := &loginDiff{set: map[string]string{}}
+	for k, v := range login {
+		if old, ok := plain[k]; (!ok || old != v) && carried(k) {
+			d.set[k] = v
+		}
+	}
+	for k := range plain {
+		if _, ok := login[k]; !ok && carried(k) {
+			d.unset = append(d.unset, k)
+		}
+	}
+	sort.Strings(d.unset)
+	if loginMask != plainMask {
+		d.umask = loginMask
+	}
+	return d, nil
+}
+
+var umaskRE = regexp.MustCompile(`^[0-7]{3,4}$`)
+
+// parseEnvBlock reads "<umask>\n\0K=V\0K=V\0…". The first of two entries
+// of a name wins, as for getenv(3).
+func parseEnvBlock(b string) (string, map[string]string, error) {
+	mask, rest, ok := strings.Cut(b, "\x00")
+	mask = strings.TrimSpace(mask)
+	if !ok || !umaskRE.MatchString(mask) {
+		return "", nil, errors.New("no umask")
+	}
+	env := map[string]string{}
+	for _, e := range strings.Split(rest, "\x00") {
+		k, v, ok := strings.Cut(e, "=")
+		if !ok || k == "" {
+			continue
+		}
+		if _, dup := env[k]; !dup {
+			env[k] = v
+		}
+	}
+	return mask, env, nil
+}
+
+var shellNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// carried says whether a login shell's change of a variable is applied to
+// commands: shell names only, not what each shell sets for itself (PWD,
+// OLDPWD, SHLVL, _), and not bash's read-only names (assigning or unsetting
+// them would end the command's shell).
+func carried(name string) bool {
+	switch name {
+	case "PWD", "OLDPWD", "SHLVL", "_", "PPID", "UID", "EUID", "SHELLOPTS", "BASHOPTS", "BASH_VERSINFO":
+		return false
+	}
+	return shellNameRE.MatchString(name)
+}
+
+// command returns the command, args and env that run the host's command
+// alone in a plain shell with the login environment applied; env (the
+// host's) keeps precedence. A nil d returns them as they are.
+func (d *loginDiff) command(command string, args []string, env map[string]string) (string, []string, map[string]string) {
+	if d == nil || len(args) > 0 || command == "" {
+		return command, args, env
+	}
+	var pre strings.Builder
+	if d.umask != "" {
+		pre.WriteString("umask " + d.umask + "; ")
+	}
+	var unset []string
+	for _, k := range d.unset {
+		if _, host := env[k]; !host {
+			unset = append(unset, k)
+		}
+	}
+	if len(unset) > 0 {
+		pre.WriteString("unset " + strings.Join(unset, " ") + "; ")
+	}
+	if path, ok := d.set["PATH"]; ok {
+		pre.WriteString("export PATH=" + podexec.ShellQuote(path) + "; ")
+	}
+	merged := env
+	for k, v := range d.set {
+		if _, host := env[k]; host || k == "PATH" {
+			continue
+		}
+		if len(merged) == len(env) { // first login variable: copy, the host's map is not changed
+			merged = make(map[string]string, len(env)+len(d.set))
+			maps.Copy(merged, env)
+		}
+		merged[k] = v
+	}
+	return podexec.Shell, []string{"-c", pre.String() + command}, merged
+}
