@@ -156,15 +156,18 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	c.log.Info("sandbox controller started", "extensions", ext != nil)
 
+	// 8 Sandbox workers and 8 for the extensions (the real controller runs
+	// 100 Sandbox and 50 claim workers): a pool refill does not hold up the
+	// pod patch of an adoption.
 	var wg sync.WaitGroup
-	for range 2 {
+	for range 8 {
 		wg.Go(func() {
 			for c.processNext(ctx) {
 			}
 		})
 	}
 	if ext != nil {
-		ext.run(ctx, 4, &wg)
+		ext.run(ctx, 8, &wg)
 	}
 	c.syncedOnce.Do(func() { close(c.synced) })
 	<-ctx.Done()
