@@ -32,7 +32,8 @@ type Provider struct {
 	Transport podexec.Transport
 
 	clusters clusters
-	leases   sync.Map // providerLeaseId -> *leaseState
+	leases   sync.Map       // providerLeaseId -> *leaseState
+	login    loginTerminals // loginpty.go
 }
 
 // New returns a provider over the embedded resource files.
@@ -56,17 +57,20 @@ func (p *Provider) Methods() *rpc.Mux {
 	m.Register(rpc.MethodHealth, func(context.Context, json.RawMessage) (any, error) {
 		return map[string]any{"status": "ok", "message": "Kubernetes sandbox provider (paperclip-k8s) healthy"}, nil
 	})
-	m.Register(rpc.MethodShutdown, func(context.Context, json.RawMessage) (any, error) { return nil, nil })
+	m.Register(rpc.MethodShutdown, func(ctx context.Context, _ json.RawMessage) (any, error) {
+		p.closeAllLoginSessions(ctx)
+		return nil, nil
+	})
 	m.Register(rpc.MethodConfigChanged, func(context.Context, json.RawMessage) (any, error) { return nil, nil })
 	m.Register(rpc.MethodEnvironmentValidateConfig, rpc.Typed(p.ValidateConfig))
 	// The lease hooks and the probe answer within the time the host waits
 	// for them (see budget.go); execute and the syncs have their own
 	// timeouts.
 	m.Register(rpc.MethodEnvironmentProbe, rpc.Typed(bounded(p, rpc.MethodEnvironmentProbe, p.Probe, probeLate)))
-	m.Register(rpc.MethodEnvironmentAcquireLease, rpc.Typed(bounded(p, rpc.MethodEnvironmentAcquireLease, p.AcquireLease, nil)))
-	m.Register(rpc.MethodEnvironmentResumeLease, rpc.Typed(bounded(p, rpc.MethodEnvironmentResumeLease, p.ResumeLease, nil)))
-	m.Register(rpc.MethodEnvironmentReleaseLease, rpc.Typed(bounded(p, rpc.MethodEnvironmentReleaseLease, p.ReleaseLease, nil)))
-	m.Register(rpc.MethodEnvironmentDestroyLease, rpc.Typed(bounded(p, rpc.MethodEnvironmentDestroyLease, p.DestroyLease, nil)))
+	m.Register(rpc.MethodEnvironmentAcquireLease, rpc.Typed(loginLeaseHook(p, bounded(p, rpc.MethodEnvironmentAcquireLease, p.AcquireLease, nil))))
+	m.Register(rpc.MethodEnvironmentResumeLease, rpc.Typed(loginLeaseHook(p, bounded(p, rpc.MethodEnvironmentResumeLease, p.ResumeLease, nil))))
+	m.Register(rpc.MethodEnvironmentReleaseLease, rpc.Typed(loginReleaseHook(p, bounded(p, rpc.MethodEnvironmentReleaseLease, p.ReleaseLease, nil))))
+	m.Register(rpc.MethodEnvironmentDestroyLease, rpc.Typed(loginReleaseHook(p, bounded(p, rpc.MethodEnvironmentDestroyLease, p.DestroyLease, nil))))
 	m.Register(rpc.MethodEnvironmentRealizeWorkspace, rpc.Typed(bounded(p, rpc.MethodEnvironmentRealizeWorkspace, p.RealizeWorkspace, nil)))
 	m.Register(rpc.MethodEnvironmentExecute, rpc.Typed(p.Execute))
 	// Native file sync needs an exec channel into a pod: it is offered when
@@ -75,6 +79,11 @@ func (p *Provider) Methods() *rpc.Mux {
 	if p.hasExecBackend() {
 		m.Register(rpc.MethodEnvironmentSyncIn, rpc.Typed(p.SyncIn))
 		m.Register(rpc.MethodEnvironmentSyncOut, rpc.Typed(p.SyncOut))
+		// The login terminal too (loginpty.go).
+		m.Register(rpc.MethodLoginPtyOpen, rpc.Typed(p.LoginPtyOpen))
+		m.Register(rpc.MethodLoginPtyInput, rpc.Typed(p.LoginPtyInput))
+		m.Register(rpc.MethodLoginPtyStop, rpc.Typed(p.LoginPtyStop))
+		m.Register(rpc.MethodLoginPtyClose, rpc.Typed(p.LoginPtyClose))
 	}
 	return m
 }

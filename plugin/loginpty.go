@@ -1,0 +1,611 @@
+package plugin
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
+	"github.com/paperclip-k8s/paperclip-k8s/resources"
+)
+
+// The login terminal (loginPtyOpen, loginPtyInput, loginPtyStop,
+// loginPtyClose): the host logs an agent CLI into its subscription inside a
+// lease's pod, over a terminal (podexec.RunTTY). The host picks one of a
+// closed set of command keys; the command itself is this file's, never the
+// host's. The session's output goes to the host as loginPty.output
+// notifications and its end as one loginPty.exit.
+//
+// The host's params carry no config: the lease must have been acquired or
+// resumed through this worker, which remembers the config, company and
+// environment it was acquired with (loginLeaseHook). What the session may
+// touch is derived from those again (leaseTarget: the company's tenant
+// namespace, a run name; readyPod: the workload's labels and UID, the
+// pod's UID), never from the host's lease metadata alone.
+
+const (
+	// loginDriverKey is the only driver a login terminal is opened for.
+	loginDriverKey = "kubernetes"
+	// maxLoginSessions and maxLoginSessionsPerCompany cap the open
+	// terminals of the worker and of one company.
+	maxLoginSessions           = 16
+	maxLoginSessionsPerCompany = 4
+	// maxLoginInput caps one loginPtyInput's data.
+	maxLoginInput = 64 << 10
+	// maxLoginChunk caps one loginPty.output chunk (the host takes up to
+	// 1,000,000 characters).
+	maxLoginChunk = 64 << 10
+	// maxLoginOutput caps a session's output (the host takes 8 MiB, then
+	// closes the route): past it the session is stopped.
+	maxLoginOutput = 4 << 20
+	// loginOpenBudget bounds the wait for the lease's pod in loginPtyOpen
+	// (the host waits 30 s for the reply).
+	loginOpenBudget = 25 * time.Second
+	// maxLoginLeases bounds the leases remembered for login terminals.
+	maxLoginLeases = 4096
+)
+
+// loginSessionHome is the exact form of the host's sessionHome (a UUID
+// under the host's fixed root): nothing else is accepted, so it can be
+// quoted into the command safely.
+var loginSessionHome = regexp.MustCompile(`^/tmp/paperclip-adapter-login/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// loginCommands maps the host's loginCommandKey to the command line run in
+// the pod, given the session home: the same commands as the host's
+// adapters and the reference plugin.
+var loginCommands = map[string]func(home string) string{
+	"claude": func(string) string { return "exec claude setup-token" },
+	"codex":  func(home string) string { return "exec env CODEX_HOME='" + home + "' codex login --device-auth" },
+	"grok":   func(home string) string { return "exec env GROK_HOME='" + home + "' grok login --device-auth" },
+}
+
+// loginArgv is the argv of a login terminal: the session home is created
+// private (umask 077: the credential file the CLI writes there is the
+// owner's only, as the host's read requires), then the CLI replaces the
+// shell.
+func loginArgv(key, home string) []string {
+	return []string{"/bin/sh", "-c", "umask 077 && mkdir -p '" + home + "' && " + loginCommands[key](home)}
+}
+
+// loginCommandKeys lists the accepted keys, for errors.
+func loginCommandKeys() []string {
+	keys := make([]string, 0, len(loginCommands))
+	for k := range loginCommands {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// LoginPtyOpenParams are loginPtyOpen's params.
+type LoginPtyOpenParams struct {
+	HostRouteID     string `json:"hostRouteId"`
+	DriverKey       string `json:"driverKey"`
+	CompanyID       string `json:"companyId"`
+	EnvironmentID   string `json:"environmentId"`
+	ProviderLeaseID string `json:"providerLeaseId"`
+	LoginCommandKey string `json:"loginCommandKey"`
+	SessionHome     string `json:"sessionHome"`
+}
+
+// LoginPtyOpenResult is loginPtyOpen's result.
+type LoginPtyOpenResult struct {
+	WorkerSessionID string `json:"workerSessionId"`
+}
+
+// LoginPtyInputParams are loginPtyInput's params (data is keystrokes: secret).
+type LoginPtyInputParams struct {
+	WorkerSessionID string `json:"workerSessionId"`
+	Data            string `json:"data"`
+}
+
+// LoginPtyStopParams are loginPtyStop's params.
+type LoginPtyStopParams struct {
+	WorkerSessionID string `json:"workerSessionId"`
+}
+
+// LoginPtyCloseParams are loginPtyClose's params.
+type LoginPtyCloseParams struct {
+	HostRouteID     string  `json:"hostRouteId"`
+	WorkerSessionID *string `json:"workerSessionId,omitempty"`
+}
+
+// LoginPtyCloseResult is loginPtyClose's result: the host's route id, its
+// proof that the terminal is gone.
+type LoginPtyCloseResult struct {
+	HostRouteID string `json:"hostRouteId"`
+}
+
+// loginLease is what the worker remembers of a lease it acquired or
+// resumed, for login terminals.
+type loginLease struct {
+	base       BaseParams // config, company and environment of the acquire
+	metadata   map[string]any
+	expiresAt  time.Time // zero: none
+	remembered time.Time
+}
+
+// loginSession is one open terminal.
+type loginSession struct {
+	id, hostRouteID, leaseID, companyID, key string
+
+	keyboard *io.PipeWriter
+	cancel   context.CancelFunc
+	done     chan struct{}
+	notify   func(method string, params any)
+
+	mu     sync.Mutex
+	closed bool // the host closed it: nothing more is sent
+	sent   int
+	carry  []byte // an incomplete UTF-8 sequence at the end of the last read
+}
+
+// loginTerminals holds the remembered leases and the open sessions.
+type loginTerminals struct {
+	mu       sync.Mutex
+	leases   map[string]*loginLease
+	sessions map[string]*loginSession // by workerSessionId
+	routes   map[string]*loginSession // by hostRouteId
+	// reserved counts opens in progress, per company ("" the total).
+	reserved map[string]int
+	// run starts a terminal command and notify sends a notification
+	// (tests replace them).
+	run    func(ctx context.Context, cl *cluster, req podexec.TTYRequest) (*podexec.TTYResult, error)
+	notify func(ctx context.Context, method string, params any)
+}
+
+func (lt *loginTerminals) init() {
+	if lt.leases == nil {
+		lt.leases = map[string]*loginLease{}
+		lt.sessions = map[string]*loginSession{}
+		lt.routes = map[string]*loginSession{}
+		lt.reserved = map[string]int{}
+	}
+}
+
+// manifestSupportsLoginPty says whether the shipped resources have a
+// backend that can host a login terminal (one that runs commands in a pod
+// through pods/exec): the manifest's supportsLoginPty. The host reads it
+// per provider, not per environment, so an environment whose backend
+// cannot (job) is refused at loginPtyOpen with an error that says so.
+func manifestSupportsLoginPty() bool {
+	c, err := resource.Load(resources.FS, ".")
+	if err != nil {
+		return false
+	}
+	for _, s := range c.Used(resource.UseBackend) {
+		if s.Backend.Mode == resource.ModeExec {
+			return true
+		}
+	}
+	return false
+}
+
+// loginLeaseHook wraps acquire and resume: a lease they return is
+// remembered for login terminals, with the call's config, company and
+// environment.
+func loginLeaseHook[P interface{ loginBase() BaseParams }](p *Provider, f func(context.Context, P) (Lease, error)) func(context.Context, P) (Lease, error) {
+	return func(ctx context.Context, in P) (Lease, error) {
+		l, err := f(ctx, in)
+		if err == nil && l.ProviderLeaseID != nil && *l.ProviderLeaseID != "" {
+			p.rememberLoginLease(in.loginBase(), l)
+		}
+		return l, err
+	}
+}
+
+func (in AcquireParams) loginBase() BaseParams { return in.BaseParams }
+func (in LeaseParams) loginBase() BaseParams   { return in.BaseParams }
+
+// loginReleaseHook wraps release and destroy: the lease's terminals are
+// closed first, and the lease is forgotten.
+func loginReleaseHook(p *Provider, f func(context.Context, LeaseParams) (*Receipt, error)) func(context.Context, LeaseParams) (*Receipt, error) {
+	return func(ctx context.Context, in LeaseParams) (*Receipt, error) {
+		if in.ProviderLeaseID != nil && *in.ProviderLeaseID != "" {
+			p.closeLoginSessions(ctx, func(s *loginSession) bool {
+				return s.leaseID == *in.ProviderLeaseID && s.companyID == in.CompanyID
+			})
+		}
+		r, err := f(ctx, in)
+		if err == nil && in.ProviderLeaseID != nil {
+			p.login.mu.Lock()
+			if l, ok := p.login.leases[*in.ProviderLeaseID]; ok && l.base.CompanyID == in.CompanyID {
+				delete(p.login.leases, *in.ProviderLeaseID)
+			}
+			p.login.mu.Unlock()
+		}
+		return r, err
+	}
+}
+
+func (p *Provider) rememberLoginLease(base BaseParams, l Lease) {
+	now := p.Now()
+	ll := &loginLease{base: base, metadata: l.Metadata, remembered: now}
+	exp := ""
+	if l.ExpiresAt != nil {
+		exp = *l.ExpiresAt
+	} else if s, ok := l.Metadata["expiresAt"].(string); ok {
+		exp = s
+	}
+	if t, err := time.Parse(time.RFC3339, exp); err == nil {
+		ll.expiresAt = t
+	}
+	lt := &p.login
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	lt.init()
+	lt.leases[*l.ProviderLeaseID] = ll
+	if len(lt.leases) <= maxLoginLeases {
+		return
+	}
+	// Forget expired leases, then the oldest remembered.
+	var oldest string
+	for id, x := range lt.leases {
+		if !x.expiresAt.IsZero() && x.expiresAt.Before(now) {
+			delete(lt.leases, id)
+			continue
+		}
+		if oldest == "" || x.remembered.Before(lt.leases[oldest].remembered) {
+			oldest = id
+		}
+	}
+	if len(lt.leases) > maxLoginLeases && oldest != "" {
+		delete(lt.leases, oldest)
+	}
+}
+
+// LoginPtyOpen opens a login terminal in a lease's pod.
+func (p *Provider) LoginPtyOpen(ctx context.Context, in LoginPtyOpenParams) (LoginPtyOpenResult, error) {
+	bad := func(format string, args ...any) (LoginPtyOpenResult, error) {
+		return LoginPtyOpenResult{}, rpc.Errorf(rpc.CodeInvalidParams, "loginPtyOpen: "+format+"; nothing was run", args...)
+	}
+	switch {
+	case in.HostRouteID == "":
+		return bad("hostRouteId is required")
+	case in.DriverKey != loginDriverKey:
+		return bad("driverKey %q is not this provider's (%q)", in.DriverKey, loginDriverKey)
+	case in.CompanyID == "" || in.EnvironmentID == "" || in.ProviderLeaseID == "":
+		return bad("companyId, environmentId and providerLeaseId are required")
+	case loginCommands[in.LoginCommandKey] == nil:
+		return bad("loginCommandKey %q is not one of %v (the command is chosen by the provider from these keys only)", in.LoginCommandKey, loginCommandKeys())
+	case !loginSessionHome.MatchString(in.SessionHome):
+		return bad("sessionHome %q is not of the form /tmp/paperclip-adapter-login/<uuid>", in.SessionHome)
+	}
+	lt := &p.login
+	lt.mu.Lock()
+	lt.init()
+	ll := lt.leases[in.ProviderLeaseID]
+	lt.mu.Unlock()
+	if ll == nil {
+		return LoginPtyOpenResult{}, fmt.Errorf("loginPtyOpen: lease %s was not acquired or resumed through this worker (it was released, or the worker restarted since); start the login again so that it acquires a new lease; nothing was run", in.ProviderLeaseID)
+	}
+	if ll.base.CompanyID != in.CompanyID || ll.base.EnvironmentID != in.EnvironmentID {
+		return LoginPtyOpenResult{}, fmt.Errorf("loginPtyOpen: lease %s belongs to another company or environment than company %s, environment %s; refusing to open a terminal in it, nothing was run", in.ProviderLeaseID, in.CompanyID, in.EnvironmentID)
+	}
+	if !ll.expiresAt.IsZero() && !p.Now().Before(ll.expiresAt) {
+		return LoginPtyOpenResult{}, fmt.Errorf("loginPtyOpen: lease %s expired at %s; start the login again; nothing was run", in.ProviderLeaseID, ll.expiresAt.Format(time.RFC3339))
+	}
+	base := ll.base
+	base.DriverKey = in.DriverKey
+	cfg, err := p.parseConfig(base.Config)
+	if err != nil {
+		return LoginPtyOpenResult{}, err
+	}
+	m := metadataFrom(ll.metadata)
+	ref, err := p.leaseTarget(cfg, in.CompanyID, in.ProviderLeaseID, m)
+	if err != nil {
+		return LoginPtyOpenResult{}, err
+	}
+	if ref.Resource.Backend.Mode != resource.ModeExec {
+		return LoginPtyOpenResult{}, fmt.Errorf("loginPtyOpen: lease %s is on backend %q, which runs no commands in its pod (mode %s), so it cannot host a login terminal; set the environment's config field backend to one that runs commands through pods/exec (sandbox); nothing was run", in.ProviderLeaseID, ref.Resource.Name, ref.Resource.Backend.Mode)
+	}
+
+	// Reserve a place under the caps before anything is read or run.
+	lt.mu.Lock()
+	total, company := len(lt.sessions)+lt.reserved[""], lt.reserved[in.CompanyID]
+	for _, s := range lt.sessions {
+		if s.companyID == in.CompanyID {
+			company++
+		}
+	}
+	switch {
+	case lt.routes[in.HostRouteID] != nil:
+		lt.mu.Unlock()
+		return bad("hostRouteId %s already has a terminal", in.HostRouteID)
+	case total >= maxLoginSessions:
+		lt.mu.Unlock()
+		return LoginPtyOpenResult{}, fmt.Errorf("loginPtyOpen: this worker already has %d login terminals open, its limit; finish or cancel one and try again; nothing was run", maxLoginSessions)
+	case company >= maxLoginSessionsPerCompany:
+		lt.mu.Unlock()
+		return LoginPtyOpenResult{}, fmt.Errorf("loginPtyOpen: company %s already has %d login terminals open, its limit; finish or cancel one and try again; nothing was run", in.CompanyID, maxLoginSessionsPerCompany)
+	}
+	lt.reserved[""]++
+	lt.reserved[in.CompanyID]++
+	lt.mu.Unlock()
+	unreserve := func() {
+		lt.reserved[""]--
+		if lt.reserved[in.CompanyID]--; lt.reserved[in.CompanyID] == 0 {
+			delete(lt.reserved, in.CompanyID)
+		}
+	}
+	fail := func(err error) (LoginPtyOpenResult, error) {
+		lt.mu.Lock()
+		unreserve()
+		lt.mu.Unlock()
+		return LoginPtyOpenResult{}, err
+	}
+
+	cl, err := p.cluster(cfg)
+	if err != nil {
+		return fail(err)
+	}
+	wctx, cancelWait := context.WithTimeout(ctx, loginOpenBudget)
+	st, err := p.readyPod(wctx, cl, ref, base, m)
+	cancelWait()
+	if err != nil {
+		return fail(fmt.Errorf("loginPtyOpen: %w; nothing was run", err))
+	}
+
+	var idb [16]byte
+	_, _ = rand.Read(idb[:])
+	kbd, typed := io.Pipe()
+	sctx, cancel := context.WithCancel(context.Background())
+	// Notifications carry no invocation id and outlive the open call.
+	nctx := rpc.WithInvocation(context.WithoutCancel(ctx), rpc.Invocation{})
+	s := &loginSession{
+		id: "k8s-login-" + hex.EncodeToString(idb[:]), hostRouteID: in.HostRouteID,
+		leaseID: in.ProviderLeaseID, companyID: in.CompanyID, key: in.LoginCommandKey,
+		keyboard: typed, cancel: cancel, done: make(chan struct{}),
+		notify: func(method string, params any) { _ = rpc.Notify(nctx, method, params) },
+	}
+	if lt.notify != nil {
+		s.notify = func(method string, params any) { lt.notify(nctx, method, params) }
+	}
+	lt.mu.Lock()
+	unreserve()
+	lt.sessions[s.id] = s
+	lt.routes[s.hostRouteID] = s
+	lt.mu.Unlock()
+
+	run := lt.run
+	if run == nil {
+		run = func(ctx context.Context, cl *cluster, req podexec.TTYRequest) (*podexec.TTYResult, error) {
+			return cl.exec.RunTTY(ctx, req)
+		}
+	}
+	req := podexec.TTYRequest{
+		Namespace: ref.Namespace, Pod: st.podName, Container: ref.Resource.Pods.Container,
+		Argv: loginArgv(in.LoginCommandKey, in.SessionHome), Stdin: kbd, Output: s.output,
+	}
+	p.Log.Info("login terminal opened", "companyId", in.CompanyID, "environmentId", in.EnvironmentID, "workload", ref.String(), "pod", st.podName, "command", in.LoginCommandKey, "session", s.id)
+	go func() {
+		defer close(s.done)
+		res, err := run(sctx, cl, req)
+		_ = kbd.Close()
+		s.flush()
+		var code *int
+		if res != nil {
+			code = res.ExitCode
+		}
+		lt.mu.Lock()
+		p.login.forgetLocked(s)
+		lt.mu.Unlock()
+		s.mu.Lock()
+		closed := s.closed
+		s.closed = true
+		s.mu.Unlock()
+		attrs := []any{"companyId", s.companyID, "session", s.id, "closedByHost", closed}
+		if code != nil {
+			attrs = append(attrs, "exitCode", *code)
+		}
+		if err != nil && !closed {
+			attrs = append(attrs, "error", err.Error())
+		}
+		p.Log.Info("login terminal ended", attrs...)
+		if !closed {
+			s.notify(rpc.MethodLoginPtyExit, map[string]any{"hostRouteId": s.hostRouteID, "workerSessionId": s.id, "exitCode": code})
+		}
+	}()
+	return LoginPtyOpenResult{WorkerSessionID: s.id}, nil
+}
+
+// forgetLocked drops a session from the maps (lt.mu held).
+func (lt *loginTerminals) forgetLocked(s *loginSession) {
+	if lt.sessions[s.id] == s {
+		delete(lt.sessions, s.id)
+	}
+	if lt.routes[s.hostRouteID] == s {
+		delete(lt.routes, s.hostRouteID)
+	}
+}
+
+// output sends the terminal's output as loginPty.output chunks: whole
+// UTF-8 sequences (a sequence cut by a read waits for its end), at most
+// maxLoginChunk bytes each, maxLoginOutput in all; past that the session
+// is stopped.
+func (s *loginSession) output(p []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	buf := append(s.carry, p...)
+	end := len(buf)
+	// Keep an incomplete sequence at the end for the next read.
+	for i := 1; i <= utf8.UTFMax-1 && i <= len(buf); i++ {
+		c := buf[len(buf)-i]
+		if utf8.RuneStart(c) {
+			if !utf8.FullRune(buf[len(buf)-i:]) {
+				end = len(buf) - i
+			}
+			break
+		}
+	}
+	s.carry = append([]byte(nil), buf[end:]...)
+	s.sendLocked(buf[:end])
+}
+
+// flush sends what output kept back.
+func (s *loginSession) flush() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed && len(s.carry) > 0 {
+		s.sendLocked(s.carry)
+	}
+	s.carry = nil
+}
+
+func (s *loginSession) sendLocked(b []byte) {
+	if s.sent >= maxLoginOutput {
+		return
+	}
+	over := false
+	if s.sent+len(b) > maxLoginOutput {
+		b, over = b[:maxLoginOutput-s.sent], true
+	}
+	for len(b) > 0 {
+		n := len(b)
+		if n > maxLoginChunk {
+			n = maxLoginChunk
+			for n > 0 && !utf8.RuneStart(b[n]) {
+				n--
+			}
+			if n == 0 { // no sequence start at all: cut anywhere
+				n = maxLoginChunk
+			}
+		}
+		s.sent += n
+		s.notify(rpc.MethodLoginPtyOutput, map[string]any{"hostRouteId": s.hostRouteID, "workerSessionId": s.id, "chunk": string(b[:n])})
+		b = b[n:]
+	}
+	if over {
+		s.sent = maxLoginOutput
+		note := fmt.Sprintf("\r\n[paperclip-k8s] the login terminal printed more than %d bytes; it was stopped.\r\n", maxLoginOutput)
+		s.notify(rpc.MethodLoginPtyOutput, map[string]any{"hostRouteId": s.hostRouteID, "workerSessionId": s.id, "chunk": note})
+		go s.interrupt(context.Background(), true)
+	}
+}
+
+// interrupt types Ctrl-C; with end set, it then ends the stream.
+func (s *loginSession) interrupt(ctx context.Context, end bool) error {
+	err := s.write(ctx, []byte{3})
+	if end {
+		s.cancel()
+	}
+	return err
+}
+
+// write types data on the terminal's keyboard, bounded by ctx.
+func (s *loginSession) write(ctx context.Context, data []byte) error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.keyboard.Write(data)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if errors.Is(err, io.ErrClosedPipe) {
+			return fmt.Errorf("login terminal %s has ended", s.id)
+		}
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (p *Provider) loginSession(id string) (*loginSession, error) {
+	p.login.mu.Lock()
+	s := p.login.sessions[id]
+	p.login.mu.Unlock()
+	if s == nil {
+		return nil, rpc.Errorf(rpc.CodeInvalidParams, "no login terminal %q on this worker (it ended, was closed, or the worker restarted)", id)
+	}
+	return s, nil
+}
+
+// LoginPtyInput types the host's data on a terminal's keyboard.
+func (p *Provider) LoginPtyInput(ctx context.Context, in LoginPtyInputParams) (any, error) {
+	if len(in.Data) > maxLoginInput {
+		return nil, rpc.Errorf(rpc.CodeInvalidParams, "loginPtyInput: data is %d bytes, more than the %d a terminal input may carry; send it in parts", len(in.Data), maxLoginInput)
+	}
+	s, err := p.loginSession(in.WorkerSessionID)
+	if err != nil {
+		return nil, err
+	}
+	if in.Data == "" {
+		return nil, nil
+	}
+	return nil, s.write(ctx, []byte(in.Data))
+}
+
+// LoginPtyStop interrupts a terminal's command: Ctrl-C, which the terminal
+// turns into SIGINT for it. Its exit is reported as usual; loginPtyClose
+// ends the stream.
+func (p *Provider) LoginPtyStop(ctx context.Context, in LoginPtyStopParams) (any, error) {
+	s, err := p.loginSession(in.WorkerSessionID)
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.interrupt(ctx, false)
+}
+
+// LoginPtyClose ends a terminal (Ctrl-C, then the stream is torn down)
+// and acknowledges with the host's route id, also when the route has no
+// terminal (any more): the host retires a worker that does not confirm.
+func (p *Provider) LoginPtyClose(ctx context.Context, in LoginPtyCloseParams) (LoginPtyCloseResult, error) {
+	if in.HostRouteID == "" {
+		return LoginPtyCloseResult{}, rpc.Errorf(rpc.CodeInvalidParams, "loginPtyClose: hostRouteId is required")
+	}
+	p.closeLoginSessions(ctx, func(s *loginSession) bool {
+		return s.hostRouteID == in.HostRouteID && (in.WorkerSessionID == nil || *in.WorkerSessionID == s.id)
+	})
+	return LoginPtyCloseResult{HostRouteID: in.HostRouteID}, nil
+}
+
+// closeLoginSessions closes the sessions match selects: nothing more is
+// sent for them, Ctrl-C is typed, the stream is torn down; it waits (bounded
+// by ctx and 5 s) for them to end.
+func (p *Provider) closeLoginSessions(ctx context.Context, match func(*loginSession) bool) {
+	lt := &p.login
+	lt.mu.Lock()
+	lt.init()
+	var closing []*loginSession
+	for _, s := range lt.sessions {
+		if match(s) {
+			closing = append(closing, s)
+			lt.forgetLocked(s)
+		}
+	}
+	lt.mu.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for _, s := range closing {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		_ = s.interrupt(wctx, true)
+		_ = s.keyboard.Close()
+		p.Log.Info("login terminal closed", "companyId", s.companyID, "session", s.id, "lease", s.leaseID)
+	}
+	for _, s := range closing {
+		select {
+		case <-s.done:
+		case <-wctx.Done():
+		}
+	}
+}
+
+// closeAllLoginSessions closes every terminal (worker shutdown).
+func (p *Provider) closeAllLoginSessions(ctx context.Context) {
+	p.closeLoginSessions(ctx, func(*loginSession) bool { return true })
+}
