@@ -71,6 +71,13 @@ func TestIntegrationMatrix(t *testing.T) {
 	}
 	runMatrix(t, tg, []Transport{TransportWebSocket, TransportSPDY, TransportAuto})
 
+	t.Run("tty", func(t *testing.T) {
+		ttg := ttyTarget{executor: tg.executor, ns: ns, pod: pod, container: container}
+		for _, tr := range []Transport{TransportWebSocket, TransportSPDY} {
+			t.Run(tr.String(), func(t *testing.T) { testTTY(t, ttg, tr, tr.String()) })
+		}
+	})
+
 	t.Run("errors", func(t *testing.T) {
 		is := is.New(t)
 		ex := tg.executor(t, TransportAuto)

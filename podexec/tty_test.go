@@ -80,76 +80,85 @@ func (s *screen) waitFor(ctx context.Context, want string) error {
 	}
 }
 
-// TestRunTTY: a command on a terminal sees a terminal of the requested
-// size, prints a prompt, reads the line typed on the keyboard (a carriage
-// return, as a terminal sends it) and exits with its status; Ctrl-C
-// interrupts it (SIGINT through the terminal's line discipline: 130). Over
-// WebSocket v5 and SPDY.
+// ttyTarget is where testTTY runs its commands.
+type ttyTarget struct {
+	executor           func(testing.TB, Transport) *Executor
+	ns, pod, container string
+}
+
+// TestRunTTY: testTTY straight against an execnode (no API server).
 func TestRunTTY(t *testing.T) {
 	tn := startTestNode(t, execnode.Options{})
+	tg := ttyTarget{executor: tn.ttyExecutor, ns: testNS, pod: testPod, container: testContainer}
 	for _, tr := range []Transport{TransportWebSocket, TransportSPDY} {
-		t.Run(tr.String(), func(t *testing.T) {
-			t.Run("prompt and line", func(t *testing.T) {
-				is := is.New(t)
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				scr := newScreen()
-				kbd, typed := io.Pipe()
-				defer typed.Close()
-				done := make(chan struct{})
-				var res *TTYResult
-				var err error
-				go func() {
-					defer close(done)
-					res, err = tn.ttyExecutor(t, tr).RunTTY(ctx, TTYRequest{
-						Namespace: testNS, Pod: testPod, Container: testContainer,
-						Argv:   []string{"/bin/sh", "-c", `[ -t 0 ] && [ -t 1 ] && echo "on a terminal"; stty size; printf 'code: ABCD-12345\nline? '; read line; echo "got:$line."; exit 3`},
-						Stdin:  kbd,
-						Output: scr.write,
-						Size:   TerminalSize{Width: 132, Height: 43},
-					})
-				}()
-				is.NoErr(scr.waitFor(ctx, "line? "))
-				_, werr := typed.Write([]byte("hello\r"))
-				is.NoErr(werr)
-				<-done
-				is.NoErr(err)
-				out := scr.String()
-				t.Logf("%s: %q", res.Transport, out)
-				is.Equal(res.Transport, tr.String())
-				is.True(res.ExitCode != nil && *res.ExitCode == 3)
-				is.True(strings.Contains(out, "on a terminal"))
-				is.True(strings.Contains(out, "43 132"))
-				is.True(strings.Contains(out, "got:hello."))
-			})
-			t.Run("ctrl-c", func(t *testing.T) {
-				is := is.New(t)
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				scr := newScreen()
-				kbd, typed := io.Pipe()
-				defer typed.Close()
-				done := make(chan struct{})
-				var res *TTYResult
-				var err error
-				go func() {
-					defer close(done)
-					res, err = tn.ttyExecutor(t, tr).RunTTY(ctx, TTYRequest{
-						Namespace: testNS, Pod: testPod, Container: testContainer,
-						Argv:  []string{"/bin/sh", "-c", "echo waiting; exec sleep 1000"},
-						Stdin: kbd, Output: scr.write,
-					})
-				}()
-				is.NoErr(scr.waitFor(ctx, "waiting"))
-				_, werr := typed.Write([]byte{3})
-				is.NoErr(werr)
-				<-done
-				is.NoErr(err)
-				is.True(res.ExitCode != nil)
-				is.Equal(*res.ExitCode, 130) // 128 + SIGINT
-			})
-		})
+		t.Run(tr.String(), func(t *testing.T) { testTTY(t, tg, tr, tr.String()) })
 	}
+}
+
+// testTTY: a command on a terminal sees a terminal of the requested size,
+// prints a prompt, reads the line typed on the keyboard (a carriage
+// return, as a terminal sends it) and exits with its status; Ctrl-C
+// interrupts it (SIGINT through the terminal's line discipline: 130).
+func testTTY(t *testing.T, tg ttyTarget, tr Transport, wantTransport string) {
+	t.Run("prompt and line", func(t *testing.T) {
+		is := is.New(t)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		scr := newScreen()
+		kbd, typed := io.Pipe()
+		defer typed.Close()
+		done := make(chan struct{})
+		var res *TTYResult
+		var err error
+		go func() {
+			defer close(done)
+			res, err = tg.executor(t, tr).RunTTY(ctx, TTYRequest{
+				Namespace: tg.ns, Pod: tg.pod, Container: tg.container,
+				Argv:   []string{"/bin/sh", "-c", `[ -t 0 ] && [ -t 1 ] && echo "on a terminal"; stty size; printf 'code: ABCD-12345\nline? '; read line; echo "got:$line."; exit 3`},
+				Stdin:  kbd,
+				Output: scr.write,
+				Size:   TerminalSize{Width: 132, Height: 43},
+			})
+		}()
+		is.NoErr(scr.waitFor(ctx, "line? "))
+		_, werr := typed.Write([]byte("hello\r"))
+		is.NoErr(werr)
+		<-done
+		is.NoErr(err)
+		out := scr.String()
+		t.Logf("%s: %q", res.Transport, out)
+		is.Equal(res.Transport, wantTransport)
+		is.True(res.ExitCode != nil && *res.ExitCode == 3)
+		is.True(strings.Contains(out, "on a terminal"))
+		is.True(strings.Contains(out, "43 132"))
+		is.True(strings.Contains(out, "got:hello."))
+	})
+	t.Run("ctrl-c", func(t *testing.T) {
+		is := is.New(t)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		scr := newScreen()
+		kbd, typed := io.Pipe()
+		defer typed.Close()
+		done := make(chan struct{})
+		var res *TTYResult
+		var err error
+		go func() {
+			defer close(done)
+			res, err = tg.executor(t, tr).RunTTY(ctx, TTYRequest{
+				Namespace: tg.ns, Pod: tg.pod, Container: tg.container,
+				Argv:  []string{"/bin/sh", "-c", "echo waiting; exec sleep 1000"},
+				Stdin: kbd, Output: scr.write,
+			})
+		}()
+		is.NoErr(scr.waitFor(ctx, "waiting"))
+		_, werr := typed.Write([]byte{3})
+		is.NoErr(werr)
+		<-done
+		is.NoErr(err)
+		is.True(res.ExitCode != nil)
+		is.Equal(*res.ExitCode, 130) // 128 + SIGINT
+	})
 }
 
 // TestRunTTYCancel: ctx ending tears the stream down: no exit code, ctx's
