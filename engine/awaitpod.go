@@ -143,7 +143,10 @@ func (e *Engine) awaitEvents(ctx context.Context, ref Ref, w **unstructured.Unst
 				return nil, false, nil
 			}
 			p, ok := ev.Object.(*unstructured.Unstructured)
-			if !ok || ev.Type == watch.Bookmark || !ControlledBy(p, *w) {
+			// A pod found through another object (via) is controlled by
+			// that object, not by the workload: such a backend's waits
+			// look at every pod event of the namespace.
+			if !ok || ev.Type == watch.Bookmark || (!ControlledBy(p, *w) && !findsVia(ref.Resource)) {
 				continue
 			}
 		}
@@ -151,6 +154,19 @@ func (e *Engine) awaitEvents(ctx context.Context, ref Ref, w **unstructured.Unst
 			return pod, true, err
 		}
 	}
+}
+
+// findsVia reports whether a file finds its pods through other objects.
+func findsVia(s *resource.Resource) bool {
+	if s == nil || s.Pods == nil {
+		return false
+	}
+	for _, f := range s.Pods.Find {
+		if f.Via != nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *Engine) waitFailed(ctx context.Context, ref Ref, last resource.Status, err error) error {

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/tidwall/gjson"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
@@ -19,9 +21,19 @@ var ErrNoPod = errors.New("the workload has no pod yet")
 
 // FindPod finds the pod a workload owns, trying the resource's pod rules in
 // order. A pod counts only if it carries a controller ownerReference with
-// the workload's UID. Among the pods a rule yields, one that is not being
-// deleted and is running is preferred.
+// the workload's UID, or, through a via rule, with the UID of an object the
+// workload controls (whose own file's pod rules find it); with labelsFrom,
+// only once it carries those labels. Among the pods a rule yields, one that
+// is not being deleted and is running is preferred.
 func (e *Engine) FindPod(ctx context.Context, s *resource.Resource, workload *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	return e.findPod(ctx, s, workload, 0)
+}
+
+// maxViaDepth bounds the hops of a pod discovery (Load refuses cycles).
+const maxViaDepth = 4
+
+// findPod is FindPod depth hops (via) away from the backend's workload.
+func (e *Engine) findPod(ctx context.Context, s *resource.Resource, workload *unstructured.Unstructured, depth int) (*unstructured.Unstructured, error) {
 	if s.Pods == nil {
 		return nil, &resource.FileError{File: s.File, Pointer: "/pods", Problem: "has no pod rules"}
 	}
@@ -33,14 +45,41 @@ func (e *Engine) FindPod(ctx context.Context, s *resource.Resource, workload *un
 	if err != nil {
 		return nil, err
 	}
+	var want map[string]string
+	if s.Pods.LabelsFrom != "" {
+		for k, v := range gjson.GetBytes(wjson, s.Pods.LabelsFrom).Map() {
+			if want == nil {
+				want = map[string]string{}
+			}
+			want[k] = v.String()
+		}
+	}
+	carries := func(p *unstructured.Unstructured) bool {
+		l := p.GetLabels()
+		for k, v := range want {
+			if l[k] != v {
+				return false
+			}
+		}
+		return true
+	}
 	ns := workload.GetNamespace()
 	for i, f := range s.Pods.Find {
 		var cands []unstructured.Unstructured
 		switch {
+		case f.Via != nil:
+			p, err := e.viaPod(ctx, s, i, f.Via, workload, wjson, depth)
+			if err != nil {
+				return nil, err
+			}
+			if p != nil && carries(p) {
+				return p, nil
+			}
+			continue
 		case f.Self:
 			if p, err := e.getPod(ctx, podRes, ns, workload.GetName()); err != nil {
 				return nil, err
-			} else if p != nil && p.GetUID() == workload.GetUID() {
+			} else if p != nil && p.GetUID() == workload.GetUID() && carries(p) {
 				return p, nil
 			}
 			continue
@@ -86,11 +125,59 @@ func (e *Engine) FindPod(ctx context.Context, s *resource.Resource, workload *un
 				return nil, err
 			}
 		}
+		cands = slices.DeleteFunc(cands, func(p unstructured.Unstructured) bool { return !carries(&p) })
 		if p := e.pickPod(podRes, workload, cands); p != nil {
 			return p, nil
 		}
 	}
 	return nil, fmt.Errorf("%s: %w", RefOf(s, workload), ErrNoPod)
+}
+
+// viaPod follows one via rule: the object the workload names at nameFrom,
+// used only when the workload controls it (by UID) and it matches the
+// rule's selector, then that object's own pod rules. It returns no pod
+// (and no error) when the object or its pod does not exist (yet).
+func (e *Engine) viaPod(ctx context.Context, s *resource.Resource, i int, via *resource.Via, workload *unstructured.Unstructured, wjson []byte, depth int) (*unstructured.Unstructured, error) {
+	ptr := fmt.Sprintf("/pods/find/%d/via", i)
+	if depth >= maxViaDepth {
+		return nil, &resource.FileError{File: s.File, Pointer: ptr, Problem: fmt.Sprintf("goes more than %d hops deep", maxViaDepth)}
+	}
+	next, ok := e.Catalog.Get(via.Resource)
+	if !ok {
+		return nil, &resource.FileError{File: s.File, Pointer: ptr + "/resource", Problem: fmt.Sprintf("names %q, which is not in the catalog", via.Resource)}
+	}
+	name := gjson.GetBytes(wjson, via.NameFrom).String()
+	if name == "" {
+		return nil, nil
+	}
+	obj, err := e.Get(ctx, Ref{Resource: next, Namespace: workload.GetNamespace(), Name: name})
+	if IsGone(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !ControlledBy(obj, workload) {
+		return nil, nil // not (or no longer) the workload's
+	}
+	if via.Selector != "" {
+		sel, err := resource.Expand(via.Selector, wjson)
+		if err != nil {
+			return nil, &resource.FileError{File: s.File, Pointer: ptr + "/selector", Problem: err.Error()}
+		}
+		ls, err := labels.Parse(sel)
+		if err != nil {
+			return nil, &resource.FileError{File: s.File, Pointer: ptr + "/selector", Problem: fmt.Sprintf("%q is not a label selector: %v", sel, err)}
+		}
+		if !ls.Matches(labels.Set(obj.GetLabels())) {
+			return nil, nil
+		}
+	}
+	pod, err := e.findPod(ctx, next, obj, depth+1)
+	if errors.Is(err, ErrNoPod) {
+		return nil, nil
+	}
+	return pod, err
 }
 
 func (e *Engine) getPod(ctx context.Context, podRes *resource.Resource, ns, name string) (*unstructured.Unstructured, error) {

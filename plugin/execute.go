@@ -2,8 +2,10 @@ package plugin
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -51,6 +53,9 @@ type leaseState struct {
 	workloadUID string
 	podName     string
 	podUID      string
+	// env is the run's environment for a backend whose pod was made
+	// before the run (backend.runEnv): it goes with every command.
+	env map[string]string
 
 	stop context.CancelFunc
 	mu   sync.Mutex
@@ -136,9 +141,15 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 	if remaining <= 0 {
 		return ExecuteResult{TimedOut: true, Stderr: fmt.Sprintf("[paperclip-k8s] timed out after %v waiting for %s to become ready; the command was not run.\n", timeout, ref), Metadata: meta}, nil
 	}
+	env := in.Env
+	if len(st.env) > 0 {
+		// The run's own environment, under the command's (which wins).
+		env = maps.Clone(st.env)
+		maps.Copy(env, in.Env)
+	}
 	req := podexec.Request{
 		Namespace: ref.Namespace, Pod: st.podName, Container: ref.Resource.Pods.Container,
-		Command: in.Command, Args: in.Args, Env: in.Env, Cwd: in.Cwd,
+		Command: in.Command, Args: in.Args, Env: env, Cwd: in.Cwd,
 		Timeout:   remaining,
 		MaxStdout: cfg.ExecMaxOutputBytes, MaxStderr: cfg.ExecMaxOutputBytes,
 		OnOutput: func(stream string, chunk []byte) {
@@ -206,8 +217,12 @@ func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, ba
 			return nil, err
 		}
 	}
+	env, err := p.runEnv(ctx, cl, ref, w, m)
+	if err != nil {
+		return nil, err
+	}
 	podSpec, _ := p.Catalog.Pod()
-	st := &leaseState{owner: owner, workloadUID: string(w.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID())}
+	st := &leaseState{owner: owner, workloadUID: string(w.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID()), env: env}
 	// The watch lives until the pod ends, the lease is released, or a day
 	// past the lease's expiry at the latest.
 	life := 24 * time.Hour
@@ -221,6 +236,57 @@ func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, ba
 		old.(*leaseState).stop()
 	}
 	return st, nil
+}
+
+// runEnv reads the run's environment for a backend whose pod was made
+// before the run (backend.runEnv): the map at the file's path in the run
+// object of that file (a Secret's data), which must be controlled by the
+// workload's UID. The object's name comes from the lease's runObjects; the
+// owner check is what makes it the lease's. nil when the backend's pod has
+// the environment itself.
+func (p *Provider) runEnv(ctx context.Context, cl *cluster, ref engine.Ref, w *unstructured.Unstructured, m LeaseMetadata) (map[string]string, error) {
+	re := ref.Resource.Backend.RunEnv
+	if re == nil {
+		return nil, nil
+	}
+	s, ok := p.Catalog.Get(re.Resource)
+	if !ok {
+		return nil, fmt.Errorf("%s: backend.runEnv names %q, which is not in the catalog", ref.Resource.File, re.Resource)
+	}
+	name := ""
+	for _, ro := range m.RunObjects {
+		if file, obj, ok := strings.Cut(ro, "/"); ok && file == s.Name {
+			name = obj
+		}
+	}
+	if name == "" {
+		return nil, fmt.Errorf("lease %s: its metadata lists no %s run object (runObjects), which holds the run's environment for %s; the lease cannot run commands, acquire a new one", ref.Name, s.Name, ref)
+	}
+	o, err := cl.engine.Get(ctx, engine.Ref{Resource: s, Namespace: ref.Namespace, Name: name})
+	if err != nil {
+		return nil, fmt.Errorf("reading the run's environment of %s: %w", ref, err)
+	}
+	if !engine.ControlledBy(o, w) {
+		return nil, fmt.Errorf("%s %s/%s is not controlled by %s; refusing to use it as the run's environment", s.API.Kind, ref.Namespace, name, ref)
+	}
+	keys, err := resource.SplitPath(re.Path)
+	if err != nil {
+		return nil, &resource.FileError{File: ref.Resource.File, Pointer: "/backend/runEnv/path", Problem: err.Error()}
+	}
+	raw, _, _ := unstructured.NestedMap(o.Object, keys...)
+	env := make(map[string]string, len(raw))
+	for k, v := range raw {
+		val, _ := v.(string)
+		if re.Base64 {
+			b, err := base64.StdEncoding.DecodeString(val)
+			if err != nil {
+				return nil, fmt.Errorf("%s %s/%s: %s.%s is not base64", s.API.Kind, ref.Namespace, name, re.Path, k)
+			}
+			val = string(b)
+		}
+		env[k] = val
+	}
+	return env, nil
 }
 
 // checkPod verifies that the remembered pod still exists with its UID and

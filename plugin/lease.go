@@ -115,8 +115,11 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	runValues, run, err := BuildValues(cfg, ValuesInput{CompanyID: in.CompanyID, Namespace: ns, Getenv: p.Getenv, Run: &RunInput{
 		RunID: in.RunID, AgentID: in.AgentID, EnvironmentID: in.EnvironmentID, AdapterType: in.AdapterType,
 		ExecutionWorkspaceSettings: in.ExecutionWorkspaceSettings, RequestedExpiresAt: requested,
-		Mode: backend.Backend.Mode, Now: p.Now(), Name: name, Token: hex.EncodeToString(token)}})
+		Mode: backend.Backend.Mode, PodLabel: backend.Backend.PodLabel(), Now: p.Now(), Name: name, Token: hex.EncodeToString(token)}})
 	if err != nil {
+		return Lease{}, err
+	}
+	if err := backendServes(backend, runValues, run.AdapterType); err != nil {
 		return Lease{}, err
 	}
 	for _, w := range run.Warnings {
@@ -323,8 +326,23 @@ func (f *flights) do(ctx context.Context, key string, call func() error) error {
 
 // tenantValues are the template values of the tenant objects.
 func (p *Provider) tenantValues(cfg policy.Config, companyID, ns string) map[string]any {
-	v, _, _ := BuildValues(cfg, ValuesInput{CompanyID: companyID, Namespace: ns})
+	v, _, _ := BuildValues(cfg, ValuesInput{CompanyID: companyID, Namespace: ns, Getenv: p.Getenv})
 	return v.Map()
+}
+
+// backendServes refuses a run for which the backend file's when
+// conditions fail (e.g. a warm pool that runs another adapter's image),
+// with the file's refusal.
+func backendServes(backend *resource.Resource, v Values, adapterType string) error {
+	ok, err := backend.Wanted(v.Map())
+	if err != nil || ok {
+		return err
+	}
+	why := backend.Backend.Refusal
+	if why == "" {
+		why = "the conditions of its file (when) do not hold for this run"
+	}
+	return fmt.Errorf("backend %q cannot serve this run (adapter %q): %s (%s)", backend.Name, adapterType, why, backend.File)
 }
 
 // LeaseParams are the params of resume, release and destroy.

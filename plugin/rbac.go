@@ -241,7 +241,7 @@ func celName(s string) string {
 // restricted, no adopting, re-marking or weakening a namespace,
 // RoleBindings only to the tenant ClusterRole for the provider itself (or
 // to a Role for its namespace's ServiceAccounts), no ServiceAccount token
-// Secrets, and workloads (at each backend's podSpecPath) that run as the
+// Secrets, and objects that carry a pod spec (each file's podSpecPath) that run as the
 // tenant ServiceAccount with no token, host namespaces, hostPath or
 // privilege. Admission never sees reads: those are confined by RBAC
 // (TenantRules are only ever bound per tenant namespace).
@@ -292,8 +292,19 @@ func (p *Provider) AdmissionPolicy(namespace, name string) (map[string]any, erro
 		v("!variables.isSecret || !variables.write || !has(object.type) || object.type != 'kubernetes.io/service-account-token'",
 			"the provider may not create or change Secrets of type kubernetes.io/service-account-token"),
 	}
-	for _, b := range p.Catalog.Used(resource.UseBackend) {
-		ps, present := fieldPath(b.Backend.PodSpecPath)
+	// Every object that carries a pod spec: each backend's workload, and
+	// the tenant or run objects pods are made from (a SandboxTemplate).
+	withPodSpec := p.Catalog.Used(resource.UseBackend)
+	for _, s := range p.Catalog.All() {
+		if s.Use != resource.UseBackend && s.PodSpec() != "" {
+			withPodSpec = append(withPodSpec, s)
+		}
+	}
+	for _, b := range withPodSpec {
+		if b.API == nil || b.PodSpec() == "" {
+			continue // a workload with no pod spec (its template has it)
+		}
+		ps, present := fieldPath(b.PodSpec())
 		is := "is_" + celName(b.Name)
 		vars = append(vars, celVariable{is, fmt.Sprintf("request.resource.group == %s && request.resource.resource == %s && (!has(request.subResource) || request.subResource == '') && variables.write",
 			cel(b.API.Group), cel(b.API.Resource))})
@@ -306,9 +317,9 @@ func (p *Provider) AdmissionPolicy(namespace, name string) (map[string]any, erro
 		}
 		vals = append(vals,
 			v(fmt.Sprintf("%s || (%s && has(%s.serviceAccountName) && %s.serviceAccountName == %s)", guard, present, ps, ps, cel(TenantServiceAccount)),
-				what+"must run as the ServiceAccount "+TenantServiceAccount+" ("+b.Backend.PodSpecPath+".serviceAccountName)"),
+				what+"must run as the ServiceAccount "+TenantServiceAccount+" ("+b.PodSpec()+".serviceAccountName)"),
 			v(fmt.Sprintf("%s || (%s && has(%s.automountServiceAccountToken) && !%s.automountServiceAccountToken)", guard, present, ps, ps),
-				what+"must set "+b.Backend.PodSpecPath+".automountServiceAccountToken: false"),
+				what+"must set "+b.PodSpec()+".automountServiceAccountToken: false"),
 			v(fmt.Sprintf("%s || !(%s) || (%s && %s && %s)", guard, present, notSet(ps+".hostNetwork"), notSet(ps+".hostPID"), notSet(ps+".hostIPC")),
 				what+"may not use the host's network, PID or IPC namespace (hostNetwork, hostPID, hostIPC)"),
 			v(fmt.Sprintf("%s || !(%s) || !has(%s.volumes) || %s.volumes.all(v, !has(v.hostPath))", guard, present, ps, ps),

@@ -106,6 +106,16 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 	} else {
 		meta["backendApiVersion"] = r.GVK.GroupVersion().String()
 	}
+	// The other APIs the backend needs under this config: the objects its
+	// pods are found through, and the tenant objects it wants (a warm
+	// pool's template and pool).
+	for _, s := range p.neededAPIs(cfg, in.CompanyID, ns, backend) {
+		cl.engine.Forget(s)
+		if _, err := cl.engine.Resolve(s); err != nil {
+			ok = false
+			diags = append(diags, Diagnostic{Severity: "error", Code: "api-missing", Message: fmt.Sprintf("%s (%s)", err, s.File)})
+		}
+	}
 	// Every version of the backend's API the server serves, for the
 	// operator (e.g. agent-sandbox v1beta1 and the deprecated v1alpha1).
 	var served []string
@@ -134,6 +144,35 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 		summary = fmt.Sprintf("Kubernetes cluster reachable (%s), but the provider cannot work there yet: see diagnostics.", v.GitVersion)
 	}
 	return ProbeResult{OK: ok, Summary: summary, Diagnostics: diags, Metadata: meta}, nil
+}
+
+// neededAPIs are the files besides the backend whose APIs a run on it
+// needs under cfg: its via resources and the tenant files wanted under
+// cfg, other than the core and RBAC APIs every cluster serves, once each.
+func (p *Provider) neededAPIs(cfg policy.Config, companyID, ns string, backend *resource.Resource) []*resource.Resource {
+	var out []*resource.Resource
+	seen := map[string]bool{backend.API.Group + "/" + backend.API.Resource: true}
+	add := func(s *resource.Resource) {
+		if s.API == nil || seen[s.API.Group+"/"+s.API.Resource] {
+			return
+		}
+		k := s.API.Group + "/" + s.API.Resource
+		seen[k] = true
+		out = append(out, s)
+	}
+	for _, s := range p.Catalog.ViaResources(backend) {
+		add(s)
+	}
+	values := p.tenantValues(cfg, companyID, ns)
+	for _, s := range p.Catalog.Used(resource.UseTenant) {
+		if s.API == nil || !strings.Contains(s.API.Group, ".") || strings.HasSuffix(s.API.Group, ".k8s.io") {
+			continue // core and */k8s.io APIs: served by every cluster
+		}
+		if wanted, err := s.Wanted(values); err == nil && wanted {
+			add(s)
+		}
+	}
+	return out
 }
 
 // execNote is a warning for a backend that does not run commands in a

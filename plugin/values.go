@@ -32,8 +32,11 @@ type Values struct {
 	// its RoleBinding in the tenant namespace names it).
 	Provider *ProviderValues `json:"provider,omitempty"`
 	// Operator holds what the operator sets through the worker's
-	// environment (run objects and backends only).
+	// environment (run objects, backends and, when the worker's
+	// environment is given, tenant objects).
 	Operator *OperatorValues `json:"operator,omitempty"`
+	// WarmPool is what the tenant's warm pool runs (tenant objects only).
+	WarmPool *WarmPoolValues `json:"warmPool,omitempty"`
 	// Grant is the run's own egress grant (run objects and backends only).
 	Grant *GrantValues `json:"grant,omitempty"`
 	// Run is the run (run objects and backends only).
@@ -68,6 +71,17 @@ type OperatorValues struct {
 	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
 }
 
+// WarmPoolValues describe the pods a tenant's warm pool keeps ready
+// before any run exists: the config's default adapter (adapterType), whose
+// image they run.
+type WarmPoolValues struct {
+	AdapterType string `json:"adapterType"`
+	// Image is that adapter's runtime image after the imageRegistry
+	// rewrite ("" when the config's images do not resolve: validation
+	// says why).
+	Image string `json:"image"`
+}
+
 // GrantValues are a run's egress beyond the tenant's: the adapter's FQDNs
 // and the task's grant (executionWorkspaceSettings.networkEgress).
 type GrantValues struct {
@@ -85,8 +99,14 @@ type RunValues struct {
 	SecretName       string            `json:"secretName"`
 	EgressPolicyName string            `json:"egressPolicyName"`
 	Labels           map[string]string `json:"labels"`
-	Image            string            `json:"image"`
-	Resources        policy.Resources  `json:"resources"`
+	// PodSelector is {<the backend's run pod label>: <ID>}: the label the
+	// run's pod carries, which its scoped egress policy selects on.
+	PodSelector map[string]string `json:"podSelector"`
+	// DefaultAdapter is true when the run's adapter is the config's
+	// adapterType (the one a tenant's warm pool runs).
+	DefaultAdapter bool             `json:"defaultAdapter"`
+	Image          string           `json:"image"`
+	Resources      policy.Resources `json:"resources"`
 	// Env is the run Secret's data (adapter keys, BOOTSTRAP_TOKEN, the
 	// egress grant's variables).
 	Env             map[string]string `json:"env"`
@@ -122,7 +142,10 @@ type RunInput struct {
 	// Mode is the backend's mode: exec runs get sandboxLifetimeSec, the
 	// others podActivityDeadlineSec.
 	Mode string
-	Now  time.Time
+	// PodLabel is the backend's run pod label (resource.Backend.PodLabel;
+	// blank: resource.DefaultRunPodLabel).
+	PodLabel string
+	Now      time.Time
 	// Name is the run's name (policy.NewRunName), Token its
 	// BOOTSTRAP_TOKEN.
 	Name  string
@@ -163,7 +186,14 @@ func BuildValues(cfg policy.Config, in ValuesInput) (Values, RunFacts, error) {
 	if in.Identity != nil {
 		v.Provider = in.Identity.values()
 	}
+	v.WarmPool = warmPoolValues(cfg)
 	if in.Run == nil {
+		if in.Getenv != nil {
+			var err error
+			if v.Operator, err = operatorValues(in.Getenv); err != nil {
+				return v, RunFacts{}, err
+			}
+		}
 		return v, RunFacts{}, nil
 	}
 	r := in.Run
@@ -197,8 +227,14 @@ func BuildValues(cfg policy.Config, in ValuesInput) (Values, RunFacts, error) {
 	}
 	fqdns := union(adapter.AllowFqdns, facts.Grant.AllowFqdns)
 	v.Grant = &GrantValues{FQDNs: fqdns, CIDRs: facts.Grant.AllowCidrs, Any: len(fqdns)+len(facts.Grant.AllowCidrs) > 0}
+	podLabel := r.PodLabel
+	if podLabel == "" {
+		podLabel = resource.DefaultRunPodLabel
+	}
 	v.Run = &RunValues{
 		ID:               policy.LabelValue(r.RunID),
+		PodSelector:      map[string]string{podLabel: policy.LabelValue(r.RunID)},
+		DefaultAdapter:   facts.AdapterType == policy.ResolveAdapterType("", cfg.AdapterType),
 		Name:             r.Name,
 		SecretName:       r.Name + secretSuffix,
 		EgressPolicyName: r.Name + egressPolicySuffix,
@@ -211,6 +247,15 @@ func BuildValues(cfg policy.Config, in ValuesInput) (Values, RunFacts, error) {
 		DeadlineTime:    facts.Deadline.UTC().Format(time.RFC3339),
 	}
 	return v, facts, nil
+}
+
+// warmPoolValues are the config's default adapter and its image.
+func warmPoolValues(cfg policy.Config) *WarmPoolValues {
+	out := &WarmPoolValues{AdapterType: policy.ResolveAdapterType("", cfg.AdapterType)}
+	if adapter, err := policy.Defaults(out.AdapterType, cfg.Adapters); err == nil {
+		out.Image, _ = policy.ResolveImage("", adapter.RuntimeImage, cfg.ImageAllowList, cfg.ImageRegistry)
+	}
+	return out
 }
 
 // values are the identity as the files see it (${provider.*}); Values is

@@ -75,6 +75,14 @@ func (c *Catalog) Permissions() []Permission {
 			// update on the owner's finalizers for that.
 			add(s.API.Group, s.API.Resource+"/finalizers", "update")
 		}
+		if s.Use == UseBackend {
+			// The objects its pods are found through (via) are read.
+			for _, v := range c.ViaResources(s) {
+				if v.API != nil {
+					add(v.API.Group, v.API.Resource, "get")
+				}
+			}
+		}
 		if s.Logs != nil {
 			add(s.API.Group, s.API.Resource+"/"+s.Logs.Subresource, "get")
 		}

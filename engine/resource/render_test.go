@@ -1,6 +1,7 @@
 package resource_test
 
 import (
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
@@ -28,7 +29,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/go
 // rewrites them; review the diff).
 func TestGoldenManifests(t *testing.T) {
 	c := testutil.Catalog(t)
-	for _, name := range []string{"standard-job", "cilium-sandbox", "standard-cidrs-sandbox"} {
+	for _, name := range []string{"standard-job", "cilium-sandbox", "standard-cidrs-sandbox", "standard-sandboxclaim"} {
 		t.Run(name, func(t *testing.T) {
 			is := is.New(t)
 			vc := valuestest.LoadShipped(t, name)
@@ -270,11 +271,39 @@ template:
 		`bad.yaml: /template/data/d/$each: namespace is string, not a list`,
 		`bad.yaml: /template/data/e/do: f.host: f is string and has no "host"`,
 		"bad.yaml: /template/data/g: tenantLabels is object and cannot be part of a string; make ${tenantLabels} the whole value",
-		`bad.yaml: /template/data/f: nothere: the values have no "nothere" (they are companyId, config, egress, grant, namespace, operator, provider, run, tenantLabels;`,
-		`agent-pod.yaml: /template/metadata/annotations: operator.podAnnotations: operator is set for run and backend files only, and this is read by a tenant file (schemas/values.schema.json) (in the fragment as usesfrag.yaml uses it)`,
+		`bad.yaml: /template/data/f: nothere: the values have no "nothere" (they are companyId, config, egress, grant, namespace, operator, provider, run, tenantLabels, warmPool;`,
+		`agent-pod.yaml: /template/spec/containers/0/image: run.image: run is set for run and backend files only, and this is read by a tenant file (schemas/values.schema.json) (in the fragment as usesfrag.yaml uses it)`,
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("the error does not say %q:\n%s", want, msg)
 		}
 	}
+}
+
+// The warm pool's pod (resources/sandboxtemplate.yaml, made before any run)
+// is the agent pod of resources/agent-pod.yaml but for what belongs to a
+// run: its labels and the run Secret as environment. Rendered under the
+// same config, the two pod specs differ in nothing else, so a change to
+// the hardened pod that misses the template fails here.
+func TestWarmPoolPodIsTheAgentPod(t *testing.T) {
+	is := is.New(t)
+	c := testutil.Catalog(t)
+	vc := valuestest.LoadShipped(t, "standard-sandboxclaim")
+	podSpec := func(file string) map[string]any {
+		s, ok := c.Get(file)
+		is.True(ok)
+		obj, wanted, err := s.Render(vc.Values)
+		is.NoErr(err)
+		is.True(wanted)
+		return obj["spec"].(map[string]any)["podTemplate"].(map[string]any)["spec"].(map[string]any)
+	}
+	agent, warm := podSpec("sandbox"), podSpec("sandboxtemplate")
+	container := agent["containers"].([]any)[0].(map[string]any)
+	is.True(container["envFrom"] != nil) // the run Secret: a run's pod only
+	delete(container, "envFrom")
+	a, err := json.Marshal(agent)
+	is.NoErr(err)
+	w, err := json.Marshal(warm)
+	is.NoErr(err)
+	is.Equal(string(w), string(a))
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -104,12 +105,33 @@ type PodFind struct {
 	Name         string `json:"name,omitempty"`
 	SelectorFrom string `json:"selectorFrom,omitempty"`
 	Selector     string `json:"selector,omitempty"`
+	// Via finds the pod through another object the workload controls.
+	Via *Via `json:"via,omitempty"`
+}
+
+// Via is one hop of a pod discovery: the workload names another object
+// (at NameFrom), which must be controlled by the workload's UID and carry
+// Selector's labels; that object's own file's pods rules then find the pod
+// (controlled by that object's UID).
+type Via struct {
+	// Resource is the file (name) that describes the object: its api and
+	// its pods rules.
+	Resource string `json:"resource"`
+	// NameFrom is a gjson path in the workload to the object's name.
+	NameFrom string `json:"nameFrom"`
+	// Selector is a label selector the object must match; ${path}
+	// placeholders are paths into the workload.
+	Selector string `json:"selector,omitempty"`
 }
 
 // Pods says which container to use and how to find the pod.
 type Pods struct {
 	Container string    `json:"container"`
 	Find      []PodFind `json:"find"`
+	// LabelsFrom is a gjson path to a map of labels in the workload that a
+	// pod must carry to count as the workload's (e.g. labels a controller
+	// adds to a pod it hands over).
+	LabelsFrom string `json:"labelsFrom,omitempty"`
 }
 
 // Backend modes.
@@ -132,8 +154,44 @@ type Backend struct {
 	DeadlinePath string `json:"deadlinePath,omitempty"`
 	// PodSpecPath is where the pod spec lives in the workload (plain path,
 	// e.g. spec.template.spec), for the admission policy that confines the
-	// pods the provider may create.
-	PodSpecPath string `json:"podSpecPath"`
+	// pods the provider may create. A workload that carries no pod spec
+	// (its pods are found through another object, via) has none.
+	PodSpecPath string `json:"podSpecPath,omitempty"`
+	// RunEnv says where the run's environment (its run Secret) reaches the
+	// commands: "pod" (default: the pod's environment) or "command" (the
+	// pod existed before the run: each command gets it on stdin).
+	RunEnv *RunEnv `json:"runEnv,omitempty"`
+	// RunPodLabel is the label whose value is the run id on the run's pod
+	// (run.podSelector; the run's scoped egress policy selects on it).
+	// Default paperclip.io/run-id.
+	RunPodLabel string `json:"runPodLabel,omitempty"`
+	// Refusal is what acquire says when the file's when conditions do
+	// not hold for a run (this backend cannot serve it).
+	Refusal string `json:"refusal,omitempty"`
+}
+
+// RunEnv names the run object whose map at Path is the run's environment,
+// for a backend whose pod cannot have it (a pod made before the run).
+type RunEnv struct {
+	// Resource is the run file (name) of the object.
+	Resource string `json:"resource"`
+	// Path is a plain path to a map of strings in that object.
+	Path string `json:"path"`
+	// Base64: the map's values are base64 (a Secret's data).
+	Base64 bool `json:"base64,omitempty"`
+}
+
+// DefaultRunPodLabel is the label on a run's pod whose value is the run id
+// when the backend names no other (backend.runPodLabel).
+const DefaultRunPodLabel = "paperclip.io/run-id"
+
+// PodLabel is the backend's run pod label (DefaultRunPodLabel unless the
+// file names another).
+func (b *Backend) PodLabel() string {
+	if b == nil || b.RunPodLabel == "" {
+		return DefaultRunPodLabel
+	}
+	return b.RunPodLabel
 }
 
 // Subresource names a pod subresource such as log or exec.
@@ -184,6 +242,10 @@ type Resource struct {
 	Logs        *Subresource   `json:"logs,omitempty"`
 	Exec        *Subresource   `json:"exec,omitempty"`
 	Release     *Release       `json:"release,omitempty"`
+	// PodSpecPath is where a tenant or run object carries a pod spec
+	// others' pods are made from (a template a controller copies), for the
+	// admission policy; a backend declares it under backend.
+	PodSpecPath string `json:"podSpecPath,omitempty"`
 	// Claim makes a tenant object one the provider owns by its labels
 	// (see engine.Engine.Claim).
 	Claim *Claim `json:"claim,omitempty"`
@@ -197,6 +259,15 @@ type Resource struct {
 	File string `json:"-"`
 
 	catalog *Catalog
+}
+
+// PodSpec is where the object carries a pod spec (backend.podSpecPath, or
+// podSpecPath for another file), "" when it carries none.
+func (s *Resource) PodSpec() string {
+	if s.Backend != nil && s.Backend.PodSpecPath != "" {
+		return s.Backend.PodSpecPath
+	}
+	return s.PodSpecPath
 }
 
 // Catalog is a set of resources loaded together; fragments resolve within it.
@@ -395,6 +466,7 @@ func (c *Catalog) check() []error {
 				errs = append(errs, &FileError{File: s.File, Pointer: "/backend/deadlinePath", Problem: err.Error()})
 			}
 		}
+		errs = append(errs, c.checkPodRefs(s)...)
 		if s.Health != nil {
 			rules, err := c.expandRules(s, nil)
 			if err != nil {
@@ -411,6 +483,98 @@ func (c *Catalog) check() []error {
 		})
 	}
 	return errs
+}
+
+// checkPodRefs checks what the schema cannot about a file's pod spec and
+// pod discovery: podSpecPath is a plain path; a backend without one finds
+// its pods only through other objects (via), whose files exist, have an
+// api and pods rules, and make no cycle; runEnv names a run file.
+func (c *Catalog) checkPodRefs(s *Resource) []error {
+	var errs []error
+	if s.PodSpecPath != "" {
+		if _, err := SplitPath(s.PodSpecPath); err != nil {
+			errs = append(errs, &FileError{File: s.File, Pointer: "/podSpecPath", Problem: err.Error()})
+		}
+	}
+	if b := s.Backend; b != nil {
+		if b.PodSpecPath != "" {
+			if _, err := SplitPath(b.PodSpecPath); err != nil {
+				errs = append(errs, &FileError{File: s.File, Pointer: "/backend/podSpecPath", Problem: err.Error()})
+			}
+		}
+		if b.RunEnv != nil {
+			if r, ok := c.specs[b.RunEnv.Resource]; !ok || r.Use != UseRun {
+				errs = append(errs, &FileError{File: s.File, Pointer: "/backend/runEnv/resource", Problem: fmt.Sprintf("names %q, which is not a run file (scope: run) in the catalog", b.RunEnv.Resource)})
+			}
+			if _, err := SplitPath(b.RunEnv.Path); err != nil {
+				errs = append(errs, &FileError{File: s.File, Pointer: "/backend/runEnv/path", Problem: err.Error()})
+			}
+		}
+		if b.PodSpecPath == "" && s.Pods != nil {
+			for i, f := range s.Pods.Find {
+				if f.Via == nil {
+					errs = append(errs, &FileError{File: s.File, Pointer: fmt.Sprintf("/pods/find/%d", i),
+						Problem: "finds pods of the workload itself, but backend.podSpecPath is not set: say where the workload's pod spec is (the admission policy checks it), or find the pod through another object (via)"})
+				}
+			}
+		}
+	}
+	if s.Pods == nil {
+		return errs
+	}
+	for i, f := range s.Pods.Find {
+		if f.Via == nil {
+			continue
+		}
+		ptr := fmt.Sprintf("/pods/find/%d/via/resource", i)
+		if err := c.checkVia(s, f.Via.Resource, []string{s.Name}); err != "" {
+			errs = append(errs, &FileError{File: s.File, Pointer: ptr, Problem: err})
+		}
+	}
+	return errs
+}
+
+// checkVia says what is wrong with a via hop to the file named name, seen
+// being the files on the way ("" when nothing is).
+func (c *Catalog) checkVia(s *Resource, name string, seen []string) string {
+	if slices.Contains(seen, name) {
+		return fmt.Sprintf("names %q, which makes a cycle: %s", name, strings.Join(append(seen, name), " -> "))
+	}
+	t, ok := c.specs[name]
+	if !ok || t.API == nil || t.Pods == nil {
+		return fmt.Sprintf("names %q, which is not a file with an api and pods rules in the catalog", name)
+	}
+	for _, f := range t.Pods.Find {
+		if f.Via != nil {
+			if err := c.checkVia(s, f.Via.Resource, append(seen, name)); err != "" {
+				return err
+			}
+		}
+	}
+	return ""
+}
+
+// ViaResources lists the files a backend's pods are found through (its
+// via hops, transitively), whose APIs it needs too.
+func (c *Catalog) ViaResources(s *Resource) []*Resource {
+	var out []*Resource
+	var walk func(r *Resource, depth int)
+	walk = func(r *Resource, depth int) {
+		if r.Pods == nil || depth > len(c.order) {
+			return
+		}
+		for _, f := range r.Pods.Find {
+			if f.Via == nil {
+				continue
+			}
+			if t, ok := c.specs[f.Via.Resource]; ok && !slices.Contains(out, t) {
+				out = append(out, t)
+				walk(t, depth+1)
+			}
+		}
+	}
+	walk(s, 0)
+	return out
 }
 
 // expandRules returns a file's readiness rules with each {$use: file}

@@ -50,6 +50,9 @@ type Config struct {
 	// Backend is canonical: an alias a backend's file declares becomes the
 	// backend's name.
 	Backend string `json:"backend"`
+	// WarmPoolSize is how many ready pods the tenant's warm pool keeps
+	// (backend sandboxclaim).
+	WarmPoolSize int `json:"warmPoolSize"`
 	// AdapterType is the default adapter of a run; it resolves with
 	// Defaults(AdapterType, Adapters).
 	AdapterType      string            `json:"adapterType"`

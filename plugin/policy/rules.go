@@ -106,6 +106,7 @@ func (v *validation) check(backends []string, aliases map[string]string) {
 	}
 
 	v.checkBackend(backends, aliases)
+	v.checkWarmPool()
 
 	v.checkAdapters()
 	v.checkImages()

@@ -97,16 +97,16 @@ func Build(c *resource.Catalog, in Inputs) (Case, error) {
 	if err != nil {
 		return Case{}, err
 	}
-	mode := ""
+	mode, podLabel := "", ""
 	if b, ok := c.Get(in.Backend); ok && b.Backend != nil {
-		mode = b.Backend.Mode
+		mode, podLabel = b.Backend.Mode, b.Backend.PodLabel()
 	}
 	id := plugin.ParseUsername(in.Identity)
 	r := in.Run
 	v, _, err := plugin.BuildValues(cfg, plugin.ValuesInput{CompanyID: in.CompanyID, Namespace: ns, Identity: &id, Getenv: getenv, Run: &plugin.RunInput{
 		RunID: r.RunID, AgentID: r.AgentID, EnvironmentID: r.EnvironmentID, AdapterType: r.AdapterType,
 		ExecutionWorkspaceSettings: r.ExecutionWorkspaceSettings, RequestedExpiresAt: r.RequestedExpiresAt,
-		Mode: mode, Now: r.Now, Name: r.Name, Token: r.Token}})
+		Mode: mode, PodLabel: podLabel, Now: r.Now, Name: r.Name, Token: r.Token}})
 	if err != nil {
 		return Case{}, err
 	}
