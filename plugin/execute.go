@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -147,19 +148,21 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		env = maps.Clone(st.env)
 		maps.Copy(env, in.Env)
 	}
+	live := &liveOutput{notify: func(stream string, b []byte) {
+		_ = rpc.Notify(ctx, rpc.MethodExecuteLog, map[string]any{"stream": stream, "chunk": string(b)})
+	}}
 	req := podexec.Request{
 		Namespace: ref.Namespace, Pod: st.podName, Container: ref.Resource.Pods.Container,
 		Command: in.Command, Args: in.Args, Env: env, Cwd: in.Cwd,
 		Timeout:   remaining,
 		MaxStdout: cfg.ExecMaxOutputBytes, MaxStderr: cfg.ExecMaxOutputBytes,
-		OnOutput: func(stream string, chunk []byte) {
-			_ = rpc.Notify(ctx, rpc.MethodExecuteLog, map[string]any{"stream": stream, "chunk": string(chunk)})
-		},
+		OnOutput: live.send,
 	}
 	if in.Stdin != nil {
 		req.Stdin = strings.NewReader(*in.Stdin)
 	}
 	res, err := cl.exec.Run(ctx, req)
+	live.flush()
 	if err != nil {
 		var limit *podexec.OutputLimitError
 		if errors.As(err, &limit) {
@@ -373,4 +376,68 @@ func (p *Provider) forget(ref engine.Ref) {
 	if v, ok := p.leases.LoadAndDelete(leaseKey(ref)); ok {
 		v.(*leaseState).stop()
 	}
+}
+
+// liveOutput passes a command's output to notify (execute.log) while it
+// runs: the host appends it to the run's log and, on its ACP engine, reads
+// the agent's messages from it (sandboxCapabilities.incrementalSessionOutput).
+// At the end the host appends the rest of the final stdout and stderr past
+// the streamed text, or all of it again when the streamed text is not a
+// prefix of it, so a chunk never ends inside a UTF-8 sequence (JSON would
+// turn its bytes into U+FFFD): that tail is held back and sent with the
+// stream's next chunk, or by flush. Calls are serialised by podexec.
+type liveOutput struct {
+	notify func(stream string, b []byte)
+	held   [2][]byte // stdout, stderr
+}
+
+func (l *liveOutput) send(stream string, chunk []byte) {
+	i := 0
+	if stream == "stderr" {
+		i = 1
+	}
+	b := chunk // aliases the result's buffer: sliced, never written
+	if len(l.held[i]) > 0 {
+		b = append(l.held[i], chunk...)
+	}
+	n := len(b) - heldUTF8Tail(b)
+	for n > 0 {
+		// At most podexec.MaxChunk bytes, hence at most as many UTF-16
+		// units, the host's limit per chunk; cut at a rune start.
+		cut := n
+		if cut > podexec.MaxChunk {
+			cut = podexec.MaxChunk
+			for k := 0; k < utf8.UTFMax-1 && !utf8.RuneStart(b[cut]); k++ {
+				cut--
+			}
+		}
+		l.notify(stream, b[:cut])
+		b, n = b[cut:], n-cut
+	}
+	l.held[i] = append([]byte(nil), b...)
+}
+
+// flush sends what send held back (a stream that ended inside a sequence).
+func (l *liveOutput) flush() {
+	for i, stream := range []string{"stdout", "stderr"} {
+		if len(l.held[i]) > 0 {
+			l.notify(stream, l.held[i])
+			l.held[i] = nil
+		}
+	}
+}
+
+// heldUTF8Tail is how many bytes at the end of b start a UTF-8 sequence that
+// b does not complete (0 when b ends at a rune boundary or in invalid bytes,
+// which decode the same in any chunking).
+func heldUTF8Tail(b []byte) int {
+	for i := 1; i < utf8.UTFMax && i <= len(b); i++ {
+		if c := b[len(b)-i]; utf8.RuneStart(c) {
+			if !utf8.FullRune(b[len(b)-i:]) {
+				return i
+			}
+			return 0
+		}
+	}
+	return 0
 }

@@ -44,6 +44,10 @@ func Manifest() (map[string]any, error) {
 				"reusableLeases": true,
 				"nativeSyncIn":   true,
 				"nativeSyncOut":  true,
+				// execute.log carries a command's output while it runs: the
+				// host's ACP engine then runs the agent as one streamed
+				// exec instead of polling event files (README "During a run").
+				"incrementalSessionOutput": true,
 			},
 		}},
 	}, nil
