@@ -57,6 +57,9 @@ type leaseState struct {
 	// env is the run's environment for a backend whose pod was made
 	// before the run (backend.runEnv): it goes with every command.
 	env map[string]string
+	// login is what a login shell exports in the pod, applied to the
+	// commands sent alone (loginenv.go).
+	login loginEnv
 
 	stop context.CancelFunc
 	mu   sync.Mutex
@@ -138,6 +141,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		return ExecuteResult{}, err
 	}
 	meta["podName"] = st.podName
+	login := st.login.forCommand(waitCtx, p.Log, cl.exec, podexec.Request{Namespace: ref.Namespace, Pod: st.podName, Container: ref.Resource.Pods.Container}, in.Command, in.Args)
 	remaining := timeout - time.Since(start)
 	if remaining <= 0 {
 		return ExecuteResult{TimedOut: true, Stderr: fmt.Sprintf("[paperclip-k8s] timed out after %v waiting for %s to become ready; the command was not run.\n", timeout, ref), Metadata: meta}, nil
@@ -151,9 +155,10 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 	live := &liveOutput{notify: func(stream string, b []byte) {
 		_ = rpc.Notify(ctx, rpc.MethodExecuteLog, map[string]any{"stream": stream, "chunk": string(b)})
 	}}
+	command, args, env := login.command(in.Command, in.Args, env)
 	req := podexec.Request{
 		Namespace: ref.Namespace, Pod: st.podName, Container: ref.Resource.Pods.Container,
-		Command: in.Command, Args: in.Args, Env: env, Cwd: in.Cwd,
+		Command: command, Args: args, Env: env, Cwd: in.Cwd,
 		Timeout:   remaining,
 		MaxStdout: cfg.ExecMaxOutputBytes, MaxStderr: cfg.ExecMaxOutputBytes,
 		OnOutput: live.send,

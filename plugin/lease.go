@@ -257,11 +257,7 @@ func (p *Provider) ensureTenant(ctx context.Context, cl *cluster, ns string, val
 		}
 		// The namespace must be this company's (created by the provider
 		// for it) before anything is applied to it.
-		if err := cl.engine.Claim(ctx, specs, ns, values); err != nil {
-			cl.tenants.Delete(key)
-			return fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
-		}
-		if _, err := cl.engine.Apply(ctx, specs, ns, values); err != nil {
+		if _, err := cl.engine.ClaimApply(ctx, specs, ns, values); err != nil {
 			cl.tenants.Delete(key)
 			return fmt.Errorf("ensuring the tenant namespace %s: %w", ns, err)
 		}

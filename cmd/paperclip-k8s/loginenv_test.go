@@ -1,0 +1,62 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/matryer/is"
+)
+
+// TestLoginEnvironmentOncePerLease: a command sent alone sees what a login
+// shell gives it (the PATH /etc/profile and ~/.profile set, their
+// variables, their umask) while the profile runs once per lease, not once
+// per command; the host's env wins over the profile's; a profile changed
+// during the lease is not read again (a command can source it). Through
+// the binary and the exec node (the pod's HOME is its own directory).
+func TestLoginEnvironmentOncePerLease(t *testing.T) {
+	is := is.New(t)
+	h := newHooks(t, "sandbox", nil)
+	l := h.acquire(nil)
+
+	profile := `echo run >> "$HOME/profile-runs"
+echo "a banner from the profile"
+export FOO='from the profile'
+export HOSTWINS=profile
+umask 027
+export PATH="$HOME/bin:$PATH"
+`
+	// Commands with args run as sent: no login shell, nothing captured.
+	r := h.exec(l, "sh", map[string]any{"stdin": profile, "args": []string{"-c",
+		`cat > "$HOME/.profile" && mkdir -p "$HOME/bin" && printf '#!/bin/sh\necho hello\n' > "$HOME/bin/hello-login" && chmod +x "$HOME/bin/hello-login"`}})
+	is.Equal(r.code(), 0)
+	runs := func() string {
+		r := h.exec(l, "sh", map[string]any{"args": []string{"-c", `if [ -f "$HOME/profile-runs" ]; then wc -l < "$HOME/profile-runs"; else echo 0; fi`}})
+		is.Equal(r.code(), 0)
+		return strings.TrimSpace(r.Stdout)
+	}
+	is.Equal(runs(), "0")
+
+	// What a login shell of the pod has, for comparison.
+	r = h.exec(l, "/bin/sh", map[string]any{"args": []string{"-lc", `printf '%s' "$PATH"`}})
+	is.Equal(r.code(), 0)
+	loginPath := r.Stdout[strings.LastIndex(r.Stdout, "\n")+1:] // after the banner
+	is.True(strings.HasSuffix(strings.SplitN(loginPath, ":", 2)[0], "/bin"))
+	is.Equal(runs(), "1")
+
+	for i := 0; i < 3; i++ {
+		r = h.exec(l, `printf '%s|%s|%s|%s|' "$FOO" "$HOSTWINS" "$(umask)" "$PATH"; hello-login`,
+			map[string]any{"env": map[string]string{"HOSTWINS": "host", "PATH": "/the/host/path"}})
+		is.Equal(r.code(), 0)
+		is.Equal(r.Stdout, "from the profile|host|0027|"+loginPath+"|hello\n")
+		is.Equal(r.Stderr, "")
+	}
+	is.Equal(runs(), "2") // the comparison's login shell, and the lease's capture
+
+	// Changed during the lease: not read again, unless a command sources it.
+	r = h.exec(l, "sh", map[string]any{"args": []string{"-c", `echo 'export FOO=changed' >> "$HOME/.profile"`}})
+	is.Equal(r.code(), 0)
+	r = h.exec(l, `printf '%s' "$FOO"`, nil)
+	is.Equal(r.Stdout, "from the profile")
+	r = h.exec(l, `. "$HOME/.profile" >/dev/null; printf '%s' "$FOO"`, nil)
+	is.Equal(r.Stdout, "changed")
+}
