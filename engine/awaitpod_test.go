@@ -10,7 +10,9 @@ import (
 	"github.com/matryer/is"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
@@ -117,18 +119,27 @@ func TestAwaitPodTimeoutSaysWhy(t *testing.T) {
 	w, err := e.Create(context.Background(), sb, "ns1", vc.Values, nil)
 	is.NoErr(err)
 	_, err = dyn.Resource(gvrPod).Namespace("ns1").Create(context.Background(), podOf(w, map[string]any{"phase": "Pending", "conditions": []any{
-		map[string]any{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes are available: 1 node(s) were unschedulable."},
+		map[string]any{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes are available: 1 node(s) were unschedulable.",
+			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}, // within the autoscalers' grace
 	}}), metav1.CreateOptions{})
 	is.NoErr(err)
 	ctx, cancel := context.WithCancel(context.Background())
-	started := enginetest.WatchStarts(dyn)
+	// The wait reads the pod (FindPod) once its informers have synced, and
+	// evaluates it before it looks at the context again.
+	read := make(chan struct{}, 1)
+	dyn.PrependReactor("get", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		select {
+		case read <- struct{}{}:
+		default:
+		}
+		return false, nil, nil
+	})
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := e.AwaitPod(ctx, sb, w)
 		done <- err
 	}()
-	<-started
-	<-started
+	<-read
 	cancel()
 	err = <-done
 	var we *engine.WaitError

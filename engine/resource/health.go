@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"time"
 
 	"github.com/tidwall/gjson"
 )
@@ -35,6 +36,12 @@ type Status struct {
 	Message string
 	// Hint says what to do about this state (the rule's hint).
 	Hint string
+	// Event is the event that made the rule hold ("<source> <reason>:
+	// <message>"), when the message is not already the event's.
+	Event string
+	// Recheck, when set, is when a rule with after comes due: the state
+	// may change then without any change to the object.
+	Recheck time.Time
 }
 
 func (s Status) String() string {
@@ -45,16 +52,26 @@ func (s Status) String() string {
 	if s.Message != "" {
 		out += ": " + s.Message
 	}
+	if s.Event != "" {
+		out += "; " + s.Event
+	}
 	if s.Hint != "" {
 		out += "; " + s.Hint
 	}
 	return out
 }
 
-// Evaluate applies the resource's readiness rules to an object (as JSON).
-// A condition counts only when its observedGeneration, if any, is not older
-// than the object's metadata.generation.
+// Evaluate applies the resource's readiness rules to an object (as JSON),
+// now and without its events (rules with event: do not hold).
 func (s *Resource) Evaluate(obj []byte) Status {
+	return s.EvaluateWith(obj, Observed{Now: time.Now()})
+}
+
+// EvaluateWith applies the resource's readiness rules to an object (as
+// JSON) with what else was observed: its events and the time. A condition
+// counts only when its observedGeneration, if any, is not older than the
+// object's metadata.generation.
+func (s *Resource) EvaluateWith(obj []byte, o Observed) Status {
 	if s.Health == nil {
 		return Status{State: Ready, Reason: "NoRules"}
 	}
@@ -63,6 +80,7 @@ func (s *Resource) Evaluate(obj []byte) Status {
 		return st
 	}
 	generation := doc.Get("metadata.generation")
+	var recheck time.Time
 	for _, rule := range s.Health.Rules {
 		ok, _ := matchAll(rule.Match, obj)
 		if !ok {
@@ -75,12 +93,48 @@ func (s *Resource) Evaluate(obj []byte) Status {
 				continue
 			}
 		}
-		st := Status{State: rule.State, Hint: rule.Hint}
-		st.Reason = first(doc.Get(rule.ReasonFrom).String(), rule.Reason, cond.Get("reason").String())
-		st.Message = first(doc.Get(rule.MessageFrom).String(), rule.Message, cond.Get("message").String())
+		var ev event
+		if rule.Event != nil {
+			if s.catalog == nil {
+				continue
+			}
+			if ev, ok = s.catalog.matchEvent(rule.Event, doc.Get("metadata.uid").String(), o.Events); !ok {
+				continue
+			}
+		}
+		if due, ok := comesDue(rule, cond); ok && o.Now.Before(due) {
+			if recheck.IsZero() || due.Before(recheck) {
+				recheck = due
+			}
+			continue
+		}
+		st := Status{State: rule.State, Hint: rule.Hint, Recheck: recheck}
+		st.Reason = first(doc.Get(rule.ReasonFrom).String(), rule.Reason, cond.Get("reason").String(), ev.reason)
+		st.Message = first(doc.Get(rule.MessageFrom).String(), rule.Message, cond.Get("message").String(), ev.message)
+		if rule.Event != nil && st.Message != ev.message {
+			st.Event = ev.String()
+		}
 		return st
 	}
-	return Status{State: Pending, Reason: "NoRuleMatched"}
+	return Status{State: Pending, Reason: "NoRuleMatched", Recheck: recheck}
+}
+
+// comesDue is when a rule with after starts to hold: its condition's
+// lastTransitionTime plus after. Without a lastTransitionTime to count
+// from, the rule holds at once.
+func comesDue(rule Rule, cond gjson.Result) (time.Time, bool) {
+	if rule.After == "" {
+		return time.Time{}, false
+	}
+	d, err := time.ParseDuration(rule.After)
+	if err != nil {
+		return time.Time{}, false
+	}
+	since, err := time.Parse(time.RFC3339, cond.Get("lastTransitionTime").String())
+	if err != nil {
+		return time.Time{}, false
+	}
+	return since.Add(d), true
 }
 
 // generic applies the rules every object follows before its file's own

@@ -24,7 +24,8 @@ type Permission struct {
 // objects are created, deleted, and read only to check their owner before a
 // destroy deletes them (ReleaseOwned); namespaced permissions are granted
 // per tenant namespace, never cluster-wide; backends are also read, listed
-// and watched (Wait); pods are read, listed and watched.
+// and watched (Wait); pods are read, listed and watched; events are
+// listed and watched while the engine waits (health rules with event:).
 // pruneVerbs are added for tenant objects that can be pruned (files with
 // "when" conditions): nothing else is ever read back or deleted, so, for
 // instance, the provider cannot delete namespaces.
@@ -35,6 +36,7 @@ var useVerbs = map[Use][]string{
 	UseRun:     {"create", "delete", "get"},
 	UseBackend: {"get", "list", "watch", "create", "delete"},
 	UsePod:     {"get", "list", "watch"},
+	UseEvent:   {"list", "watch"},
 }
 
 // Permissions lists what the provider needs on the catalog's objects,

@@ -89,6 +89,12 @@ type Rule struct {
 	// Hint is what the user can do about this state; it follows the
 	// message in errors.
 	Hint string `json:"hint,omitempty"`
+	// Event makes the rule hold only when an event about the object
+	// matches (see events.go); the waits read them.
+	Event *EventMatch `json:"event,omitempty"`
+	// After makes the rule hold only once its condition has held this
+	// long (a duration, from the condition's lastTransitionTime).
+	After string `json:"after,omitempty"`
 }
 
 // Health holds the readiness rules, evaluated in order after the generic
@@ -242,6 +248,8 @@ type Resource struct {
 	Logs        *Subresource   `json:"logs,omitempty"`
 	Exec        *Subresource   `json:"exec,omitempty"`
 	Release     *Release       `json:"release,omitempty"`
+	// Events says where events keep what rules test (the event file).
+	Events *EventFields `json:"events,omitempty"`
 	// PodSpecPath is where a tenant or run object carries a pod spec
 	// others' pods are made from (a template a controller copies), for the
 	// admission policy; a backend declares it under backend.
@@ -467,6 +475,7 @@ func (c *Catalog) check() []error {
 			}
 		}
 		errs = append(errs, c.checkPodRefs(s)...)
+		errs = append(errs, c.checkHealth(s)...)
 		if s.Health != nil {
 			rules, err := c.expandRules(s, nil)
 			if err != nil {
