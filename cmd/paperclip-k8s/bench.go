@@ -19,8 +19,13 @@ func runBench(args []string) error {
 	parallel := fs.Int("parallel", 50, "concurrent acquires of the parallel rows")
 	rf := newRunFlags(fs, "measure on this cluster instead of a local control plane (it creates a namespace per company it uses)")
 	noWorker := fs.Bool("no-worker", false, "skip the worker process's start time and RSS")
+	warmPools := fs.Bool("warm-pools", false, "print only the warm-pool table: backends sandbox, sandboxclaim with an empty pool and with a warm pool, at parallelism 1 and 20 (acquire, first command, bare exec, API requests, pool refill)")
+	poolSize := fs.Int("pool-size", 20, "with -warm-pools: warmPoolSize of the warm-pool rows")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *warmPools && *poolSize < 1 {
+		return fmt.Errorf("bench: -pool-size must be at least 1 (the empty pool has its own row)")
 	}
 	ctx, stop := signalContext()
 	defer stop()
@@ -44,6 +49,6 @@ func runBench(args []string) error {
 	}
 	return bench.Run(ctx, bench.Options{
 		Kubeconfig: tg.kubeconfig, Backend: rf.backend, N: *n, Parallel: *parallel, Worker: worker, ServerPIDs: tg.pids,
-		Out: os.Stdout, Progress: os.Stderr, Log: log,
+		Out: os.Stdout, Progress: os.Stderr, Log: log, WarmPools: *warmPools, PoolSize: *poolSize,
 	})
 }

@@ -47,6 +47,11 @@ type Options struct {
 	Out, Progress io.Writer
 	// Log is the provider's logger (nil: discarded).
 	Log *slog.Logger
+	// WarmPools prints only the warm-pool table instead: sandbox,
+	// sandboxclaim with an empty pool and with a warm pool of PoolSize
+	// (default 20), at parallelism 1 and 20 (Backend and Parallel unused).
+	WarmPools bool
+	PoolSize  int
 }
 
 // execTimeoutMs bounds one execute (the first waits for the pod).
@@ -55,6 +60,7 @@ const execTimeoutMs = 120000
 type held struct {
 	company string
 	lease   plugin.Lease
+	cfg     map[string]any // nil: the bench's config
 }
 
 type bench struct {
@@ -86,10 +92,18 @@ func Run(ctx context.Context, o Options) (err error) {
 		o.Progress = io.Discard
 	}
 	registerClientMetrics()
+	if o.WarmPools {
+		o.Backend = "sandbox" // the bench's own client setup; each row sets its backend
+	}
 	b := &bench{o: o, tag: fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)}
 	var out strings.Builder
-	fmt.Fprintf(&out, "paperclip-k8s bench: backend %s, n=%d, parallel=%d; %d CPUs, %s/%s, %s; load average at start %s\n",
-		o.Backend, o.N, o.Parallel, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), loadAvg())
+	if o.WarmPools {
+		fmt.Fprintf(&out, "paperclip-k8s bench -warm-pools: n=%d, pool size %d; %d CPUs, %s/%s, %s; load average at start %s\n",
+			o.N, o.PoolSize, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), loadAvg())
+	} else {
+		fmt.Fprintf(&out, "paperclip-k8s bench: backend %s, n=%d, parallel=%d; %d CPUs, %s/%s, %s; load average at start %s\n",
+			o.Backend, o.N, o.Parallel, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), loadAvg())
+	}
 
 	var w *workerFigures
 	if o.Worker != "" {
@@ -130,6 +144,14 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 	}()
 
+	if o.WarmPools {
+		err := b.runWarmPools(ctx, &out)
+		if w != nil {
+			w.print(&out)
+		}
+		fmt.Fprint(o.Out, out.String())
+		return err
+	}
 	warm := b.company("warm")
 	phases := []func(context.Context, *strings.Builder, string) error{b.requestsPerAcquire}
 	if spec.Backend != nil && spec.Backend.Mode == resource.ModeExec {
@@ -175,7 +197,7 @@ func (b *bench) acquire(ctx context.Context, company string) (plugin.Lease, time
 		return l, d, fmt.Errorf("acquiring a lease for company %s: %w", company, err)
 	}
 	b.mu.Lock()
-	b.held = append(b.held, held{company, l})
+	b.held = append(b.held, held{company: company, lease: l})
 	b.mu.Unlock()
 	return l, d, nil
 }
@@ -206,7 +228,11 @@ func (b *bench) releaseAll(ctx context.Context) error {
 	var errs []error
 	forEach(len(hs), b.o.Parallel, func(i int) {
 		h := hs[i]
-		_, err := b.p.ReleaseLease(ctx, plugin.LeaseParams{BaseParams: b.base(h.company), ProviderLeaseID: h.lease.ProviderLeaseID, LeaseMetadata: h.lease.Metadata})
+		base := b.base(h.company)
+		if h.cfg != nil {
+			base.Config = h.cfg
+		}
+		_, err := b.p.ReleaseLease(ctx, plugin.LeaseParams{BaseParams: base, ProviderLeaseID: h.lease.ProviderLeaseID, LeaseMetadata: h.lease.Metadata})
 		if err != nil {
 			mu.Lock()
 			errs = append(errs, fmt.Errorf("releasing lease %s: %w", deref(h.lease.ProviderLeaseID), err))

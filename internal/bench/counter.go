@@ -1,8 +1,11 @@
 // Package bench measures the provider on a cluster (normally the embedded
 // dev control plane of `paperclip-k8s bench`): API requests per acquire,
 // acquire latency and throughput, execute against a bare exec, first-command
-// latency and the worker's start and idle memory. It prints figures and
-// asserts nothing.
+// latency and the worker's start and idle memory; with -warm-pools, the
+// sandbox and sandboxclaim backends side by side (empty and warm pools):
+// acquire, time to the first command's result, a bare exec in the same
+// pod, API requests per run and the pool's refill time. It prints figures
+// and asserts nothing.
 package bench
 
 import (
