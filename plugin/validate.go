@@ -113,7 +113,7 @@ func (p *Provider) Probe(ctx context.Context, in BaseParams) (ProbeResult, error
 		cl.engine.Forget(s)
 		if _, err := cl.engine.Resolve(s); err != nil {
 			ok = false
-			diags = append(diags, Diagnostic{Severity: "error", Code: "api-missing", Message: fmt.Sprintf("%s (%s)", err, s.File)})
+			diags = append(diags, Diagnostic{Severity: "error", Code: "api-missing", Message: err.Error()})
 		}
 	}
 	// Every version of the backend's API the server serves, for the

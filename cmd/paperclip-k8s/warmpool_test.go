@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -451,4 +453,61 @@ func TestWarmPoolRBAC(t *testing.T) {
 		_, err := asDyn.Resource(gvrTemplate).Namespace(h.namespace()).Create(ctx, bad, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		wantDenied(t, c.name+" SandboxTemplate", err, policyDenied, "(sandboxtemplate.yaml)", c.want)
 	}
+}
+
+// A cluster that serves the Sandbox API but not agent-sandbox's extensions
+// (the controller runs without --extensions): the probe of a sandboxclaim
+// config says so for the claim and for the tenant's template and pool,
+// with the file's missing: text (what to install, or which backend to use
+// instead), and not for the Sandbox API, which is served.
+func TestWarmPoolProbeWithoutTheExtensions(t *testing.T) {
+	is := is.New(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		body, ok := map[string]string{
+			"/version": `{"major":"1","minor":"37","gitVersion":"v1.37.2-fake"}`,
+			"/api":     `{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1"}]}`,
+			"/api/v1": `{"kind":"APIResourceList","groupVersion":"v1","resources":[` +
+				`{"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list","watch"]},` +
+				`{"name":"namespaces","singularName":"namespace","namespaced":false,"kind":"Namespace","verbs":["get","create","patch"]}]}`,
+			"/apis": `{"kind":"APIGroupList","apiVersion":"v1","groups":[{"name":"agents.x-k8s.io",` +
+				`"versions":[{"groupVersion":"agents.x-k8s.io/v1beta1","version":"v1beta1"}],"preferredVersion":{"groupVersion":"agents.x-k8s.io/v1beta1","version":"v1beta1"}}]}`,
+			"/apis/agents.x-k8s.io/v1beta1": `{"kind":"APIResourceList","groupVersion":"agents.x-k8s.io/v1beta1","resources":[` +
+				`{"name":"sandboxes","singularName":"sandbox","namespaced":true,"kind":"Sandbox","verbs":["get","list","watch","create","delete","patch"]}]}`,
+		}[r.URL.Path]
+		if !ok {
+			w.WriteHeader(http.StatusNotFound)
+			body = `{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}`
+		}
+		_, _ = w.Write([]byte(body))
+	}))
+	t.Cleanup(srv.Close)
+	w := startWorker(t)
+	w.initialize()
+	var pr probeResult
+	w.mustCall("environmentProbe", map[string]any{"driverKey": "kubernetes", "companyId": "co-noext", "environmentId": "env-1",
+		"config": map[string]any{"kubeconfig": string(kubeconfigFor(t, srv.URL, nil, "t0k3n")), "backend": "sandboxclaim"}}, &pr)
+	is.True(!pr.OK)
+	missing := map[string]string{}
+	for _, d := range pr.Diagnostics {
+		if d.Code == "api-missing" {
+			is.Equal(d.Severity, "error")
+			for _, f := range []string{"sandboxtemplate.yaml", "sandboxwarmpool.yaml", "sandbox.yaml"} {
+				if strings.Contains(d.Message, "needed by "+f+":") {
+					missing[f] = d.Message
+				}
+			}
+			if strings.Contains(d.Message, "needed by sandboxclaim.yaml:") {
+				missing["backend"] = d.Message
+			}
+		}
+	}
+	t.Logf("api-missing: %v", missing)
+	for _, k := range []string{"backend", "sandboxtemplate.yaml", "sandboxwarmpool.yaml"} {
+		is.True(strings.Contains(missing[k], "Install the agent-sandbox controller with its extensions (--extensions)"))
+		is.True(strings.Contains(missing[k], `or set backend to "sandbox"`))
+	}
+	is.True(strings.Contains(missing["backend"], "SandboxClaim"))
+	_, sandboxMissing := missing["sandbox.yaml"]
+	is.True(!sandboxMissing) // the Sandbox API is served
 }
