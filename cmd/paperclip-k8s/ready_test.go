@@ -11,7 +11,13 @@ import (
 	"github.com/matryer/is"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 
+	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/sandboxctl"
 )
 
@@ -229,4 +235,143 @@ func TestMultiplePodsExpireTheLease(t *testing.T) {
 		}
 		return fmt.Errorf("resume answered %+v", got.Metadata)
 	})
+}
+
+// untilPod waits, by watch, until a pod of the lease satisfies cond, and
+// returns it.
+func (h *hooks) untilPod(l lease, what string, cond func(*corev1.Pod) bool) *corev1.Pod {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ns := h.namespace()
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return h.kube().CoreV1().Pods(ns).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return h.kube().CoreV1().Pods(ns).Watch(ctx, o)
+		},
+	}
+	var found *corev1.Pod
+	ours := func(p *corev1.Pod) bool {
+		for _, o := range p.OwnerReferences {
+			if o.Name == l.id() {
+				return true
+			}
+		}
+		return strings.HasPrefix(p.Name, l.id())
+	}
+	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, func(store cache.Store) (bool, error) {
+		for _, o := range store.List() {
+			if p := o.(*corev1.Pod); ours(p) && cond(p) {
+				found = p
+				return true, nil
+			}
+		}
+		return false, nil
+	}, func(ev watch.Event) (bool, error) {
+		p, ok := ev.Object.(*corev1.Pod)
+		if ok && ev.Type != watch.Deleted && ours(p) && cond(p) {
+			found = p
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		h.t.Fatalf("waiting for %s: %v", what, err)
+	}
+	return found
+}
+
+// unschedulable reports whether the scheduler has given up on the pod.
+func unschedulable(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+			return true
+		}
+	}
+	return false
+}
+
+// A pod no node can take, with nothing adding one, fails realize at once
+// (the operator's paperclip.io/unschedulable=fail: no grace for an
+// autoscaler), naming the workload, the pod, the scheduler's message and
+// the fix.
+func TestRealizeFailsFastOnAnUnschedulablePod(t *testing.T) {
+	t.Parallel()
+	h := newHooks(t, "sandbox", map[string]any{"nodeSelector": map[string]any{"paperclip-k8s.test/pool": "none-" + randHex(4)}},
+		workerOpts{env: []string{`PAPERCLIP_K8S_POD_ANNOTATIONS={"paperclip.io/unschedulable": "fail"}`}})
+	l := h.acquire(nil)
+	_, rerr := h.realize(l)
+	wantErr(t, rerr, "Sandbox "+h.namespace()+"/"+l.id()+" cannot be used", "Pod "+h.namespace()+"/", "is Failed/Unschedulable: ",
+		"didn't match Pod's node affinity/selector", "check nodeSelector, runtimeClassName and defaultResources", "paperclip.io/unschedulable=wait")
+}
+
+// A pod no node can take waits while a node autoscaler says it is adding
+// one (its TriggeredScaleUp event about the pod), even where nothing else
+// would be waited for; once the node is there the run goes on.
+func TestRealizeWaitsWhileANodeAutoscalerScalesUp(t *testing.T) {
+	t.Parallel()
+	is := is.New(t)
+	ctx := context.Background()
+	pool := "pool-" + randHex(4)
+	h := newHooks(t, "sandbox", map[string]any{"nodeSelector": map[string]any{"paperclip-k8s.test/" + pool: "yes"}},
+		workerOpts{env: []string{`PAPERCLIP_K8S_POD_ANNOTATIONS={"paperclip.io/unschedulable": "fail"}`}})
+	l := h.acquire(nil)
+	pod := h.untilPod(l, "the scheduler to give up on the pod", unschedulable)
+	_, err := h.kube().CoreV1().Events(pod.Namespace).Create(ctx, &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name + ".scaleup", Namespace: pod.Namespace},
+		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
+		Reason:         "TriggeredScaleUp", Type: corev1.EventTypeNormal,
+		Message:       "pod triggered scale-up: [{" + pool + " 0->1 (max: 3)}]",
+		Source:        corev1.EventSource{Component: "cluster-autoscaler"},
+		LastTimestamp: metav1.Now(), FirstTimestamp: metav1.Now(), Count: 1,
+	}, metav1.CreateOptions{})
+	is.NoErr(err)
+
+	// The first command waits for the pod as long as it may, and says why.
+	r := h.exec(l, "true", map[string]any{"timeoutMs": 1500})
+	is.True(r.TimedOut)
+	for _, want := range []string{"Pending/ScaleUp: ", "didn't match Pod's node affinity/selector", "cluster-autoscaler TriggeredScaleUp: pod triggered scale-up", "a node autoscaler is adding a node"} {
+		if !strings.Contains(r.Stderr, want) {
+			t.Errorf("stderr %q does not contain %q", r.Stderr, want)
+		}
+	}
+
+	// The node comes: realize returns on the Ready pod.
+	patch := func(v any) {
+		b, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]any{"paperclip-k8s.test/" + pool: v}}})
+		is.NoErr(err)
+		_, err = h.kube().CoreV1().Nodes().Patch(ctx, devcluster.NodeName, types.MergePatchType, b, metav1.PatchOptions{})
+		is.NoErr(err)
+	}
+	t.Cleanup(func() { patch(nil) })
+	patch("yes")
+	meta, rerr := h.realize(l)
+	if rerr != nil {
+		t.Fatalf("realize: %v", rerr)
+	}
+	is.Equal(meta["podName"], pod.Name)
+	is.Equal(h.exec(l, "echo up", nil).Stdout, "up\n")
+}
+
+// The Job controller reports a used-up quota only as a FailedCreate event
+// on the Job: the run fails at once with the controller's message and the
+// fix, instead of waiting for its deadline.
+func TestJobRunFailsFastWhenTheQuotaIsUsedUp(t *testing.T) {
+	t.Parallel()
+	is := is.New(t)
+	h := newHooks(t, "job", map[string]any{"resourceQuota": map[string]any{"pods": "1"}},
+		workerOpts{env: []string{`PAPERCLIP_K8S_POD_ANNOTATIONS={"` + devcluster.CompleteDelayAnnotation + `": "1h"}`}})
+	first := h.acquire(nil)
+	h.waitPod(first, "") // running, and counted by the quota
+	second := h.acquire(nil)
+	r := h.exec(second, "true", nil)
+	is.Equal(r.code(), 1)
+	is.True(!r.TimedOut)
+	for _, want := range []string{"Job " + h.namespace() + "/" + second.id(), "Failed/QuotaExceeded: ", "exceeded quota: paperclip-quota", "resourceQuota in the environment config"} {
+		if !strings.Contains(r.Stderr, want) {
+			t.Errorf("stderr %q does not contain %q", r.Stderr, want)
+		}
+	}
 }
