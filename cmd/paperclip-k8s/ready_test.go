@@ -320,7 +320,7 @@ func TestRealizeWaitsWhileANodeAutoscalerScalesUp(t *testing.T) {
 	l := h.acquire(nil)
 	pod := h.untilPod(l, "the scheduler to give up on the pod", unschedulable)
 	_, err := h.kube().CoreV1().Events(pod.Namespace).Create(ctx, &corev1.Event{
-		ObjectMeta: metav1.ObjectMeta{Name: pod.Name + ".scaleup", Namespace: pod.Namespace},
+		ObjectMeta:     metav1.ObjectMeta{Name: pod.Name + ".scaleup", Namespace: pod.Namespace},
 		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
 		Reason:         "TriggeredScaleUp", Type: corev1.EventTypeNormal,
 		Message:       "pod triggered scale-up: [{" + pool + " 0->1 (max: 3)}]",
