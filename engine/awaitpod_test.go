@@ -10,14 +10,10 @@ import (
 	"github.com/matryer/is"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
-	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 var gvrPod = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
@@ -43,38 +39,23 @@ func readyCond(typ string) map[string]any {
 // failing, and returns it once it is Ready.
 func TestAwaitPodWaitsThroughAStaleReady(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "cilium-sandbox")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := valuestest.LoadShipped(t, "cilium-sandbox")
-	sb, _ := c.Get("sandbox")
-	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
-	is.NoErr(err)
-	w = enginetest.SetStatus(t, e, w, sb, map[string]any{"conditions": []any{readyCond("Ready")}}) // Ready, but no pod
+	sb, w := f.workload(t, "sandbox")
+	w = enginetest.SetStatus(t, f.e, w, sb, map[string]any{"conditions": []any{readyCond("Ready")}}) // Ready, but no pod
 
-	type result struct {
-		pod *unstructured.Unstructured
-		err error
-	}
-	done := make(chan result, 1)
-	started := enginetest.WatchStarts(dyn)
-	go func() {
-		_, pod, err := e.AwaitPod(ctx, sb, w)
-		done <- result{pod, err}
-	}()
+	started := enginetest.WatchStarts(f.dyn)
+	done := f.awaitPodAsync(ctx, sb, w)
 	<-started
 	<-started // the pods and the workload are watched
-	pending, err := dyn.Resource(gvrPod).Namespace("ns1").Create(ctx, podOf(w, map[string]any{"phase": "Pending"}), metav1.CreateOptions{})
-	is.NoErr(err)
+	pending := f.addPod(t, w, map[string]any{"phase": "Pending"})
 	select {
 	case r := <-done:
 		t.Fatalf("returned with a Pending pod: %v %v", r.pod, r.err)
 	default:
 	}
-	pending.Object["status"] = map[string]any{"phase": "Running", "conditions": []any{readyCond("Ready")}}
-	_, err = dyn.Resource(gvrPod).Namespace("ns1").Update(ctx, pending, metav1.UpdateOptions{})
-	is.NoErr(err)
+	f.setPodStatus(t, pending, map[string]any{"phase": "Running", "conditions": []any{readyCond("Ready")}})
 	r := <-done
 	is.NoErr(r.err)
 	is.Equal(r.pod.GetUID(), pending.GetUID())
@@ -86,19 +67,14 @@ func TestAwaitPodWaitsThroughAStaleReady(t *testing.T) {
 // reason, the kubelet's message and the fix.
 func TestAwaitPodFailsFastOnAnImageThatCannotBePulled(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "cilium-sandbox")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := valuestest.LoadShipped(t, "cilium-sandbox")
-	sb, _ := c.Get("sandbox")
-	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
-	is.NoErr(err)
-	_, err = dyn.Resource(gvrPod).Namespace("ns1").Create(ctx, podOf(w, map[string]any{"phase": "Pending", "containerStatuses": []any{
+	sb, w := f.workload(t, "sandbox")
+	f.addPod(t, w, map[string]any{"phase": "Pending", "containerStatuses": []any{
 		map[string]any{"name": "agent", "state": map[string]any{"waiting": map[string]any{"reason": "ImagePullBackOff", "message": `Back-off pulling image "x.invalid/a:1"`}}},
-	}}), metav1.CreateOptions{})
-	is.NoErr(err)
-	_, _, err = e.AwaitPod(ctx, sb, w)
+	}})
+	_, _, err := f.e.AwaitPod(ctx, sb, w)
 	var te *engine.TerminalError
 	is.True(errors.As(err, &te))
 	for _, want := range []string{"Pod ns1/" + w.GetName(), "Failed/ImagePullBackOff", `Back-off pulling image "x.invalid/a:1"`, "imagePullSecrets"} {
@@ -112,36 +88,20 @@ func TestAwaitPodFailsFastOnAnImageThatCannotBePulled(t *testing.T) {
 // scheduler's message and the hint).
 func TestAwaitPodTimeoutSaysWhy(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
-	vc := valuestest.LoadShipped(t, "cilium-sandbox")
-	sb, _ := c.Get("sandbox")
-	w, err := e.Create(context.Background(), sb, "ns1", vc.Values, nil)
-	is.NoErr(err)
-	_, err = dyn.Resource(gvrPod).Namespace("ns1").Create(context.Background(), podOf(w, map[string]any{"phase": "Pending", "conditions": []any{
+	f := newFixture(t, "cilium-sandbox")
+	sb, w := f.workload(t, "sandbox")
+	f.addPod(t, w, map[string]any{"phase": "Pending", "conditions": []any{
 		map[string]any{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes are available: 1 node(s) were unschedulable.",
 			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}, // within the autoscalers' grace
-	}}), metav1.CreateOptions{})
-	is.NoErr(err)
+	}})
 	ctx, cancel := context.WithCancel(context.Background())
 	// The wait reads the pod (FindPod) once its informers have synced, and
 	// evaluates it before it looks at the context again.
-	read := make(chan struct{}, 1)
-	dyn.PrependReactor("get", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
-		select {
-		case read <- struct{}{}:
-		default:
-		}
-		return false, nil, nil
-	})
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := e.AwaitPod(ctx, sb, w)
-		done <- err
-	}()
+	read := firstGet(f.dyn)
+	done := f.awaitPodAsync(ctx, sb, w)
 	<-read
 	cancel()
-	err = <-done
+	err := (<-done).err
 	var we *engine.WaitError
 	is.True(errors.As(err, &we))
 	is.Equal(we.Last.Reason, "Unschedulable")

@@ -45,7 +45,7 @@ func TestWrittenBackendLifecycle(t *testing.T) {
 
 	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	done := f.waitAsync(waitCtx, b, w, resource.Ready)
+	done := f.waitAsync(waitCtx, b, w, 1, resource.Ready)
 	enginetest.SetStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(0)})
 	cur := enginetest.SetStatus(t, e, w, b, map[string]any{"active": int64(1), "ready": int64(1)})
 	r := <-done

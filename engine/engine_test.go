@@ -22,7 +22,6 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 // A backend defined only in testdata is claimed, awaited, its pod found and
@@ -55,7 +54,7 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 
 	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	done := f.waitAsync(waitCtx, backend, w, resource.Ready)
+	done := f.waitAsync(waitCtx, backend, w, 1, resource.Ready)
 	enginetest.SetStatus(t, e, w, backend, map[string]any{"phase": "Pending"})
 	enginetest.SetStatus(t, e, w, backend, map[string]any{"phase": "Running", "conditions": []any{map[string]any{"type": "Ready", "status": "True"}}})
 	r := <-done
@@ -79,31 +78,22 @@ func TestTestdataOnlyBackendLifecycle(t *testing.T) {
 // A terminal state ends the wait at once, with the rule's reason and message.
 func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
-	ctx := context.Background()
-	vc := valuestest.LoadShipped(t, "cilium-sandbox")
-	sb, _ := c.Get("sandbox")
-	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
-	is.NoErr(err)
+	f := newFixture(t, "cilium-sandbox")
+	e := f.e
+	sb, w := f.workload(t, "sandbox")
 	is.Equal(w.GetAPIVersion(), "agents.x-k8s.io/v1beta1")
 
-	errc := make(chan error, 1)
-	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	waitCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	started := enginetest.WatchStarts(dyn)
-	go func() {
-		_, _, err := e.Wait(waitCtx, sb, w, resource.Ready)
-		errc <- err
-	}()
-	<-started
+	done := f.waitAsync(waitCtx, sb, w, 1, resource.Ready)
 	cond := func(typ, status, reason, msg string) map[string]any {
 		return map[string]any{"type": typ, "status": status, "reason": reason, "message": msg, "observedGeneration": int64(1)}
 	}
 	enginetest.SetStatus(t, e, w, sb, map[string]any{"conditions": []any{cond("Ready", "False", "DependenciesNotReady", "Pod exists with phase: Pending")}})
 	enginetest.SetStatus(t, e, w, sb, map[string]any{"conditions": []any{cond("Ready", "False", "PodFailed", "Pod failed"), cond("Finished", "True", "PodFailed", "Pod failed")}})
 	select {
-	case err := <-errc:
+	case r := <-done:
+		err := r.err
 		var te *engine.TerminalError
 		is.True(errors.As(err, &te))
 		is.Equal(te.Status.State, resource.Failed)
@@ -116,26 +106,17 @@ func TestWaitReturnsTerminalFailureOnTheEvent(t *testing.T) {
 
 func TestWaitReportsDeletionAndContextEnd(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "standard-job")
+	e := f.e
 	ctx := context.Background()
-	vc := valuestest.LoadShipped(t, "standard-job")
-	job, _ := c.Get("job")
-	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
-	is.NoErr(err)
+	job, w := f.workload(t, "job")
 
-	errc := make(chan error, 1)
-	started := enginetest.WatchStarts(dyn)
-	go func() {
-		_, _, err := e.Wait(ctx, job, w, resource.Succeeded)
-		errc <- err
-	}()
-	<-started
-	_, err = e.Release(ctx, engine.RefOf(job, w))
+	done := f.waitAsync(ctx, job, w, 1, resource.Succeeded)
+	_, err := e.Release(ctx, engine.RefOf(job, w))
 	is.NoErr(err)
-	is.True(engine.IsGone(<-errc))
+	is.True(engine.IsGone((<-done).err))
 
-	w2, err := e.Create(ctx, job, "ns2", vc.Values, nil)
+	w2, err := e.Create(ctx, job, "ns2", f.values, nil)
 	is.NoErr(err)
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
@@ -188,8 +169,7 @@ func TestReleaseLeavesAReplacementAlone(t *testing.T) {
 	f := newFixture(t, "standard-job")
 	e := f.e
 	ctx := context.Background()
-	job := f.file(t, "job")
-	w := f.create(t, job, nil)
+	job, w := f.workload(t, "job")
 	var sawPrecondition atomic.Bool
 	f.dyn.PrependReactor("delete", "jobs", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		d := a.(k8stesting.DeleteAction)
@@ -242,18 +222,15 @@ func TestResolveFallsBackToAnOlderServedVersion(t *testing.T) {
 // on from its new resourceVersion; a watch that just ends is resumed.
 func TestWaitRewatchesAfterExpiry(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "standard-job")
+	e := f.e
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	vc := valuestest.LoadShipped(t, "standard-job")
-	backend, _ := c.Get("barepod")
-	w, err := e.Create(ctx, backend, "ns1", vc.Values, nil)
-	is.NoErr(err)
+	backend, w := f.workload(t, "barepod")
 
 	var watches []string
 	watchers := make(chan *watch.FakeWatcher, 3)
-	dyn.PrependWatchReactor("pods", func(a k8stesting.Action) (bool, watch.Interface, error) {
+	f.dyn.PrependWatchReactor("pods", func(a k8stesting.Action) (bool, watch.Interface, error) {
 		watches = append(watches, a.(k8stesting.WatchAction).GetWatchRestrictions().ResourceVersion)
 		fw := watch.NewFake()
 		watchers <- fw
@@ -289,18 +266,14 @@ func TestWaitRewatchesAfterExpiry(t *testing.T) {
 // the context ends as an informer would.
 func TestWaitFailsOnARefusedWatch(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "standard-job")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := valuestest.LoadShipped(t, "standard-job")
-	job, _ := c.Get("job")
-	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
-	is.NoErr(err)
-	dyn.PrependWatchReactor("jobs", func(a k8stesting.Action) (bool, watch.Interface, error) {
+	job, w := f.workload(t, "job")
+	f.dyn.PrependWatchReactor("jobs", func(a k8stesting.Action) (bool, watch.Interface, error) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "batch", Resource: "jobs"}, w.GetName(), errors.New("no watch for you"))
 	})
-	_, _, err = e.Wait(ctx, job, w, resource.Succeeded)
+	_, _, err := f.e.Wait(ctx, job, w, resource.Succeeded)
 	is.True(apierrors.IsForbidden(err))
 	is.True(strings.Contains(err.Error(), "watching "+engine.RefOf(job, w).String()))
 	is.True(ctx.Err() == nil) // not the context's end

@@ -19,8 +19,6 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
-	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 var gvrEvent = schema.GroupVersionResource{Version: "v1", Resource: "events"}
@@ -67,34 +65,19 @@ func firstGet(dyn interface {
 // pod), and the wait ends on the pod once it is Ready.
 func TestAwaitPodWaitsForAScaleUp(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "cilium-sandbox")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := valuestest.LoadShipped(t, "cilium-sandbox")
-	sb, _ := c.Get("sandbox")
-	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
-	is.NoErr(err)
-	w = enginetest.SetStatus(t, e, w, sb, map[string]any{"conditions": []any{readyCond("Ready")}})
-	pod, err := dyn.Resource(gvrPod).Namespace("ns1").Create(ctx, podOf(w, unschedulableSince(time.Now().Add(-time.Hour))), metav1.CreateOptions{})
-	is.NoErr(err)
-	_, err = dyn.Resource(gvrEvent).Namespace("ns1").Create(ctx, eventAbout(pod, "e1", "Normal", "TriggeredScaleUp", "cluster-autoscaler", "pod triggered scale-up: [{pool-a 1->2 (max: 5)}]"), metav1.CreateOptions{})
+	sb, w := f.workload(t, "sandbox")
+	w = enginetest.SetStatus(t, f.e, w, sb, map[string]any{"conditions": []any{readyCond("Ready")}})
+	pod := f.addPod(t, w, unschedulableSince(time.Now().Add(-time.Hour)))
+	_, err := f.dyn.Resource(gvrEvent).Namespace("ns1").Create(ctx, eventAbout(pod, "e1", "Normal", "TriggeredScaleUp", "cluster-autoscaler", "pod triggered scale-up: [{pool-a 1->2 (max: 5)}]"), metav1.CreateOptions{})
 	is.NoErr(err)
 
-	read := firstGet(dyn)
-	type result struct {
-		pod *unstructured.Unstructured
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		_, p, err := e.AwaitPod(ctx, sb, w)
-		done <- result{p, err}
-	}()
+	read := firstGet(f.dyn)
+	done := f.awaitPodAsync(ctx, sb, w)
 	<-read // evaluated as Pending/ScaleUp, not Failed
-	pod.Object["status"] = map[string]any{"phase": "Running", "conditions": []any{readyCond("Ready")}}
-	_, err = dyn.Resource(gvrPod).Namespace("ns1").Update(ctx, pod, metav1.UpdateOptions{})
-	is.NoErr(err)
+	f.setPodStatus(t, pod, map[string]any{"phase": "Running", "conditions": []any{readyCond("Ready")}})
 	r := <-done
 	is.NoErr(r.err)
 	is.Equal(r.pod.GetUID(), pod.GetUID())
@@ -107,17 +90,12 @@ func TestAwaitPodWaitsForAScaleUp(t *testing.T) {
 // message and the fix.
 func TestAwaitPodFailsAnUnschedulablePodWhenTheGraceEnds(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "cilium-sandbox")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := valuestest.LoadShipped(t, "cilium-sandbox")
-	sb, _ := c.Get("sandbox")
-	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
-	is.NoErr(err)
-	_, err = dyn.Resource(gvrPod).Namespace("ns1").Create(ctx, podOf(w, unschedulableSince(time.Now().Add(-29*time.Second))), metav1.CreateOptions{})
-	is.NoErr(err)
-	_, _, err = e.AwaitPod(ctx, sb, w)
+	sb, w := f.workload(t, "sandbox")
+	f.addPod(t, w, unschedulableSince(time.Now().Add(-29*time.Second)))
+	_, _, err := f.e.AwaitPod(ctx, sb, w)
 	var te *engine.TerminalError
 	is.True(errors.As(err, &te))
 	is.True(ctx.Err() == nil)
@@ -133,30 +111,20 @@ func TestAwaitPodFailsAnUnschedulablePodWhenTheGraceEnds(t *testing.T) {
 // quota and the fix.
 func TestWaitFailsAJobOnAQuotaEvent(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "standard-job")
+	dyn := f.dyn
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := valuestest.LoadShipped(t, "standard-job")
-	job, _ := c.Get("job")
-	w, err := e.Create(ctx, job, "ns1", vc.Values, nil)
-	is.NoErr(err)
-	started := enginetest.WatchStarts(dyn)
-	errc := make(chan error, 1)
-	go func() {
-		_, _, err := e.Wait(ctx, job, w, resource.Succeeded)
-		errc <- err
-	}()
-	<-started
-	<-started // the Job and its events
+	job, w := f.workload(t, "job")
+	done := f.waitAsync(ctx, job, w, 2, resource.Succeeded) // the Job and its events
 	other := w.DeepCopy()
 	other.SetUID("uid-another-job")
-	_, err = dyn.Resource(gvrEvent).Namespace("ns1").Create(ctx, eventAbout(other, "e0", "Warning", "FailedCreate", "job-controller", "Error creating: exceeded quota: q"), metav1.CreateOptions{})
+	_, err := dyn.Resource(gvrEvent).Namespace("ns1").Create(ctx, eventAbout(other, "e0", "Warning", "FailedCreate", "job-controller", "Error creating: exceeded quota: q"), metav1.CreateOptions{})
 	is.NoErr(err)
 	_, err = dyn.Resource(gvrEvent).Namespace("ns1").Create(ctx, eventAbout(w, "e1", "Warning", "FailedCreate", "job-controller",
 		`Error creating: pods "`+w.GetName()+`-7k2lq" is forbidden: exceeded quota: paperclip-quota, requested: pods=1, used: pods=1, limited: pods=1`), metav1.CreateOptions{})
 	is.NoErr(err)
-	err = <-errc
+	err = (<-done).err
 	var te *engine.TerminalError
 	is.True(errors.As(err, &te))
 	is.Equal(te.Status.Reason, "QuotaExceeded")
@@ -171,15 +139,12 @@ func TestWaitFailsAJobOnAQuotaEvent(t *testing.T) {
 // and watch on; the pod that then turns up is seen.
 func TestAwaitPodRewatchesAfterExpiry(t *testing.T) {
 	is := is.New(t)
-	c := testutil.TestCatalog(t)
-	e, dyn := enginetest.New(t, c)
+	f := newFixture(t, "cilium-sandbox")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vc := valuestest.LoadShipped(t, "cilium-sandbox")
-	sb, _ := c.Get("sandbox")
-	w, err := e.Create(ctx, sb, "ns1", vc.Values, nil)
-	is.NoErr(err)
-	w = enginetest.SetStatus(t, e, w, sb, map[string]any{"conditions": []any{readyCond("Ready")}})
+	sb, w := f.workload(t, "sandbox")
+	dyn := f.dyn
+	w = enginetest.SetStatus(t, f.e, w, sb, map[string]any{"conditions": []any{readyCond("Ready")}})
 
 	first := watch.NewFake()
 	rewatched := make(chan struct{}, 4)
@@ -192,19 +157,10 @@ func TestAwaitPodRewatchesAfterExpiry(t *testing.T) {
 		rewatched <- struct{}{}
 		return true, w, err
 	})
-	type result struct {
-		pod *unstructured.Unstructured
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		_, p, err := e.AwaitPod(ctx, sb, w)
-		done <- result{p, err}
-	}()
+	done := f.awaitPodAsync(ctx, sb, w)
 	first.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired, Message: "too old resource version"})
 	<-rewatched
-	pod, err := dyn.Resource(gvrPod).Namespace("ns1").Create(ctx, podOf(w, map[string]any{"phase": "Running", "conditions": []any{readyCond("Ready")}}), metav1.CreateOptions{})
-	is.NoErr(err)
+	pod := f.addPod(t, w, map[string]any{"phase": "Running", "conditions": []any{readyCond("Ready")}})
 	r := <-done
 	is.NoErr(r.err)
 	is.Equal(r.pod.GetUID(), pod.GetUID())

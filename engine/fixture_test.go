@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	dynfake "k8s.io/client-go/dynamic/fake"
 
@@ -19,8 +20,7 @@ import (
 // client (enginetest.New) and the values of one shipped values fixture.
 //
 //	f := newFixture(t, "standard-job")
-//	job := f.file(t, "job")
-//	w := f.create(t, job, nil) // the run's Job in ns1
+//	job, w := f.workload(t, "job") // the backend file, the run's Job in ns1
 //	_, err := f.e.Release(ctx, engine.RefOf(job, w))
 type fixture struct {
 	c      *resource.Catalog
@@ -55,6 +55,15 @@ func (f *fixture) runName() string {
 	return f.values["run"].(map[string]any)["name"].(string)
 }
 
+// workload creates the run's workload of backend (a catalog file name) in
+// namespace ns1 from the fixture's values; it returns the file and the
+// object.
+func (f *fixture) workload(t *testing.T, backend string) (*resource.Resource, *unstructured.Unstructured) {
+	t.Helper()
+	file := f.file(t, backend)
+	return file, f.create(t, file, nil)
+}
+
 // create creates file's object in namespace ns1 from the fixture's values,
 // owned by owner (nil for a workload); the test fails on an error.
 func (f *fixture) create(t *testing.T, file *resource.Resource, owner *unstructured.Unstructured) *unstructured.Unstructured {
@@ -73,16 +82,58 @@ type waitResult struct {
 	err error
 }
 
-// waitAsync runs f.e.Wait(ctx, file, w, want) in a goroutine and returns
-// once its watch has started, so that what the test changes next reaches
-// the wait as events; the channel gets the wait's result.
-func (f *fixture) waitAsync(ctx context.Context, file *resource.Resource, w *unstructured.Unstructured, want ...resource.State) <-chan waitResult {
+// waitAsync runs f.e.Wait(ctx, file, w, want...) in a goroutine and returns
+// once watches watches have started (the wait's sources in order: the
+// object, then its events when file has event rules), so that what the test
+// changes next reaches the wait as events; the channel gets the result.
+func (f *fixture) waitAsync(ctx context.Context, file *resource.Resource, w *unstructured.Unstructured, watches int, want ...resource.State) <-chan waitResult {
 	done := make(chan waitResult, 1)
 	started := enginetest.WatchStarts(f.dyn)
 	go func() {
 		obj, st, err := f.e.Wait(ctx, file, w, want...)
 		done <- waitResult{obj, st, err}
 	}()
-	<-started
+	for range watches {
+		<-started
+	}
 	return done
+}
+
+// podResult is what Engine.AwaitPod returned.
+type podResult struct {
+	pod *unstructured.Unstructured
+	err error
+}
+
+// awaitPodAsync runs f.e.AwaitPod(ctx, file, w) in a goroutine; the channel
+// gets the result. It returns at once: the caller syncs with the wait on a
+// signal of its own set up before (enginetest.WatchStarts, firstGet).
+func (f *fixture) awaitPodAsync(ctx context.Context, file *resource.Resource, w *unstructured.Unstructured) <-chan podResult {
+	done := make(chan podResult, 1)
+	go func() {
+		_, p, err := f.e.AwaitPod(ctx, file, w)
+		done <- podResult{p, err}
+	}()
+	return done
+}
+
+// addPod creates a pod controlled by w (podOf) with status; the test fails
+// on an error.
+func (f *fixture) addPod(t *testing.T, w *unstructured.Unstructured, status map[string]any) *unstructured.Unstructured {
+	t.Helper()
+	p, err := f.dyn.Resource(gvrPod).Namespace(w.GetNamespace()).Create(context.Background(), podOf(w, status), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("creating the pod of %s: %v", w.GetName(), err)
+	}
+	return p
+}
+
+// setPodStatus replaces pod's status on the server; the test fails on an
+// error.
+func (f *fixture) setPodStatus(t *testing.T, pod *unstructured.Unstructured, status map[string]any) {
+	t.Helper()
+	pod.Object["status"] = status
+	if _, err := f.dyn.Resource(gvrPod).Namespace(pod.GetNamespace()).Update(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("updating pod %s: %v", pod.GetName(), err)
+	}
 }
