@@ -1,0 +1,211 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+
+	"github.com/paperclip-k8s/paperclip-k8s/e2e/paperclip"
+)
+
+// The fake codex CLI's credential: a subscription auth.json as the host's
+// promotion accepts it (tokens with an account id), no real secret.
+const fakeCodexAuth = `{"auth_mode":"chatgpt","tokens":{"account_id":"acct-e2e-login","access_token":"e2e-access-token","refresh_token":"e2e-refresh-token","id_token":"e2e-id-token"}}`
+
+// fakeCodex is `codex login --device-auth` as the host's parser knows it:
+// it prints the device URL and a one-time code on the terminal, then waits
+// for the user to approve in the browser (here: a line on the approval
+// FIFO, which the test writes once it has read the code from the host),
+// writes $CODEX_HOME/auth.json and exits 0. It records where CODEX_HOME
+// was. %[1]s: the record file, %[2]s: the FIFO, %[3]s: the credential.
+const fakeCodex = `#!/bin/sh
+if [ "$1 $2" != "login --device-auth" ]; then echo "fake codex: unexpected arguments: $*" >&2; exit 2; fi
+if [ ! -t 0 ] || [ ! -t 1 ]; then echo "fake codex: not on a terminal" >&2; exit 3; fi
+printf '%%s\n' "$CODEX_HOME" > '%[1]s'
+printf 'Welcome to Codex\n\nFollow these steps to sign in with ChatGPT using device code authorization:\n\n'
+printf '1. Open this link in your browser and sign in to your account\n   https://auth.openai.com/codex/device\n\n'
+printf '2. Enter this one-time code (expires in 15 minutes)\n   WXYZ-98765\n\n'
+read approval < '%[2]s'
+if [ "$approval" != approved ]; then echo "fake codex: not approved" >&2; exit 4; fi
+printf '%%s' '%[3]s' > "$CODEX_HOME/auth.json"
+echo "Successfully logged in"
+`
+
+var sessionHomeForm = regexp.MustCompile(`^/tmp/paperclip-adapter-login/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// waitLogin polls the owner's view of a login session until done says
+// it is there; a terminal status that done does not accept fails at once.
+func waitLogin(ctx context.Context, t *testing.T, srv *paperclip.Server, companyID, adapterType, id string, done func(paperclip.LoginSession) bool) paperclip.LoginSession {
+	t.Helper()
+	var got paperclip.LoginSession
+	var final bool
+	err := waitFor(ctx, 3*time.Minute, func() error {
+		var err error
+		if got, err = srv.AdapterLogin(ctx, companyID, adapterType, id); err != nil {
+			return err
+		}
+		if done(got) {
+			return nil
+		}
+		switch got.Status {
+		case "authenticated", "failed", "timed_out", "cancelled":
+			final = true
+			return nil
+		}
+		return fmt.Errorf("login session %s is %q", id, got.Status)
+	})
+	if err != nil || final {
+		t.Fatalf("login session %s: %v (last: %s)", id, err, got.Raw)
+	}
+	return got
+}
+
+// TestLoginTerminal: an operator logs an agent CLI in from Paperclip, the
+// whole flow through the real paperclip-server (2026.916.1) and the plugin
+// package on the local control plane.
+//
+// What the host does (services/device-login-service.js, routes/agents.js,
+// plugin-worker-manager.js): POST /api/companies/:cid/adapters/codex_local/
+// login-sessions {environmentId} is refused unless the provider's manifest
+// declares supportsLoginPty; it acquires a fresh lease (no reuse), calls
+// loginPtyOpen with the key "codex" and sessionHome /tmp/paperclip-adapter-
+// login/<session uuid>, parses the device URL and one-time code from the
+// loginPty.output chunks and shows them to the owner (GET …/login-sessions/
+// :id, status waiting_for_user). When loginPty.exit says 0 it reads
+// <sessionHome>/auth.json with one environmentExecute (`node -e <helper>`,
+// bypassSession: no symlink anywhere on the path, a regular file of the
+// exec user, mode exactly 0600, at most 64 KiB), copies it out into the
+// company's own Codex home on the server, marks the session authenticated
+// and releases the lease.
+func TestLoginTerminal(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the paperclip harness reads /proc and uses Linux process groups")
+	}
+	s := startStack(t, stackOptions{})
+	ctx, srv := s.ctx, s.srv
+
+	// The "agent image" gets the fake codex CLI (the pods' PATH starts
+	// with sandboxBin).
+	scratch := t.TempDir()
+	record, fifo := filepath.Join(scratch, "codex-home"), filepath.Join(scratch, "approve")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.sandboxBin, "codex"), []byte(fmt.Sprintf(fakeCodex, record, fifo, fakeCodexAuth)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	company, c := s.company(t, "e2e login")
+
+	t.Run("codex device login", func(t *testing.T) {
+		is := is.New(t)
+		env, err := srv.CreateEnvironment(ctx, company.ID, "k8s-login", s.config("sandbox"))
+		is.NoErr(err)
+		before := c.leaseIDs(ctx, t, env.ID)
+		started, err := srv.StartAdapterLogin(ctx, company.ID, "codex_local", env.ID)
+		is.NoErr(err)
+		t.Logf("login session %s: %s", started.SessionID, started.Raw)
+
+		// The terminal's output reached the host: it parsed the prompt.
+		got := waitLogin(ctx, t, srv, company.ID, "codex_local", started.SessionID, func(l paperclip.LoginSession) bool {
+			return l.Status == "waiting_for_user" && l.Prompt != nil
+		})
+		is.Equal(got.Prompt.URL, "https://auth.openai.com/codex/device")
+		is.Equal(got.Prompt.Code, "WXYZ-98765")
+
+		// The user approves in the browser: the CLI reads its line.
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		is.NoErr(err)
+		_, err = f.WriteString("approved\n")
+		is.NoErr(err)
+		is.NoErr(f.Close())
+
+		got = waitLogin(ctx, t, srv, company.ID, "codex_local", started.SessionID, func(l paperclip.LoginSession) bool {
+			return l.Status == "authenticated"
+		})
+		t.Logf("login session: %s", got.Raw)
+
+		// The credential is where the host expects it: CODEX_HOME was the
+		// session home the host chose, auth.json there is private.
+		b, err := os.ReadFile(record)
+		is.NoErr(err)
+		home := strings.TrimSpace(string(b))
+		t.Cleanup(func() { _ = os.RemoveAll(home) })
+		is.True(sessionHomeForm.MatchString(home))
+		st, err := os.Lstat(filepath.Join(home, "auth.json"))
+		is.NoErr(err)
+		is.True(st.Mode().IsRegular())
+		is.Equal(st.Mode().Perm(), os.FileMode(0o600))
+		dir, err := os.Lstat(home)
+		is.NoErr(err)
+		is.Equal(dir.Mode().Perm(), os.FileMode(0o700))
+
+		// The host copied it out of the sandbox into the company's scope.
+		var copies []string
+		is.NoErr(filepath.WalkDir(srv.Root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || d.Name() != "auth.json" {
+				return nil
+			}
+			if b, err := os.ReadFile(p); err == nil && bytes.Equal(b, []byte(fakeCodexAuth)) {
+				copies = append(copies, p)
+			}
+			return nil
+		}))
+		t.Logf("the credential on the server: %v", copies)
+		is.True(len(copies) >= 1)
+		for _, p := range copies {
+			is.True(strings.Contains(p, company.ID)) // the company's own home
+		}
+
+		// The lease was released and its objects are gone; the terminal
+		// ran in its pod (the open, then the host's credential read).
+		ls := c.released(ctx, t, env.ID, before, "sandbox", "released")
+		execs, _ := c.podCalls(t, s.nodeLog, ls[0])
+		is.True(execs >= 2)
+		lines, err := srv.PluginLines(s.plugin.ID)
+		is.NoErr(err)
+		var opened, ended bool
+		for _, l := range lines {
+			txt := l.Text()
+			opened = opened || strings.Contains(txt, `msg="login terminal opened"`) && strings.Contains(txt, "command=codex")
+			ended = ended || strings.Contains(txt, `msg="login terminal ended"`) && strings.Contains(txt, "exitCode=0")
+		}
+		is.True(opened)
+		is.True(ended)
+	})
+
+	// A job backend cannot host a terminal: the host's login fails, the
+	// plugin says why, nothing ran in the Job's pod, the lease is released.
+	t.Run("job backend", func(t *testing.T) {
+		is := is.New(t)
+		env, err := srv.CreateEnvironment(ctx, company.ID, "k8s-login-job", s.config("job"))
+		is.NoErr(err)
+		before := c.leaseIDs(ctx, t, env.ID)
+		started, err := srv.StartAdapterLogin(ctx, company.ID, "codex_local", env.ID)
+		is.NoErr(err)
+		got := waitLogin(ctx, t, srv, company.ID, "codex_local", started.SessionID, func(l paperclip.LoginSession) bool {
+			return l.Status == "failed"
+		})
+		t.Logf("login session: %s", got.Raw)
+		is.True(got.Prompt == nil)
+		ls := c.released(ctx, t, env.ID, before, "job", "released")
+		execs, _ := c.podCalls(t, s.nodeLog, ls[0])
+		is.Equal(execs, 0)
+		// The host logs the plugin's refusal (its error field on a line of
+		// its own in the server log).
+		log, err := os.ReadFile(srv.LogPath)
+		is.NoErr(err)
+		is.True(bytes.Contains(log, []byte(`loginPtyOpen: lease `+deref(ls[0].ProviderLeaseID)+` is on backend \"job\", which runs no commands in its pod`)))
+	})
+}
