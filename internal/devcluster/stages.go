@@ -45,6 +45,14 @@ const (
 	TerminatingForAnnotation = "paperclip-k8s.test/terminating-for"
 )
 
+// An Unschedulable pod needs no annotation: a nodeSelector that no node
+// matches (the config's nodeSelector) makes the real kube-scheduler set
+// PodScheduled=False/Unschedulable with its message; labelling NodeName to
+// match brings "a new node" (the scheduler retries on the node change).
+// A node autoscaler is played by the test: it records the autoscaler's
+// event about the pod (cluster-autoscaler TriggeredScaleUp or
+// NotTriggerScaleUp, Karpenter Nominated) with the core/v1 Events API.
+
 // The values of ContainerWaitingAnnotation, named after the kubelet's
 // container waiting reasons.
 const (
