@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -510,4 +511,57 @@ func TestWarmPoolProbeWithoutTheExtensions(t *testing.T) {
 	is.True(strings.Contains(missing["backend"], "SandboxClaim"))
 	_, sandboxMissing := missing["sandbox.yaml"]
 	is.True(!sandboxMissing) // the Sandbox API is served
+}
+
+// A lease the host keeps for reuse keeps its claim (and so its pod) on
+// release, with the claim's shutdownTime moved to the idle limit; the next
+// run's resume finds the same pod and restores the deadline, and a worker
+// that has never seen the lease (a restarted one) runs commands in it:
+// the claim is Ready again once its controller has seen the moved
+// deadline (a spec change, so a new generation).
+func TestWarmPoolReusableLease(t *testing.T) {
+	is := is.New(t)
+	h := newHooks(t, "sandboxclaim", map[string]any{"reuseLease": true, "reusableLeaseIdleSec": 120, "warmPoolSize": 1})
+	ctx := context.Background()
+	l := h.acquire(nil)
+	shutdownTime := func() time.Time {
+		t.Helper()
+		c, err := h.dyn().Resource(gvrClaim).Namespace(l.meta("namespace")).Get(ctx, l.id(), metav1.GetOptions{})
+		is.NoErr(err)
+		v, _, _ := unstructured.NestedString(c.Object, "spec", "lifecycle", "shutdownTime")
+		st, err := time.Parse(time.RFC3339, v)
+		is.NoErr(err)
+		return st
+	}
+	expiresAt, err := time.Parse(time.RFC3339, *l.ExpiresAt)
+	is.NoErr(err)
+	is.Equal(h.exec(l, "echo kept > kept.txt", nil).code(), 0)
+	_, _, pod := h.claimPod(l)
+	kept := h.leaseParams(l)
+	meta := maps.Clone(l.Metadata)
+	meta["reusableSandboxLease"] = map[string]any{"agentId": "agent-1", "executionWorkspaceId": "ews-1"}
+	kept["leaseMetadata"] = meta
+	kept["issueId"] = "issue-1"
+	id, _ := h.w.request("environmentReleaseLease", kept)
+	h.w.answerHost("issues.get", map[string]any{"id": "issue-1", "companyId": h.company, "status": "in_progress",
+		"executionWorkspaceId": "ews-1", "executionWorkspacePreference": "reuse_existing"})
+	res := h.w.reply(id)
+	is.True(res.err == nil)
+	is.Equal(string(res.result), "null") // kept: no receipt
+	is.True(shutdownTime().Before(expiresAt))
+
+	var live lease
+	h.w.mustCall("environmentResumeLease", kept, &live)
+	is.Equal(live.id(), l.id())
+	is.Equal(live.meta("podUid"), string(pod.UID))
+	is.True(shutdownTime().Equal(expiresAt))
+
+	// A worker that never saw the lease waits for the claim and its pod
+	// afresh, and finds the same pod with its files.
+	h.w = startWorker(t)
+	h.w.initialize()
+	r := h.exec(lease{ProviderLeaseID: live.ProviderLeaseID, Metadata: live.Metadata, ExpiresAt: live.ExpiresAt}, "cat kept.txt", nil)
+	is.Equal(r.code(), 0)
+	is.Equal(r.Stdout, "kept\n")
+	is.Equal(r.Metadata["podName"], pod.Name)
 }
