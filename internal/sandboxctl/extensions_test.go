@@ -1133,3 +1133,51 @@ func TestClaimMirrorsItsSandbox(t *testing.T) {
 	name, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
 	is.Equal(name, sbName) // not re-provisioned
 }
+
+// Warm members without a Pod IP make a claim wait (no status written) until
+// two seconds after its creation (creationTimestamp, whole seconds), then
+// it goes cold: a member whose pod is unschedulable is never handed out.
+func TestClaimWaitsForWarmPodIPsThenGoesCold(t *testing.T) {
+	is := is.New(t)
+	ns := devcluster.NewNamespace(t, cluster, nil)
+	ctx := ctxT(t, 60*time.Second)
+	tpl := templateObj("tpl-unsched", nil, nil)
+	_ = unstructured.SetNestedStringMap(tpl.Object, map[string]string{"devcluster.paperclip.io/no-such-node": "true"}, "spec", "podTemplate", "spec", "nodeSelector")
+	create(t, ctx, sandboxctl.TemplateGVR, ns, tpl)
+	create(t, ctx, sandboxctl.WarmPoolGVR, ns, poolObj("pool-unsched", "tpl-unsched", 1))
+	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool-unsched", "a member", func(u *unstructured.Unstructured) bool {
+		r, _, _ := unstructured.NestedInt64(u.Object, "status", "replicas")
+		return r == 1
+	})
+	member := poolMembers(t, ctx, ns, "pool-unsched")[0]
+	// Its pod exists and is unschedulable: no IP, ever.
+	_, err := devcluster.WaitPod(ctx, cluster.Kube(), ns, member.GetName(), func(p *corev1.Pod) bool {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Reason == corev1.PodReasonUnschedulable {
+				return true
+			}
+		}
+		return false
+	})
+	is.NoErr(err)
+
+	tr := traceClaims(t, ctx, ns)
+	cl := create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("l-unsched", "pool-unsched", nil))
+	got := tr.until(t, ctx, "l-unsched", "bound", func(u *unstructured.Unstructured) bool {
+		n, _, _ := unstructured.NestedString(u.Object, "status", "sandbox", "name")
+		return n != ""
+	})
+	name, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	is.Equal(name, "l-unsched") // cold, named like the claim
+	for _, s := range tr.states[:len(tr.states)-1] {
+		is.Equal(s, "-") // no status while waiting
+	}
+	is.Equal(tr.states[len(tr.states)-1], "False/SandboxNotReady")
+	sb, err := cluster.Dynamic().Resource(sandboxctl.GVR).Namespace(ns).Get(ctx, "l-unsched", metav1.GetOptions{})
+	is.NoErr(err)
+	waited := sb.GetCreationTimestamp().Sub(cl.GetCreationTimestamp().Time)
+	is.True(waited >= 2*time.Second) // created no earlier than the claim's creation second + 2 s
+	m, err := cluster.Dynamic().Resource(sandboxctl.GVR).Namespace(ns).Get(ctx, member.GetName(), metav1.GetOptions{})
+	is.NoErr(err)
+	is.Equal(metav1.GetControllerOf(m).Kind, "SandboxWarmPool") // the member stayed in the pool
+}
