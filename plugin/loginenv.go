@@ -69,10 +69,10 @@ const loginCaptureTimeout = 30 * time.Second
 
 // loginCaptureScript prints, framed by the marker ($1) between NUL bytes,
 // the umask and the environment (/proc/self/environ: NUL-separated, exact)
-// of a plain shell, then of a login shell. What the profile prints lands
-// between the frames and is ignored.
+// of a plain shell, then of a login shell ($0, the shell itself). What the
+// profile prints lands between the frames and is ignored.
 const loginCaptureScript = `printf '\000%s\000' "$1"; umask; printf '\000'; cat /proc/self/environ || exit 1; ` +
-	`printf '\000%s\000' "$1"; exec /bin/sh -lc 'printf "\000%s\000" "$1"; umask; printf "\000"; exec cat /proc/self/environ' sh "$1"`
+	`printf '\000%s\000' "$1"; exec "$0" -lc 'printf "\000%s\000" "$1"; umask; printf "\000"; exec cat /proc/self/environ' sh "$1"`
 
 // forCommand returns the lease's login environment for a command-only
 // execute (capturing it on the lease's first), nil for a command with args
@@ -138,7 +138,7 @@ func captureLogin(ctx context.Context, ex loginRunner, req podexec.Request) (*lo
 		return nil, err
 	}
 	mark := "paperclip-login-" + hex.EncodeToString(b[:])
-	req.Command, req.Args = podexec.Shell, []string{"-c", loginCaptureScript, "sh", mark}
+	req.Command, req.Args = podexec.Shell, []string{"-c", loginCaptureScript, podexec.Shell, mark}
 	req.Timeout, req.MaxStdout, req.MaxStderr = loginCaptureTimeout, 4<<20, 64<<10
 	res, err := ex.Run(ctx, req)
 	switch {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,21 +18,29 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
-// localRunner runs what podexec would send to a pod with the local
-// /bin/sh: the argv and stdin preamble of podexec.BuildCommand, in a
-// "container" environment of its own.
+// localRunner runs what podexec would send to a pod on this machine: the
+// argv and stdin preamble of podexec.BuildCommand, in a "container"
+// environment of its own, with shell standing for /bin/sh when set.
 type localRunner struct {
-	env  []string
-	runs int
+	env   []string
+	shell string
 }
 
 func (r *localRunner) Run(ctx context.Context, req podexec.Request) (*podexec.Result, error) {
-	r.runs++
 	built, err := podexec.BuildCommand(req.Command, req.Args, req.Env, req.Cwd)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, built.Argv[0], built.Argv[1:]...)
+	argv := built.Argv
+	if r.shell != "" {
+		argv = slices.Clone(argv)
+		for i, a := range argv {
+			if a == podexec.Shell {
+				argv[i] = r.shell
+			}
+		}
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stdin io.Reader = bytes.NewReader(built.Preamble)
 	if req.Stdin != nil {
 		stdin = io.MultiReader(stdin, req.Stdin)
@@ -90,12 +99,42 @@ func profileRuns(t *testing.T, home string) int {
 	return strings.Count(string(b), "run\n")
 }
 
-// The capture, with the local /bin/sh: what ~/.profile exports, unsets
-// and its umask, and nothing both shells share or each sets for itself.
+// loginShells are the pod shells the capture is tested with: /bin/sh with
+// this machine's tools, and BusyBox's sh with BusyBox applets.
+func loginShells(t *testing.T) map[string]*localRunner {
+	t.Helper()
+	env := []string{"GONE=1", "KEEP=same"}
+	out := map[string]*localRunner{"sh": {env: append([]string{"PATH=/usr/bin:/bin"}, env...)}}
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		if ci := os.Getenv("CI"); ci == "true" || ci == "1" {
+			t.Fatal("CI=true and busybox is missing (hack/test.sh installs busybox-static)")
+		}
+		t.Log("busybox is not installed: the capture is tested with /bin/sh only")
+		return out
+	}
+	bin := t.TempDir()
+	for _, applet := range []string{"sh", "cat", "dd", "id"} {
+		if err := os.Symlink(bb, filepath.Join(bin, applet)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out["busybox"] = &localRunner{shell: filepath.Join(bin, "sh"), env: append([]string{"PATH=" + bin}, env...)}
+	return out
+}
+
+// The capture, with each shell: what ~/.profile exports, unsets and its
+// umask, and nothing both shells share or each sets for itself.
 func TestLoginCaptureLocalShell(t *testing.T) {
+	for name, r := range loginShells(t) {
+		t.Run(name, func(t *testing.T) { testLoginCapture(t, r) })
+	}
+}
+
+func testLoginCapture(t *testing.T, r *localRunner) {
 	is := is.New(t)
 	home := loginHome(t)
-	r := &localRunner{env: []string{"PATH=/usr/bin:/bin", "HOME=" + home, "GONE=1", "KEEP=same"}}
+	r.env = append(r.env, "HOME="+home)
 	d, err := captureLogin(context.Background(), r, podexec.Request{})
 	is.NoErr(err)
 	is.Equal(profileRuns(t, home), 1)
@@ -116,9 +155,15 @@ func TestLoginCaptureLocalShell(t *testing.T) {
 // wins, the profile does not run again, and no login value but PATH is in
 // the argv.
 func TestLoginEnvAppliedWithoutLoginShell(t *testing.T) {
+	for name, r := range loginShells(t) {
+		t.Run(name, func(t *testing.T) { testLoginEnvApplied(t, r) })
+	}
+}
+
+func testLoginEnvApplied(t *testing.T, r *localRunner) {
 	is := is.New(t)
 	home := loginHome(t)
-	r := &localRunner{env: []string{"PATH=/usr/bin:/bin", "HOME=" + home, "GONE=1", "KEEP=same"}}
+	r.env = append(r.env, "HOME="+home)
 	d, err := captureLogin(context.Background(), r, podexec.Request{})
 	is.NoErr(err)
 
