@@ -45,7 +45,9 @@ import (
 // next lease's commands (and by a command that sources it). A command with
 // args runs as given, without the login environment, as before. When the
 // capture fails (no cat, no /proc), the lease's commands keep the login
-// shell.
+// shell. Two differences from a login shell per command: the host's env
+// now wins over the profile's (the profile ran after it), and what the
+// profile prints (a banner) is no longer ahead of each command's output.
 
 // loginEnv is a lease's login environment, captured on its first
 // command-only execute (leaseState.login).
