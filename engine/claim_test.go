@@ -19,7 +19,6 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
-	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
 )
 
 var gvrNamespace = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
@@ -38,19 +37,17 @@ func namespaceObj(name string, labels map[string]string) *unstructured.Unstructu
 // or carries another company's.
 func TestClaimNamespace(t *testing.T) {
 	is := is.New(t)
-	c := testutil.Catalog(t)
-	vc := valuestest.LoadShipped(t, "standard-job")
-	e, dyn := enginetest.New(t, c)
+	f := newShippedFixture(t, "standard-job")
+	c, e, dyn, ns := f.c, f.e, f.dyn, f.namespace()
 	ctx := context.Background()
-	ns := vc.Values["namespace"].(string)
 	tenant := c.Used(resource.UseTenant)
 
-	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values)) // absent: created
+	is.NoErr(e.Claim(ctx, tenant, ns, f.values)) // absent: created
 	got, err := dyn.Resource(gvrNamespace).Get(ctx, ns, metav1.GetOptions{})
 	is.NoErr(err)
 	is.Equal(got.GetLabels()["paperclip.io/company-id"], "5f0c2a7e-1b7d-4c8e-9a51-3c2d1e0f9a88")
 	is.Equal(got.GetLabels()["pod-security.kubernetes.io/enforce"], "restricted")
-	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values)) // ours: accepted
+	is.NoErr(e.Claim(ctx, tenant, ns, f.values)) // ours: accepted
 
 	for name, labels := range map[string]map[string]string{
 		"unmarked":  {"team": "x"},
@@ -60,7 +57,7 @@ func TestClaimNamespace(t *testing.T) {
 		_, err := dyn.Resource(gvrNamespace).Create(ctx, namespaceObj(name, labels), metav1.CreateOptions{})
 		is.NoErr(err)
 		v := map[string]any{}
-		for k, x := range vc.Values {
+		for k, x := range f.values {
 			v[k] = x
 		}
 		v["namespace"] = name
@@ -136,11 +133,9 @@ func requestsOn(dyn interface {
 // reads the namespace that exists.
 func TestClaimApplyRequests(t *testing.T) {
 	is := is.New(t)
-	c := testutil.Catalog(t)
-	vc := valuestest.LoadShipped(t, "standard-job")
-	e, dyn := enginetest.New(t, c)
+	f := newShippedFixture(t, "standard-job")
+	c, e, dyn, ns := f.c, f.e, f.dyn, f.namespace()
 	ctx := context.Background()
-	ns := vc.Values["namespace"].(string)
 	var tenant []*resource.Resource // the namespace, two objects in it and one not wanted (standard egress)
 	for _, name := range []string{"serviceaccount", "namespace", "role", "ciliumnetworkpolicy-egress"} {
 		s, ok := c.Get(name)
@@ -148,7 +143,7 @@ func TestClaimApplyRequests(t *testing.T) {
 		tenant = append(tenant, s)
 	}
 
-	applied, err := e.ClaimApply(ctx, tenant, ns, vc.Values)
+	applied, err := e.ClaimApply(ctx, tenant, ns, f.values)
 	is.NoErr(err)
 	sa := 0
 	for _, a := range dyn.Actions() {
@@ -171,7 +166,7 @@ func TestClaimApplyRequests(t *testing.T) {
 	}
 	is.Equal(objects, 3)
 
-	_, err = e.ClaimApply(ctx, tenant, ns, vc.Values)
+	_, err = e.ClaimApply(ctx, tenant, ns, f.values)
 	is.NoErr(err)
 	pruneReads := 0
 	for _, a := range dyn.Actions() {
@@ -183,13 +178,13 @@ func TestClaimApplyRequests(t *testing.T) {
 	is.Equal(requestsOn(dyn, "namespaces"), []string{"get", "patch"})
 
 	other := engine.New(c, dyn, e.Mapper, nil, nil)
-	is.NoErr(other.Claim(ctx, tenant, ns, vc.Values))
+	is.NoErr(other.Claim(ctx, tenant, ns, f.values))
 	is.Equal(requestsOn(dyn, "namespaces"), []string{"create", "get"})
 
 	// Gone meanwhile: read first, then created again.
 	is.NoErr(dyn.Resource(gvrNamespace).Delete(ctx, ns, metav1.DeleteOptions{}))
 	dyn.ClearActions()
-	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values))
+	is.NoErr(e.Claim(ctx, tenant, ns, f.values))
 	is.Equal(requestsOn(dyn, "namespaces"), []string{"get", "create"})
 
 	// Replaced by someone else's namespace of that name: refused, even by
@@ -197,7 +192,7 @@ func TestClaimApplyRequests(t *testing.T) {
 	is.NoErr(dyn.Resource(gvrNamespace).Delete(ctx, ns, metav1.DeleteOptions{}))
 	_, err = dyn.Resource(gvrNamespace).Create(ctx, namespaceObj(ns, map[string]string{"team": "x"}), metav1.CreateOptions{})
 	is.NoErr(err)
-	_, err = e.ClaimApply(ctx, tenant, ns, vc.Values)
+	_, err = e.ClaimApply(ctx, tenant, ns, f.values)
 	var ce *engine.ClaimError
 	is.True(errors.As(err, &ce))
 	got, err := dyn.Resource(gvrNamespace).Get(ctx, ns, metav1.GetOptions{})
@@ -209,23 +204,21 @@ func TestClaimApplyRequests(t *testing.T) {
 // claim checks the one there; an absent one is the create's error.
 func TestClaimWithoutCreate(t *testing.T) {
 	is := is.New(t)
-	c := testutil.Catalog(t)
-	vc := valuestest.LoadShipped(t, "standard-job")
-	e, dyn := enginetest.New(t, c)
+	f := newShippedFixture(t, "standard-job")
+	c, e, dyn, ns := f.c, f.e, f.dyn, f.namespace()
 	ctx := context.Background()
-	ns := vc.Values["namespace"].(string)
 	tenant := c.Used(resource.UseTenant)
 	dyn.PrependReactor("create", "namespaces", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(gvrNamespace.GroupResource(), ns, errors.New("no create"))
 	})
 
-	err := e.Claim(ctx, tenant, ns, vc.Values)
+	err := e.Claim(ctx, tenant, ns, f.values)
 	is.True(apierrors.IsForbidden(err))
 	is.True(strings.Contains(err.Error(), "creating Namespace "+ns))
 
 	nsSpec, _ := c.Get("namespace")
-	want, _, _, err := e.Build(nsSpec, ns, vc.Values)
+	want, _, _, err := e.Build(nsSpec, ns, f.values)
 	is.NoErr(err)
 	is.NoErr(dyn.Tracker().Add(namespaceObj(ns, want.GetLabels())))
-	is.NoErr(e.Claim(ctx, tenant, ns, vc.Values))
+	is.NoErr(e.Claim(ctx, tenant, ns, f.values))
 }

@@ -34,7 +34,18 @@ type fixture struct {
 // API groups in omit are not served (see enginetest.New).
 func newFixture(t *testing.T, values string, omit ...string) *fixture {
 	t.Helper()
-	c := testutil.TestCatalog(t)
+	return fixtureOf(t, testutil.TestCatalog(t), values, omit...)
+}
+
+// newShippedFixture is newFixture over the shipped files only
+// (testutil.Catalog: no testdata backends).
+func newShippedFixture(t *testing.T, values string) *fixture {
+	t.Helper()
+	return fixtureOf(t, testutil.Catalog(t), values)
+}
+
+func fixtureOf(t *testing.T, c *resource.Catalog, values string, omit ...string) *fixture {
+	t.Helper()
 	e, dyn := enginetest.New(t, c, omit...)
 	return &fixture{c: c, e: e, dyn: dyn, values: valuestest.LoadShipped(t, values).Values}
 }
@@ -48,6 +59,11 @@ func (f *fixture) file(t *testing.T, name string) *resource.Resource {
 		t.Fatalf("the test catalog has no file %q", name)
 	}
 	return r
+}
+
+// namespace is the values' namespace: the tenant namespace.
+func (f *fixture) namespace() string {
+	return f.values["namespace"].(string)
 }
 
 // runName is the values' run.name: the name of the run's workload.
