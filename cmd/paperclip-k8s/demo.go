@@ -51,7 +51,8 @@ func demo(args []string) error {
 	}
 	defer tg.stop()
 
-	cfg := map[string]any{"kubeconfig": string(tg.kubeconfig), "backend": rf.backend}
+	// The run's adapter is the config's default (a warm pool runs that one).
+	cfg := map[string]any{"kubeconfig": string(tg.kubeconfig), "backend": rf.backend, "adapterType": "codex_local"}
 	base := plugin.BaseParams{DriverKey: "kubernetes", CompanyID: *company, EnvironmentID: "demo", Config: cfg}
 	if err := step("validate the config", func() error {
 		r, err := p.ValidateConfig(ctx, plugin.ValidateParams{DriverKey: "kubernetes", Config: cfg})
