@@ -42,6 +42,28 @@ printf '%%s' '%[3]s' > "$CODEX_HOME/auth.json"
 echo "Successfully logged in"
 `
 
+// fakeClaudeSetupToken is `claude setup-token` as the host's parser knows
+// it: the authorization URL, the code prompt; it reads the browser code the
+// owner submits (the host types it on the terminal), records it in RECORD
+// and prints the long-lived token between its two anchor lines.
+const fakeClaudeSetupToken = `#!/bin/sh
+if [ "$1" != setup-token ]; then echo "fake claude: unexpected arguments: $*" >&2; exit 2; fi
+if [ ! -t 0 ] || [ ! -t 1 ]; then echo "fake claude: not on a terminal" >&2; exit 3; fi
+printf 'Welcome to Claude Code\n\nBrowser didn'"'"'t open? Use the url below to sign in (c to copy)\n\n%s\n\n\nPaste code here if prompted > ' 'AUTHURL'
+read code
+printf '%s' "$code" > 'RECORD'
+printf '\n\nLong-lived authentication token created successfully!\n\nYour OAuth token (valid for 1 year):\n\n%s\n\nStore this token securely. You won'"'"'t be able to see it again.\n\nUse this token by setting: export CLAUDE_CODE_OAUTH_TOKEN=<token>\n' 'TOKEN'
+`
+
+// The fake's authorization URL (every query key the host's parser wants)
+// and token (the form of a long-lived token, no real secret).
+const (
+	fakeClaudeAuthURL = "https://claude.ai/oauth/authorize?code=true&client_id=9d1c250a-e61b-44d9-88ed-5944d1962f5e&response_type=code" +
+		"&redirect_uri=https%3A%2F%2Fplatform.claude.com%2Foauth%2Fcode%2Fcallback&scope=org%3Acreate_api_key+user%3Aprofile+user%3Ainference" +
+		"&code_challenge=e2eChallenge0123456789abcdefghijklmnopqrstuv&code_challenge_method=S256&state=e2eState0123456789abcdef"
+	fakeClaudeToken = "sk-ant-oat01-e2e_fake_token_0123456789abcdefghijklmnop"
+)
+
 var sessionHomeForm = regexp.MustCompile(`^/tmp/paperclip-adapter-login/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
 // waitLogin polls the owner's view of a login session until done says
@@ -88,6 +110,13 @@ func waitLogin(ctx context.Context, t *testing.T, srv *paperclip.Server, company
 // exec user, mode exactly 0600, at most 64 KiB), copies it out into the
 // company's own Codex home on the server, marks the session authenticated
 // and releases the lease.
+//
+// The Claude login (POST /api/companies/:cid/setup-token-login-sessions)
+// opens the terminal with the key "claude", shows the URL `claude
+// setup-token` prints (GET …/prompt), types the browser code the owner
+// submits (POST …/code: loginPtyInput, then a carriage return), takes the
+// token the CLI prints from the output and stores it as the owner's secret
+// (POST …/completion claims it). Nothing is read from the session home.
 func TestLoginTerminal(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the paperclip harness reads /proc and uses Linux process groups")
@@ -106,7 +135,48 @@ func TestLoginTerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	claudeRecord := filepath.Join(scratch, "browser-code")
+	claude := strings.NewReplacer("AUTHURL", fakeClaudeAuthURL, "RECORD", claudeRecord, "TOKEN", fakeClaudeToken).Replace(fakeClaudeSetupToken)
+	if err := os.WriteFile(s.claude, []byte(claude), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
 	company, c := s.company(t, "e2e login")
+
+	// The Claude setup-token login: the owner's browser code goes through
+	// the host (POST …/code → loginPtyInput) onto the terminal's keyboard.
+	t.Run("claude setup-token", func(t *testing.T) {
+		is := is.New(t)
+		env, err := srv.CreateEnvironment(ctx, company.ID, "k8s-login-claude", s.config("sandbox"))
+		is.NoErr(err)
+		before := c.leaseIDs(ctx, t, env.ID)
+		started, err := srv.StartSetupTokenLogin(ctx, company.ID, env.ID)
+		is.NoErr(err)
+		t.Logf("setup-token session: %s", started.Raw)
+		var authURL string
+		is.NoErr(waitFor(ctx, time.Minute, func() error {
+			authURL, err = srv.SetupTokenPrompt(ctx, company.ID, started.SessionID)
+			return err
+		}))
+		is.Equal(authURL, fakeClaudeAuthURL) // the terminal's output reached the host
+		const browserCode = "e2e-browser-code#e2eState0123456789abcdef"
+		_, err = srv.SubmitSetupTokenCode(ctx, company.ID, started.SessionID, browserCode)
+		is.NoErr(err)
+		var stored string
+		is.NoErr(waitFor(ctx, time.Minute, func() error {
+			stored, err = srv.CompleteSetupTokenLogin(ctx, company.ID, started.SessionID)
+			return err
+		}))
+		t.Logf("stored session %s", stored)
+		got, err := srv.GetSetupTokenLogin(ctx, company.ID, started.SessionID)
+		is.NoErr(err)
+		t.Logf("setup-token session: %s", got.Raw)
+		is.Equal(got.Status, "authenticated")
+		typed, err := os.ReadFile(claudeRecord)
+		is.NoErr(err)
+		is.Equal(string(typed), browserCode) // the input was delivered, as typed
+		c.released(ctx, t, env.ID, before, "sandbox", "released")
+	})
 
 	t.Run("codex device login", func(t *testing.T) {
 		is := is.New(t)
