@@ -88,3 +88,23 @@ func TestLiveOutputBigChunks(t *testing.T) {
 	}
 	t.Logf("chunk sizes: %v", sizes)
 }
+
+// TestManifestIncrementalSessionOutputOptIn: the manifest declares
+// incrementalSessionOutput only when the operator asked for it where the
+// manifest is printed (README "During a run" says why).
+func TestManifestIncrementalSessionOutputOptIn(t *testing.T) {
+	for v, want := range map[string]bool{"": false, "0": false, "yes": false, "1": true, "true": true} {
+		t.Setenv(IncrementalSessionOutputEnv, v)
+		m, err := Manifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		caps := m["environmentDrivers"].([]any)[0].(map[string]any)["sandboxCapabilities"].(map[string]any)
+		if got := caps["incrementalSessionOutput"]; got != want {
+			t.Errorf("%s=%q: incrementalSessionOutput %v, want %v", IncrementalSessionOutputEnv, v, got, want)
+		}
+		if caps["nativeSyncIn"] != true || caps["reusableLeases"] != true {
+			t.Errorf("%s=%q changed the other capabilities: %v", IncrementalSessionOutputEnv, v, caps)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"encoding/json"
+	"os"
 
 	"github.com/paperclip-k8s/paperclip-k8s/schemas"
 )
@@ -44,11 +45,25 @@ func Manifest() (map[string]any, error) {
 				"reusableLeases": true,
 				"nativeSyncIn":   true,
 				"nativeSyncOut":  true,
-				// execute.log carries a command's output while it runs: the
-				// host's ACP engine then runs the agent as one streamed
-				// exec instead of polling event files (README "During a run").
-				"incrementalSessionOutput": true,
+				// An operator's opt-in (IncrementalSessionOutputEnv).
+				"incrementalSessionOutput": incrementalSessionOutput(),
 			},
 		}},
 	}, nil
+}
+
+// IncrementalSessionOutputEnv set to "1" or "true" where the manifest is
+// printed (PAPERCLIP_K8S_INCREMENTAL_SESSION_OUTPUT=1 bash hack/build-npm.sh)
+// declares sandboxCapabilities.incrementalSessionOutput: the host's ACP
+// engine then runs the agent as one exec and reads its messages from that
+// exec's execute.log notifications, instead of polling event files. Off by
+// default: paperclip-server 2026.916.1 drops execute.log for good for every
+// running command once commands of two companies overlap on the worker, and
+// such a session then waits for messages that never come (README "During a
+// run"). For a server whose companies never run agents at the same time.
+const IncrementalSessionOutputEnv = "PAPERCLIP_K8S_INCREMENTAL_SESSION_OUTPUT"
+
+func incrementalSessionOutput() bool {
+	v := os.Getenv(IncrementalSessionOutputEnv)
+	return v == "1" || v == "true"
 }
