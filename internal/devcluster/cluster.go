@@ -175,16 +175,16 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	// The CRD (whose first requests cost 1-2 s server-side) is installed
 	// while the node stack starts.
 	crdDone := make(chan error, 1)
+	var beforeKCM func() error
 	if opts.SandboxController {
 		established := make(chan error, 1)
 		go func() { crdDone <- installCRDs(ctx, c.dyn, established) }()
-		// kube-controller-manager's garbage collector must know the kinds.
-		if err := <-established; err != nil {
-			return nil, err
-		}
+		// kube-controller-manager's garbage collector must know the kinds
+		// from its start.
+		beforeKCM = func() error { return <-established }
 	}
 	if opts.Nodes {
-		if err := c.startNodes(ctx); err != nil {
+		if err := c.startNodes(ctx, beforeKCM); err != nil {
 			return nil, err
 		}
 		c.log.Info("node ready", "node", NodeName, "took", time.Since(t0).Round(time.Millisecond))

@@ -23,27 +23,12 @@ import (
 //go:embed kwok/stages.yaml
 var KwokStages []byte
 
-// startNodes starts kube-controller-manager, kube-scheduler and kwok,
-// registers the fake node and waits until it is Ready.
-func (c *Cluster) startNodes(ctx context.Context) error {
+// startNodes starts kube-scheduler and kwok, registers the fake node,
+// then (once beforeKCM, if not nil, returns) kube-controller-manager, and
+// waits until the node is Ready.
+func (c *Cluster) startNodes(ctx context.Context, beforeKCM func() error) error {
 	kc := c.kubeconfP
 	var err error
-	c.kcm, err = c.startProc("kube-controller-manager", "kube-controller-manager",
-		"--kubeconfig", kc,
-		"--authentication-kubeconfig", kc,
-		"--authorization-kubeconfig", kc,
-		"--leader-elect=false",
-		"--secure-port", "0",
-		"--controllers", "*",
-		"--service-account-private-key-file", c.path("sa.key"),
-		"--use-service-account-credentials=false",
-		// No --root-ca-file with the serving cert (no CA bit): the
-		// ClusterTrustBundle publisher would loop on errors. kcm falls back
-		// to the kubeconfig's CA data, which holds only the CA (caCerts).
-	)
-	if err != nil {
-		return err
-	}
 	c.sched, err = c.startProc("kube-scheduler", "kube-scheduler",
 		"--kubeconfig", kc,
 		"--authentication-kubeconfig", kc,
@@ -84,6 +69,27 @@ func (c *Cluster) startNodes(ctx context.Context) error {
 		// drop status.addresses); 40 s keeps the node inside the node
 		// lifecycle controller's 50 s grace period.
 		"--node-lease-duration-seconds", "40",
+	)
+	if err != nil {
+		return err
+	}
+	if beforeKCM != nil {
+		if err := beforeKCM(); err != nil {
+			return err
+		}
+	}
+	c.kcm, err = c.startProc("kube-controller-manager", "kube-controller-manager",
+		"--kubeconfig", kc,
+		"--authentication-kubeconfig", kc,
+		"--authorization-kubeconfig", kc,
+		"--leader-elect=false",
+		"--secure-port", "0",
+		"--controllers", "*",
+		"--service-account-private-key-file", c.path("sa.key"),
+		"--use-service-account-credentials=false",
+		// No --root-ca-file with the serving cert (no CA bit): the
+		// ClusterTrustBundle publisher would loop on errors. kcm falls back
+		// to the kubeconfig's CA data, which holds only the CA (caCerts).
 	)
 	if err != nil {
 		return err
