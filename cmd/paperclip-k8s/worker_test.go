@@ -36,6 +36,10 @@ var implemented = []string{
 	"environmentValidateConfig",
 	"health",
 	"initialize",
+	"loginPtyClose",
+	"loginPtyInput",
+	"loginPtyOpen",
+	"loginPtyStop",
 	"shutdown",
 }
 
