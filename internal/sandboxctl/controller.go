@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -82,6 +83,8 @@ type Controller struct {
 	holdMu sync.Mutex
 	armed  map[string][]*Hold // armed holds by Sandbox key
 	active map[string]*Hold   // the hold a Sandbox is stopped at
+
+	poolGrace, poolRecheck atomic.Int64 // SetWarmPoolTimings
 }
 
 // Run runs a controller with a discarding logger until ctx ends.

@@ -117,7 +117,11 @@
 //     batches (1, 2, 4, ...), refilled when one is claimed or deleted,
 //     scaled down by deleting not-Ready then newest members (also through
 //     the scale subresource), stale members replaced under updateStrategy
-//     Recreate. Status replicas, readyReplicas (omitted when 0), selector,
+//     Recreate. Members not Ready past the readiness grace period (5m;
+//     Controller.SetWarmPoolTimings) are deleted and replaced, or held when
+//     their pod is unschedulable, with a Warning WarmPoolNotProgressing
+//     event (and a WarmPoolProgressing one when no longer). Status
+//     replicas, readyReplicas (omitted when 0), selector,
 //     observedGeneration; no conditions.
 //   - SandboxClaim: controller-first-observed-at annotation; additionalPodMetadata
 //     validated (labels only under sandbox.users.io, annotations not in
@@ -152,9 +156,9 @@
 // Differences from the real controller: claim-first-ready-at is never
 // overwritten with "unknown" (a race there); warm candidates are taken
 // oldest first from the informer cache (the real one keeps a queue and
-// prefers nodes); no readiness grace period for stuck members and no
-// WarmPoolNotProgressing event; no --sandbox-warm-pool-* rate limits or
-// replenish delay; no allowed-label-domains file (always sandbox.users.io);
+// prefers nodes); no jitter on the post-grace requeue; no
+// --sandbox-warm-pool-* rate limits or replenish delay; events are sent
+// in the background, as the real recorder does; no allowed-label-domains file (always sandbox.users.io);
 // no adoption of orphan Sandboxes by a pool, no agents.x-k8s.io/adoptable;
 // no legacy per-claim NetworkPolicy cleanup; no metrics or tracing; a port
 // without protocol in a template's networkPolicy is defaulted to TCP before

@@ -227,6 +227,8 @@ type extensions struct {
 	// deleted whose events the informer has not delivered yet.
 	creating map[string]map[string]time.Time // pool key -> Sandbox name
 	deleting map[string]map[types.UID]time.Time
+	// notProgressing holds the pools holding unschedulable members.
+	notProgressing map[string]struct{}
 }
 
 type freshKey struct {
@@ -265,10 +267,11 @@ func (c *Controller) newExtensions(dynFactory dynamicinformer.DynamicSharedInfor
 			workqueue.DefaultTypedControllerRateLimiter[extKey](),
 			workqueue.TypedRateLimitingQueueConfig[extKey]{Name: "sandbox-extensions"},
 		),
-		fresh:    map[freshKey]*unstructured.Unstructured{},
-		reserved: map[types.UID]types.UID{},
-		creating: map[string]map[string]time.Time{},
-		deleting: map[string]map[types.UID]time.Time{},
+		fresh:          map[freshKey]*unstructured.Unstructured{},
+		reserved:       map[types.UID]types.UID{},
+		creating:       map[string]map[string]time.Time{},
+		deleting:       map[string]map[types.UID]time.Time{},
+		notProgressing: map[string]struct{}{},
 	}
 	e.templates = dynFactory.ForResource(TemplateGVR).Informer()
 	e.pools = dynFactory.ForResource(WarmPoolGVR).Informer()

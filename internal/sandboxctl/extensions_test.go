@@ -1181,3 +1181,54 @@ func TestClaimWaitsForWarmPodIPsThenGoesCold(t *testing.T) {
 	is.NoErr(err)
 	is.Equal(metav1.GetControllerOf(m).Kind, "SandboxWarmPool") // the member stayed in the pool
 }
+
+// Members not Ready past the readiness grace period (shortened here, as in
+// the research run) are replaced when their pod failed, held when it is
+// unschedulable (with a WarmPoolNotProgressing Warning on the pool, and a
+// WarmPoolProgressing event once it no longer holds any).
+func TestWarmPoolStuckMembers(t *testing.T) {
+	is := is.New(t)
+	ns := devcluster.NewNamespace(t, cluster, nil)
+	ctx := ctxT(t, 90*time.Second)
+	ctl := cluster.SandboxController()
+	ctl.SetWarmPoolTimings(2*time.Second, 2*time.Second)
+	t.Cleanup(func() { ctl.SetWarmPoolTimings(0, 0) })
+
+	create(t, ctx, sandboxctl.TemplateGVR, ns, templateObj("tpl-fail", map[string]any{"labels": map[string]any{devcluster.FailLabel: "true"}}, nil))
+	create(t, ctx, sandboxctl.WarmPoolGVR, ns, poolObj("pool-fail", "tpl-fail", 1))
+	waitMembers(t, ctx, ns, "pool-fail", 1)
+	first := poolMembers(t, ctx, ns, "pool-fail")[0].GetName()
+	waitFor(t, ctx, sandboxctl.GVR, ns, first, "failed", readyIs("False", "PodFailed"))
+	waitFor(t, ctx, sandboxctl.GVR, ns, first, "replaced", gone)
+	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool-fail", "a replacement", func(u *unstructured.Unstructured) bool {
+		for _, m := range poolMembers(t, ctx, ns, "pool-fail") {
+			if m.GetName() != first {
+				return true
+			}
+		}
+		return false
+	})
+	mergePatch(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool-fail", map[string]any{"spec": map[string]any{"replicas": 0}})
+
+	tpl := templateObj("tpl-unsched", nil, nil)
+	_ = unstructured.SetNestedStringMap(tpl.Object, map[string]string{"devcluster.paperclip.io/no-such-node": "true"}, "spec", "podTemplate", "spec", "nodeSelector")
+	create(t, ctx, sandboxctl.TemplateGVR, ns, tpl)
+	create(t, ctx, sandboxctl.WarmPoolGVR, ns, poolObj("pool-unsched", "tpl-unsched", 1))
+	waitMembers(t, ctx, ns, "pool-unsched", 1)
+	held := poolMembers(t, ctx, ns, "pool-unsched")[0].GetName()
+	ev := waitEvent(t, ctx, ns, "WarmPoolNotProgressing", func(ev *eventsv1.Event) bool {
+		return ev.Reason == "WarmPoolNotProgressing" && ev.Regarding.Name == "pool-unsched"
+	})
+	is.Equal(ev.Type, "Warning")
+	is.Equal(ev.Action, "Reconciling")
+	is.Equal(ev.ReportingController, "sandboxwarmpool-controller")
+	is.Equal(ev.Note, "1/1 sandboxes are unschedulable past the 2s readiness grace period; holding them instead of replacing (replacements would be equally unschedulable)")
+	_, err := cluster.Dynamic().Resource(sandboxctl.GVR).Namespace(ns).Get(ctx, held, metav1.GetOptions{})
+	is.NoErr(err) // held, not replaced
+
+	mergePatch(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool-unsched", map[string]any{"spec": map[string]any{"replicas": 0}})
+	ev = waitEvent(t, ctx, ns, "WarmPoolProgressing", func(ev *eventsv1.Event) bool {
+		return ev.Reason == "WarmPoolProgressing" && ev.Regarding.Name == "pool-unsched"
+	})
+	is.Equal(ev.Note, "Warm pool is progressing again")
+}

@@ -22,6 +22,56 @@ import (
 // a member it created or deleted before it counts from the cache alone.
 const expectationTimeout = 30 * time.Second
 
+// The real controller's defaults for stuck members
+// (--sandbox-warm-pool-readiness-grace-period and
+// --sandbox-warm-pool-unschedulable-recheck-interval), and the slack added
+// to the post-grace requeue.
+const (
+	DefaultWarmPoolReadinessGrace       = 5 * time.Minute
+	DefaultUnschedulableRecheckInterval = time.Minute
+	graceRequeueSlack                   = 2 * time.Second
+)
+
+// SetWarmPoolTimings sets how long a warm pool member may stay not Ready
+// before it is replaced (or held, when its pod is unschedulable) and how
+// often a pool holding unschedulable members is checked again; zero
+// restores the real controller's defaults (5m, 1m). Tests shorten them, as
+// the research run did (10 s).
+func (c *Controller) SetWarmPoolTimings(grace, recheck time.Duration) {
+	c.poolGrace.Store(int64(grace))
+	c.poolRecheck.Store(int64(recheck))
+}
+
+func (c *Controller) warmPoolTimings() (grace, recheck time.Duration) {
+	grace, recheck = time.Duration(c.poolGrace.Load()), time.Duration(c.poolRecheck.Load())
+	if grace <= 0 {
+		grace = DefaultWarmPoolReadinessGrace
+	}
+	if recheck <= 0 {
+		recheck = DefaultUnschedulableRecheckInterval
+	}
+	return grace, recheck
+}
+
+// podUnschedulable reports whether the member's pod is not deleting and
+// the scheduler found no node for it.
+func (e *extensions) podUnschedulable(sb *sandbox) bool {
+	obj, ok, _ := e.c.pods.GetIndexer().GetByKey(sb.obj.GetNamespace() + "/" + podName(sb))
+	if !ok {
+		return false
+	}
+	pod := obj.(*corev1.Pod)
+	if pod.DeletionTimestamp != nil {
+		return false
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled {
+			return c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable
+		}
+	}
+	return false
+}
+
 // PoolSelector is a pool's status.selector.
 func PoolSelector(pool string) string { return WarmPoolLabel + "=" + NameHash(pool) }
 
@@ -94,6 +144,7 @@ func (e *extensions) reconcilePool(ctx context.Context, ns, name string) (time.D
 		e.mu.Lock()
 		delete(e.creating, pk)
 		delete(e.deleting, pk)
+		delete(e.notProgressing, pk)
 		e.mu.Unlock()
 		return 0, nil // members go with it (garbage collector)
 	}
@@ -140,6 +191,42 @@ func (e *extensions) reconcilePool(ctx context.Context, ns, name string) (time.D
 		active = kept
 	}
 
+	// Members not Ready past the readiness grace are replaced, unless their
+	// pod is unschedulable (a replacement would be too): those are held and
+	// the pool gets a WarmPoolNotProgressing event.
+	grace, recheck := e.c.warmPoolTimings()
+	now := time.Now()
+	var after time.Duration
+	unschedulable := 0
+	healthy := active[:0]
+	for _, sb := range active {
+		age := now.Sub(sb.obj.GetCreationTimestamp().Time)
+		switch {
+		case isReady(sb):
+		case age <= grace:
+			after = minNonZero(after, grace-age+graceRequeueSlack)
+		case e.podUnschedulable(sb):
+			unschedulable++
+		default:
+			e.log.Info("Deleting stuck warm pool sandbox", "sandbox", sb.obj.GetName(), "age", age.Round(time.Second))
+			if err := e.deleteMember(ctx, pk, sb); err != nil {
+				errs = errors.Join(errs, err)
+				healthy = append(healthy, sb)
+				continue
+			}
+			terminating++
+			continue
+		}
+		healthy = append(healthy, sb)
+	}
+	active = healthy
+	e.setNotProgressing(ctx, pool, unschedulable > 0, fmt.Sprintf(
+		"%d/%d sandboxes are unschedulable past the %s readiness grace period; holding them instead of replacing (replacements would be equally unschedulable)",
+		unschedulable, replicas, grace))
+	if unschedulable > 0 {
+		after = minNonZero(after, recheck)
+	}
+
 	st := poolStatus{Replicas: int32(len(active)), Selector: PoolSelector(name), ObservedGeneration: pool.GetGeneration()}
 	for _, sb := range active {
 		if isReady(sb) {
@@ -175,7 +262,38 @@ func (e *extensions) reconcilePool(ctx context.Context, ns, name string) (time.D
 			errs = errors.Join(errs, e.deleteMember(ctx, pk, sb))
 		}
 	}
-	return 0, errs
+	return after, errs
+}
+
+func minNonZero(a, b time.Duration) time.Duration {
+	if a == 0 || (b != 0 && b < a) {
+		return b
+	}
+	return a
+}
+
+// setNotProgressing records the pool's entry into (a Warning
+// WarmPoolNotProgressing event) and exit from (a Normal WarmPoolProgressing
+// event) holding unschedulable members.
+func (e *extensions) setNotProgressing(ctx context.Context, pool *unstructured.Unstructured, held bool, msg string) {
+	pk := pool.GetNamespace() + "/" + pool.GetName()
+	e.mu.Lock()
+	_, was := e.notProgressing[pk]
+	if held == was {
+		e.mu.Unlock()
+		return
+	}
+	if held {
+		e.notProgressing[pk] = struct{}{}
+	} else {
+		delete(e.notProgressing, pk)
+	}
+	e.mu.Unlock()
+	if held {
+		e.event(ctx, pool, poolController, corev1.EventTypeWarning, "WarmPoolNotProgressing", "Reconciling", msg)
+	} else {
+		e.event(ctx, pool, poolController, corev1.EventTypeNormal, "WarmPoolProgressing", "Reconciling", "Warm pool is progressing again")
+	}
 }
 
 // memberStale is the real controller's isSandboxStale: a member of
