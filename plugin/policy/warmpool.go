@@ -17,10 +17,6 @@ const BackendSandboxClaim = "sandboxclaim"
 // every warm pod is taken.
 func (v *validation) checkWarmPool() {
 	c := &v.cfg
-	if c.Backend != BackendSandboxClaim && !v.bad("/backend") && jsonpointer.Resolve(v.input, "/warmPoolSize") != nil {
-		v.warnings = append(v.warnings, fmt.Sprintf("warmPoolSize is used by backend %q only; backend %q keeps no warm pool", BackendSandboxClaim, c.Backend))
-		return
-	}
 	if c.Backend != BackendSandboxClaim || v.bad("/warmPoolSize") || v.bad("/resourceQuota") || c.WarmPoolSize == 0 {
 		return
 	}
