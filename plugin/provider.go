@@ -110,7 +110,7 @@ type BaseParams struct {
 
 // parseConfig validates the config of a runtime hook.
 func (p *Provider) parseConfig(raw map[string]any) (policy.Config, error) {
-	cfg, err := policy.Parse(raw, p.Catalog.BackendNames(), p.policyOptions()...)
+	cfg, err := configs.parse(raw, p.Catalog.BackendNames(), p.backendAliases(), p.Getenv) // policy.Parse, cached (configcache.go)
 	if err != nil {
 		return cfg, rpc.Errorf(rpc.CodeInvalidParams, "invalid Kubernetes provider config: %v", err)
 	}
@@ -120,13 +120,7 @@ func (p *Provider) parseConfig(raw map[string]any) (policy.Config, error) {
 // policyOptions are the options of every policy.Validate and Parse: the
 // worker environment, and the aliases the loaded backends' files declare.
 func (p *Provider) policyOptions() []policy.Option {
-	aliases := map[string]string{}
-	for _, s := range p.Catalog.Used(resource.UseBackend) {
-		for _, a := range s.Aliases {
-			aliases[a] = s.Name
-		}
-	}
-	return []policy.Option{policy.WithGetenv(p.Getenv), policy.WithBackendAliases(aliases)}
+	return []policy.Option{policy.WithGetenv(p.Getenv), policy.WithBackendAliases(p.backendAliases())}
 }
 
 // backend returns the backend a name (or an alias) selects.
