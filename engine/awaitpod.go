@@ -15,10 +15,11 @@ import (
 
 // AwaitPod waits until a workload is Ready and has a Ready pod (FindPod),
 // and returns both. w should be freshly read: the watch on it starts from
-// its resourceVersion. It reads, with client-go's informers (watchAll),
-// the workload, the pods of its namespace and, when the workload's or the
-// pod's file has rules that test events (event:), the events of its
-// namespace, so what happens to any of them is seen as it happens:
+// its resourceVersion. It reads, with client-go's informers (watchSet),
+// the workload and the changes of the pods of its namespace and, once a
+// rule that tests events (event:) holds in every other way for the
+// workload or its pod, that object's events, so what happens to any of
+// them is seen as it happens:
 //   - a pod whose rules say it will not start (Failed: an image that cannot
 //     be pulled, a pod no node can take while nothing is adding one) ends
 //     the wait with a *TerminalError naming the pod, and so does a
@@ -69,31 +70,18 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 	workload := &source{what: ref.String(), res: s, c: wc, first: w,
 		selector: fields.OneTermEqualSelector("metadata.name", ref.Name).String(),
 		concerns: func(u *unstructured.Unstructured) bool { return u.GetName() == ref.Name }}
-	pods := &source{what: "the pods of " + ref.String(), res: podRes, c: pc, concerns: concernsPod}
-	srcs := []*source{workload, pods}
-	var events *source
-	if s.UsesEvents() || podRes.UsesEvents() {
-		if events, err = e.eventSource(w.GetNamespace(), "the events of the pods of "+ref.String(), ""); err != nil {
-			return nil, nil, err
-		}
-		if events != nil {
-			events.concerns = func(u *unstructured.Unstructured) bool {
-				mu.Lock()
-				defer mu.Unlock()
-				for _, uid := range events.index(u) {
-					if uid != "" && (types.UID(uid) == ref.UID || types.UID(uid) == podUID) {
-						return true
-					}
-				}
-				return false
-			}
-			srcs = append(srcs, events)
+	pods := &source{what: "the pods of " + ref.String(), res: podRes, c: pc, changesOnly: true, concerns: concernsPod}
+	ws := e.newWatchSet(ctx)
+	defer ws.close()
+	want := []resource.State{resource.Ready}
+	var last resource.Status
+	for _, src := range []*source{workload, pods} {
+		if err := ws.add(src); err != nil {
+			return nil, nil, ws.failed(err, ref, want, last)
 		}
 	}
-
-	var last resource.Status
 	var pod *unstructured.Unstructured
-	err = e.watchAll(ctx, srcs, func() (bool, time.Time, error) {
+	err = ws.run(func() (bool, time.Time, error) {
 		cur := workload.get(ref.Namespace, ref.Name)
 		if cur == nil {
 			return true, time.Time{}, &GoneError{Ref: ref}
@@ -102,8 +90,11 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 			return true, time.Time{}, &GoneError{Ref: ref, Replaced: true}
 		}
 		w = cur
-		wst := e.statusWith(s, cur, events)
+		wst, err := ws.status(s, cur)
 		last = wst
+		if err != nil {
+			return true, time.Time{}, err
+		}
 		if wst.State.Terminal() {
 			return true, time.Time{}, &TerminalError{Ref: ref, Status: wst}
 		}
@@ -120,8 +111,11 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 		if err != nil {
 			return true, time.Time{}, err
 		}
-		pst := e.statusWith(podRes, p, events)
-		last = pst
+		pst, err := ws.status(podRes, p)
+		last = pst // without its events when reading them failed
+		if err != nil {
+			return true, time.Time{}, err
+		}
 		switch {
 		case pst.State == resource.Ready && wst.State == resource.Ready:
 			pod = p
@@ -131,17 +125,8 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 		}
 		return false, earliest(wst.Recheck, pst.Recheck), nil
 	})
-	switch {
-	case err == errWaitEnded:
-		return nil, nil, &WaitError{Ref: ref, Want: []resource.State{resource.Ready}, Last: last, Reason: ctx.Err()}
-	case err != nil:
-		if ctx.Err() != nil && !IsGone(err) {
-			var te *TerminalError
-			if !errors.As(err, &te) {
-				return nil, nil, &WaitError{Ref: ref, Want: []resource.State{resource.Ready}, Last: last, Reason: ctx.Err()}
-			}
-		}
-		return nil, nil, err
+	if err != nil {
+		return nil, nil, ws.failed(err, ref, want, last)
 	}
 	return w, pod, nil
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -15,9 +16,9 @@ import (
 // informers (watchAll: what watchtools.UntilWithSync, kubectl wait, does):
 // it re-watches when a watch ends and relists when it expires (410). It
 // starts from the object given (its resourceVersion) and evaluates the
-// rules on every change. When the object's file has rules that test
-// events (event:) and the object is not Ready to begin with, the events
-// about it are read too, and a rule with after is evaluated again when it
+// rules on every change. Once a rule that tests events (event:) holds in
+// every other way, the events about the object are read too (a field
+// selector on its UID); a rule with after is evaluated again when it
 // comes due. A terminal state that is not wanted returns a *TerminalError
 // at once; deletion, or another object under the name, returns a
 // *GoneError; the context's end a *WaitError.
@@ -32,30 +33,24 @@ func (e *Engine) Wait(ctx context.Context, s *resource.Resource, o *unstructured
 		}
 		return false, nil
 	}
-	last := e.Status(s, o)
-	if done, err := judge(last); done {
-		return o, last, err
-	}
 	c, _, err := e.client(s, o.GetNamespace())
 	if err != nil {
-		return nil, last, err
+		return nil, resource.Status{}, err
 	}
+	// Done already, without a request (unless events are wanted)?
+	last := e.Status(s, o)
+	if done, err := judge(last); done && !last.WantsEvents {
+		return o, last, err
+	}
+	ws := e.newWatchSet(ctx)
+	defer ws.close()
 	obj := &source{what: ref.String(), res: s, c: c, first: o,
 		selector: fields.OneTermEqualSelector("metadata.name", ref.Name).String(),
 		concerns: func(u *unstructured.Unstructured) bool { return u.GetName() == ref.Name }}
-	srcs := []*source{obj}
-	var events *source
-	if s.UsesEvents() && last.State != resource.Ready {
-		if events, err = e.eventSource(o.GetNamespace(), "the events of "+ref.String(), string(o.GetUID())); err != nil {
-			return nil, last, err
-		}
-		if events != nil {
-			uid := string(o.GetUID())
-			events.concerns = func(u *unstructured.Unstructured) bool { return slices.Contains(events.index(u), uid) }
-			srcs = append(srcs, events)
-		}
+	if err := ws.add(obj); err != nil {
+		return o, last, ws.failed(err, ref, want, last)
 	}
-	err = e.watchAll(ctx, srcs, func() (bool, time.Time, error) {
+	err = ws.run(func() (bool, time.Time, error) {
 		cur := obj.get(ref.Namespace, ref.Name)
 		if cur == nil {
 			return true, time.Time{}, &GoneError{Ref: ref}
@@ -65,12 +60,30 @@ func (e *Engine) Wait(ctx context.Context, s *resource.Resource, o *unstructured
 			return true, time.Time{}, &GoneError{Ref: ref, Replaced: true}
 		}
 		o = cur
-		last = e.statusWith(s, cur, events)
+		st, err := ws.status(s, cur)
+		last = st
+		if err != nil {
+			return true, time.Time{}, err
+		}
 		done, err := judge(last)
 		return done, last.Recheck, err
 	})
-	if err == errWaitEnded {
-		return o, last, &WaitError{Ref: ref, Want: want, Last: last, Reason: ctx.Err()}
+	return o, last, ws.failed(err, ref, want, last)
+}
+
+// failed is the error a wait returns for err: a *WaitError when the
+// caller's context ended (a list or watch that failed because of it
+// included), else err.
+func (ws *watchSet) failed(err error, ref Ref, want []resource.State, last resource.Status) error {
+	if err == nil || IsGone(err) {
+		return err
 	}
-	return o, last, err
+	var te *TerminalError
+	if errors.As(err, &te) {
+		return err
+	}
+	if err == errWaitEnded || ws.ctx.Err() != nil {
+		return &WaitError{Ref: ref, Want: want, Last: last, Reason: ws.ctx.Err()}
+	}
+	return err
 }

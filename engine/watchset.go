@@ -22,10 +22,10 @@ import (
 // A source is one list + watch a wait reads: client-go's informer keeps
 // it in a store, re-watches when a watch ends and relists when its
 // resourceVersion expired (410), as watchtools.UntilWithSync (kubectl wait)
-// does for one object. A wait reads several at once (a workload, the pods
-// of its namespace, their events), so it runs one informer per source and
-// evaluates its rules on the stores after they have all synced and after
-// every change that concerns it.
+// does for one object. A wait reads several (a workload, the pods of its
+// namespace, the events of an object that wants them), so a watchSet runs
+// one informer per source and evaluates its rules after they have all
+// synced and after every change that concerns it.
 type source struct {
 	// what names the source in errors ("Job ns/x", "the pods of Job ns/x").
 	what string
@@ -37,16 +37,16 @@ type source struct {
 	// has just read), so the first watch starts from its resourceVersion
 	// without a request.
 	first *unstructured.Unstructured
-	// index, when set, indexes the store by the values it returns.
-	index func(*unstructured.Unstructured) []string
+	// changesOnly: the source is read for its changes, never from its
+	// store: each list asks for one item, only for the resourceVersion
+	// to watch from, and keeps none (the pods of a namespace, which the
+	// wait reads through FindPod).
+	changesOnly bool
 	// concerns says whether a change to an object calls for a new check.
 	concerns func(*unstructured.Unstructured) bool
 
-	store cache.Indexer
+	store cache.Store
 }
-
-// byKey is the name of a source's index.
-const byKey = "key"
 
 // get returns the object of that name from the source's store.
 func (s *source) get(namespace, name string) *unstructured.Unstructured {
@@ -62,86 +62,137 @@ func (s *source) get(namespace, name string) *unstructured.Unstructured {
 	return u
 }
 
-// indexed returns the objects whose index values include v.
-func (s *source) indexed(v string) []*unstructured.Unstructured {
-	objs, _ := s.store.ByIndex(byKey, v)
-	out := make([]*unstructured.Unstructured, 0, len(objs))
-	for _, o := range objs {
-		if u, ok := o.(*unstructured.Unstructured); ok {
-			out = append(out, u)
-		}
-	}
-	return out
-}
-
 // errWaitEnded says that the context ended first; the caller makes the
 // *WaitError with its last status.
 var errWaitEnded = errors.New("the wait's context ended")
 
-// watchAll runs an informer per source and calls check once they have all
-// synced, after every change a source's concerns accepts, and at the
-// recheck time check returns (when a rule comes due without a change). It
-// returns check's error when check says done, errWaitEnded when ctx ends,
-// and the error of a list or watch the server refused (an expired
-// resourceVersion is relisted, not an error).
-func (e *Engine) watchAll(ctx context.Context, srcs []*source, check func() (done bool, recheck time.Time, err error)) error {
+// A watchSet is the informers of one wait.
+type watchSet struct {
+	e       *Engine
+	ctx     context.Context // the caller's
+	wctx    context.Context // ends with ctx, a source's failure, or close
+	stop    context.CancelCauseFunc
+	wg      sync.WaitGroup
+	changed chan struct{}
+	// events are the event sources, by the UID of the object they are about.
+	events map[string]*source
+}
+
+func (e *Engine) newWatchSet(ctx context.Context) *watchSet {
 	wctx, stop := context.WithCancelCause(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		stop(nil)
-		wg.Wait()
-	}()
-	changed := make(chan struct{}, 1)
-	var synced []<-chan struct{}
-	for _, src := range srcs {
-		poke := func(o any) {
-			if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
-				o = d.Obj
-			}
-			if u, ok := o.(*unstructured.Unstructured); ok && (src.concerns == nil || src.concerns(u)) {
-				select {
-				case changed <- struct{}{}:
-				default:
-				}
-			}
+	return &watchSet{e: e, ctx: ctx, wctx: wctx, stop: stop, changed: make(chan struct{}, 1), events: map[string]*source{}}
+}
+
+// close stops the informers and waits for them to end.
+func (ws *watchSet) close() {
+	ws.stop(nil)
+	ws.wg.Wait()
+}
+
+// add starts a source's informer and returns once it is watched and its
+// store has synced: the sources start one after the other, so a change is
+// never missed for want of a watch, and always in the same order (the
+// tests rely on it). Its error is the wait's end (see ended).
+func (ws *watchSet) add(src *source) error {
+	poke := func(o any) {
+		if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+			o = d.Obj
 		}
-		lw := &listWatch{e: e, src: src, fail: stop, watching: make(chan struct{})}
-		opts := cache.InformerOptions{
-			ListerWatcher: lw,
-			ObjectType:    &unstructured.Unstructured{},
-			Handler: cache.ResourceEventHandlerFuncs{
-				AddFunc:    poke,
-				UpdateFunc: func(_, o any) { poke(o) },
-				DeleteFunc: poke,
-			},
-			Indexers: cache.Indexers{byKey: func(o any) ([]string, error) {
-				u, ok := o.(*unstructured.Unstructured)
-				if !ok || src.index == nil {
-					return nil, nil
-				}
-				return src.index(u), nil
-			}},
-		}
-		store, ctrl := cache.NewInformerWithOptions(opts)
-		src.store = store.(cache.Indexer)
-		wg.Go(func() { ctrl.RunWithContext(wctx) })
-		synced = append(synced, ctrl.HasSyncedChecker().Done())
-		// The sources start one after the other, each once the one before
-		// is watched: a change is never missed for want of a watch, and
-		// the order is the same every time (the tests rely on it).
-		select {
-		case <-lw.watching:
-		case <-wctx.Done():
-			return ended(ctx, wctx)
+		if u, ok := o.(*unstructured.Unstructured); ok && (src.concerns == nil || src.concerns(u)) {
+			select {
+			case ws.changed <- struct{}{}:
+			default:
+			}
 		}
 	}
-	for _, ch := range synced {
+	lw := &listWatch{e: ws.e, src: src, fail: ws.stop, watching: make(chan struct{})}
+	store, ctrl := cache.NewInformerWithOptions(cache.InformerOptions{
+		ListerWatcher: lw,
+		ObjectType:    &unstructured.Unstructured{},
+		Handler: cache.ResourceEventHandlerFuncs{
+			AddFunc:    poke,
+			UpdateFunc: func(_, o any) { poke(o) },
+			DeleteFunc: poke,
+		},
+	})
+	src.store = store
+	ws.wg.Go(func() { ctrl.RunWithContext(ws.wctx) })
+	for _, ch := range []<-chan struct{}{lw.watching, ctrl.HasSyncedChecker().Done()} {
 		select {
 		case <-ch:
-		case <-wctx.Done():
-			return ended(ctx, wctx)
+		case <-ws.wctx.Done():
+			return ws.ended()
 		}
 	}
+	return nil
+}
+
+// eventsOf returns the events about the object o, adding their source
+// (a field selector on its UID) on first use; nil without an event file.
+func (ws *watchSet) eventsOf(o *unstructured.Unstructured) ([][]byte, error) {
+	uid := string(o.GetUID())
+	src, ok := ws.events[uid]
+	if !ok {
+		evRes, found := ws.e.Catalog.Event()
+		if !found {
+			return nil, nil
+		}
+		c, _, err := ws.e.client(evRes, o.GetNamespace())
+		if err != nil {
+			return nil, err
+		}
+		about := func(u *unstructured.Unstructured) string {
+			b, err := u.MarshalJSON()
+			if err != nil {
+				return ""
+			}
+			return ws.e.Catalog.EventAbout(b)
+		}
+		src = &source{what: fmt.Sprintf("the events of %s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName()), res: evRes, c: c,
+			selector: evRes.Events.About + "=" + uid,
+			concerns: func(u *unstructured.Unstructured) bool { return about(u) == uid }}
+		if err := ws.add(src); err != nil {
+			return nil, err
+		}
+		ws.events[uid] = src
+	}
+	var out [][]byte
+	for _, o := range src.store.List() {
+		if u, ok := o.(*unstructured.Unstructured); ok && src.concerns(u) {
+			if raw, err := u.MarshalJSON(); err == nil {
+				out = append(out, raw)
+			}
+		}
+	}
+	return out, nil
+}
+
+// status evaluates an object against its resource's rules, with the
+// events about it once a rule wants them (read from then on).
+func (ws *watchSet) status(s *resource.Resource, o *unstructured.Unstructured) (resource.Status, error) {
+	b, err := o.MarshalJSON()
+	if err != nil {
+		return resource.Status{State: resource.Pending, Reason: "Unreadable", Message: err.Error()}, nil
+	}
+	obs := resource.Observed{Now: time.Now()}
+	_, read := ws.events[string(o.GetUID())]
+	st := s.EvaluateWith(b, obs)
+	if !st.WantsEvents && !read {
+		return st, nil
+	}
+	if obs.Events, err = ws.eventsOf(o); err != nil {
+		return st, err
+	}
+	obs.EventsRead = true
+	return s.EvaluateWith(b, obs), nil
+}
+
+// run calls check until it says done, after every change a source's
+// concerns accepts and at the recheck time check returns (when a rule
+// comes due without a change). It returns check's error when check says
+// done, errWaitEnded when ctx ends, and the error of a list or watch the
+// server refused (an expired resourceVersion is relisted, not an error).
+func (ws *watchSet) run(check func() (done bool, recheck time.Time, err error)) error {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -153,6 +204,9 @@ func (e *Engine) watchAll(ctx context.Context, srcs []*source, check func() (don
 		if done {
 			return err
 		}
+		if ws.wctx.Err() != nil {
+			return ws.ended()
+		}
 		var due <-chan time.Time
 		if !recheck.IsZero() {
 			if timer == nil {
@@ -163,19 +217,19 @@ func (e *Engine) watchAll(ctx context.Context, srcs []*source, check func() (don
 			due = timer.C
 		}
 		select {
-		case <-changed:
+		case <-ws.changed:
 		case <-due:
-		case <-wctx.Done():
-			return ended(ctx, wctx)
+		case <-ws.wctx.Done():
+			return ws.ended()
 		}
 	}
 }
 
-// ended is the error of a wait whose own context (wctx) ended: a source's
+// ended is the error of a wait whose own context ended: a source's
 // failure, else errWaitEnded.
-func ended(ctx, wctx context.Context) error {
-	if ctx.Err() == nil {
-		if cause := context.Cause(wctx); cause != nil && !errors.Is(cause, context.Canceled) {
+func (ws *watchSet) ended() error {
+	if ws.ctx.Err() == nil {
+		if cause := context.Cause(ws.wctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			return cause
 		}
 	}
@@ -221,7 +275,14 @@ func (l *listWatch) ListWithContext(ctx context.Context, opts metav1.ListOptions
 		list.Items = []unstructured.Unstructured{*first.DeepCopy()}
 		return list, nil
 	}
+	if l.src.changesOnly {
+		opts.Limit = 1
+	}
 	list, err := l.src.c.List(ctx, l.options(opts))
+	if err == nil && l.src.changesOnly {
+		list.Items = nil
+		list.SetContinue("")
+	}
 	if err != nil && !expired(err) && ctx.Err() == nil {
 		err = l.e.noteMissing(l.src.res, err)
 		if ResourceMissing(err) {
@@ -249,47 +310,4 @@ func (l *listWatch) List(opts metav1.ListOptions) (runtime.Object, error) {
 
 func (l *listWatch) Watch(opts metav1.ListOptions) (watch.Interface, error) {
 	return l.WatchWithContext(context.Background(), opts)
-}
-
-// eventSource is the source of the events in a namespace (about one
-// object when uid is set: a field selector), indexed by the UID of the
-// object each is about; nil when the catalog has no event file.
-func (e *Engine) eventSource(namespace, what, uid string) (*source, error) {
-	evRes, ok := e.Catalog.Event()
-	if !ok {
-		return nil, nil
-	}
-	c, _, err := e.client(evRes, namespace)
-	if err != nil {
-		return nil, err
-	}
-	src := &source{what: what, res: evRes, c: c, index: func(u *unstructured.Unstructured) []string {
-		b, err := u.MarshalJSON()
-		if err != nil {
-			return nil
-		}
-		return []string{e.Catalog.EventAbout(b)}
-	}}
-	if uid != "" {
-		src.selector = evRes.Events.About + "=" + uid
-	}
-	return src, nil
-}
-
-// statusWith evaluates an object against its resource's rules with the
-// events about it (from an event source; nil: none read).
-func (e *Engine) statusWith(s *resource.Resource, o *unstructured.Unstructured, events *source) resource.Status {
-	b, err := o.MarshalJSON()
-	if err != nil {
-		return resource.Status{State: resource.Pending, Reason: "Unreadable", Message: err.Error()}
-	}
-	obs := resource.Observed{Now: time.Now()}
-	if events != nil && s.UsesEvents() {
-		for _, ev := range events.indexed(string(o.GetUID())) {
-			if raw, err := ev.MarshalJSON(); err == nil {
-				obs.Events = append(obs.Events, raw)
-			}
-		}
-	}
-	return s.EvaluateWith(b, obs)
 }

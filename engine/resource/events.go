@@ -112,10 +112,12 @@ func (c *Catalog) checkHealth(s *Resource) []error {
 
 // Observed is what a health rule may test besides the object itself.
 type Observed struct {
-	// Events are the events about the object (JSON). A rule with event:
-	// holds only when one of them matches; where no events are read
-	// (Evaluate), such a rule never holds.
-	Events [][]byte
+	// EventsRead says that Events are the events about the object (JSON):
+	// a rule with event: holds only when one of them matches. Without
+	// them (Evaluate) such a rule does not hold, and the status says
+	// whether they were wanted (Status.WantsEvents).
+	EventsRead bool
+	Events     [][]byte
 	// Now is the time a rule's after is measured against.
 	Now time.Time
 }

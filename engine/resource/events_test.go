@@ -93,7 +93,7 @@ func TestUnschedulableFailsWhenNothingHelps(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			is := is.New(t)
-			st := pod.EvaluateWith(c.obj, resource.Observed{Events: c.events, Now: now})
+			st := pod.EvaluateWith(c.obj, resource.Observed{EventsRead: true, Events: c.events, Now: now})
 			is.Equal(st.State, c.state)
 			is.Equal(st.Reason, c.reason)
 			is.Equal(st.Message, "0/3 nodes are available: 3 Insufficient cpu.") // the scheduler's
@@ -107,8 +107,13 @@ func TestUnschedulableFailsWhenNothingHelps(t *testing.T) {
 			}
 		})
 	}
-	// Without its events (Evaluate), a rule with event: does not hold.
-	is.New(t).Equal(pod.Evaluate(unschedulable(t, time.Now(), nil, "")).Reason, "Unschedulable")
+	// Without its events (Evaluate), a rule with event: does not hold, and
+	// the status says they are wanted; a scheduled pod wants none.
+	st := pod.Evaluate(unschedulable(t, time.Now(), nil, ""))
+	is := is.New(t)
+	is.Equal(st.Reason, "Unschedulable")
+	is.True(st.WantsEvents)
+	is.True(!pod.Evaluate([]byte(`{"metadata":{"uid":"u"},"status":{"phase":"Pending","conditions":[{"type":"PodScheduled","status":"True"}]}}`)).WantsEvents)
 }
 
 // The Job controller reports a quota refusal only as a FailedCreate
@@ -123,16 +128,16 @@ func TestJobQuotaRefusalIsAnEvent(t *testing.T) {
 		`Error creating: pods "pc-x-7k2lq" is forbidden: exceeded quota: paperclip-quota, requested: pods=1, used: pods=1, limited: pods=1`)
 	other := event(t, "u-job", "Warning", "FailedCreate", "job-controller", `Error creating: pods "pc-x-7k2lq" is forbidden: error looking up service account`)
 	now := time.Now()
-	st := job.EvaluateWith(obj, resource.Observed{Events: [][]byte{other, quota}, Now: now})
+	st := job.EvaluateWith(obj, resource.Observed{EventsRead: true, Events: [][]byte{other, quota}, Now: now})
 	is.Equal(st.State, resource.Failed)
 	is.Equal(st.Reason, "QuotaExceeded")
 	is.True(strings.HasPrefix(st.Message, `Error creating: pods "pc-x-7k2lq" is forbidden: exceeded quota: paperclip-quota`))
 	is.Equal(st.Event, "") // the message is the event's
 	is.True(strings.Contains(st.String(), "resourceQuota in the environment config"))
-	is.Equal(job.EvaluateWith(obj, resource.Observed{Events: [][]byte{other}, Now: now}).State, resource.Pending)
+	is.Equal(job.EvaluateWith(obj, resource.Observed{EventsRead: true, Events: [][]byte{other}, Now: now}).State, resource.Pending)
 
 	active := []byte(`{"apiVersion":"batch/v1","kind":"Job","metadata":{"name":"pc-x","uid":"u-job","generation":1},"status":{"active":1}}`)
-	is.Equal(job.EvaluateWith(active, resource.Observed{Events: [][]byte{quota}, Now: now}).State, resource.Pending) // the pod was made after all
+	is.Equal(job.EvaluateWith(active, resource.Observed{EventsRead: true, Events: [][]byte{quota}, Now: now}).State, resource.Pending) // the pod was made after all
 }
 
 // A file may test events only when the catalog describes them, after

@@ -42,6 +42,10 @@ type Status struct {
 	// Recheck, when set, is when a rule with after comes due: the state
 	// may change then without any change to the object.
 	Recheck time.Time
+	// WantsEvents says that the object's events were not read and a rule
+	// that tests them held in every other way: read them and evaluate
+	// again (a waiter reads events only for the objects that want them).
+	WantsEvents bool
 }
 
 func (s Status) String() string {
@@ -81,6 +85,7 @@ func (s *Resource) EvaluateWith(obj []byte, o Observed) Status {
 	}
 	generation := doc.Get("metadata.generation")
 	var recheck time.Time
+	wants := false
 	for _, rule := range s.Health.Rules {
 		ok, _ := matchAll(rule.Match, obj)
 		if !ok {
@@ -95,6 +100,10 @@ func (s *Resource) EvaluateWith(obj []byte, o Observed) Status {
 		}
 		var ev event
 		if rule.Event != nil {
+			if !o.EventsRead {
+				wants = true
+				continue
+			}
 			if s.catalog == nil {
 				continue
 			}
@@ -108,7 +117,7 @@ func (s *Resource) EvaluateWith(obj []byte, o Observed) Status {
 			}
 			continue
 		}
-		st := Status{State: rule.State, Hint: rule.Hint, Recheck: recheck}
+		st := Status{State: rule.State, Hint: rule.Hint, Recheck: recheck, WantsEvents: wants}
 		st.Reason = first(doc.Get(rule.ReasonFrom).String(), rule.Reason, cond.Get("reason").String(), ev.reason)
 		st.Message = first(doc.Get(rule.MessageFrom).String(), rule.Message, cond.Get("message").String(), ev.message)
 		if rule.Event != nil && st.Message != ev.message {
@@ -116,7 +125,7 @@ func (s *Resource) EvaluateWith(obj []byte, o Observed) Status {
 		}
 		return st
 	}
-	return Status{State: Pending, Reason: "NoRuleMatched", Recheck: recheck}
+	return Status{State: Pending, Reason: "NoRuleMatched", Recheck: recheck, WantsEvents: wants}
 }
 
 // comesDue is when a rule with after starts to hold: its condition's
