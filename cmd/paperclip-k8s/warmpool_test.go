@@ -565,3 +565,28 @@ func TestWarmPoolReusableLease(t *testing.T) {
 	is.Equal(r.Stdout, "kept\n")
 	is.Equal(r.Metadata["podName"], pod.Name)
 }
+
+// The lease's expiry is on the claim (spec.lifecycle.shutdownTime,
+// shutdownPolicy Delete): the controller deletes the claim then, and its
+// Sandbox and pod go with it, even if the host never releases the lease.
+func TestWarmPoolLeaseExpiryHonoured(t *testing.T) {
+	t.Parallel()
+	is := is.New(t)
+	h := newHooks(t, "sandboxclaim", map[string]any{"warmPoolSize": 1})
+	l := h.acquire(map[string]any{"requestedExpiresAt": time.Now().Add(32 * time.Second).UTC().Format(time.RFC3339)})
+	exp, err := time.Parse(time.RFC3339, *l.ExpiresAt)
+	is.NoErr(err)
+	is.Equal(h.exec(l, "true", nil).code(), 0) // the pod runs
+	_, sb, pod := h.claimPod(l)
+	h.waitObject(gvrClaim, l.meta("namespace"), l.id(), time.Until(exp)+20*time.Second, "the claim is deleted at its expiry", func(u *unstructured.Unstructured) bool { return u == nil })
+	goneAt := time.Now()
+	t.Logf("expiresAt %s; the claim was gone %s after it", exp.Format(time.RFC3339), goneAt.Sub(exp).Round(time.Millisecond))
+	if goneAt.Before(exp.Add(-time.Second)) {
+		t.Errorf("the claim was deleted %s before its expiry", exp.Sub(goneAt))
+	}
+	h.waitClaimRunGone(l, sb.GetName(), pod.Name)
+	var got lease
+	h.w.mustCall("environmentResumeLease", h.leaseParams(l), &got)
+	is.True(got.ProviderLeaseID == nil)
+	is.Equal(got.Metadata["expired"], true)
+}
