@@ -41,7 +41,7 @@ type wpRow struct {
 	bare    []time.Duration // bare exec `true` in the same pod, after it
 	reqs    int             // provider requests, acquire + first execute
 	runs    int
-	refill  []time.Duration // last acquire of a round -> pool full again
+	refill  []time.Duration // how long the pool was below its size in a round
 	warmRun int             // runs whose pod was made before the run
 }
 
@@ -87,9 +87,11 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 			return err
 		}
 		if sc.pool > 0 {
-			if _, err := waitPoolsFull(ctx, dyn, poolGVR, ns); err != nil {
+			pw, err := watchPools(ctx, dyn, poolGVR, ns) // returns once full
+			if err != nil {
 				return err
 			}
+			pw.stop()
 		}
 		levels := sc.levels
 		if levels == nil {
@@ -103,16 +105,28 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 			b.progress(fmt.Sprintf("warm pools: %s: %d runs at parallelism %d", sc.name, runs, par))
 			row := wpRow{sc: sc, par: par}
 			for done := 0; done < runs; done += par {
-				var last time.Time
-				if err := b.wpRound(ctx, &row, company, cfg, par, &last); err != nil {
-					return err
-				}
+				var pw *poolWatch
 				if sc.pool > 0 {
-					fullAt, err := waitPoolsFull(ctx, dyn, poolGVR, ns)
-					if err != nil {
+					if pw, err = watchPools(ctx, dyn, poolGVR, ns); err != nil {
 						return err
 					}
-					row.refill = append(row.refill, fullAt.Sub(last))
+				}
+				var last time.Time
+				warmBefore := row.warmRun
+				err := b.wpRound(ctx, &row, company, cfg, par, &last)
+				if err == nil && pw != nil {
+					var d time.Duration
+					// A round that took a member must see the pool go below
+					// its size and back.
+					if d, err = pw.refill(ctx, row.warmRun > warmBefore); err == nil && d > 0 {
+						row.refill = append(row.refill, d)
+					}
+				}
+				if pw != nil {
+					pw.stop()
+				}
+				if err != nil {
+					return err
 				}
 				if err := b.releaseAll(ctx); err != nil {
 					return err
@@ -142,7 +156,7 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 			ms(Percentile(r.ttfc, 50)), ms(Percentile(r.ttfc, 95)), ms(Percentile(r.bare, 50)), ratio,
 			float64(r.reqs)/float64(max(r.runs, 1)), refill50, refillMax)
 	}
-	fmt.Fprintf(out, "\nwarm: runs whose pod was created before the run's acquire (a pool member). API requests: the provider's, for the acquire and the first command. Pool refill: from the last acquire of a round to the pool's readyReplicas back at its size (the provider's figures and the controller's; on the local control plane the controller is the stand-in, internal/sandboxctl, and pods start in milliseconds).\n")
+	fmt.Fprintf(out, "\nwarm: runs whose pod was created before the run's acquire (a pool member). API requests: the provider's, for the acquire and the first command. Pool refill: how long the pool stayed below its size in a round (from the first status with fewer ready members than spec.replicas to the status with all of them ready again, as watched). These are the provider's figures and the controller's; on the local control plane the controller is the stand-in (internal/sandboxctl) and kwok makes pods Ready in milliseconds, so a real cluster adds image pull and start to every cold row and to the refill.\n")
 	return nil
 }
 
@@ -244,53 +258,145 @@ func (b *bench) executeWith(ctx context.Context, company string, cfg map[string]
 	return pod, nil
 }
 
-// waitPoolsFull waits (with a watch) until every warm pool of the
-// namespace has status.readyReplicas == spec.replicas, and returns when it
-// saw that (the list's time when they already were).
-func waitPoolsFull(ctx context.Context, dyn dynamic.Interface, gvr schema.GroupVersionResource, ns string) (time.Time, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
+// poolWatch watches the warm pools of a namespace and records when they
+// were first seen below their size and when they were all full again.
+type poolWatch struct {
+	w    watch.Interface
+	done chan struct{}
+
+	mu        sync.Mutex
+	belowAt   time.Time // first status below size
+	fullAt    time.Time // status all full again after the last drop
+	changed   chan struct{}
+	closeOnce sync.Once
+}
+
+func poolFull(u *unstructured.Unstructured) bool {
+	want, _, _ := unstructured.NestedInt64(u.Object, "spec", "replicas")
+	ready, _, _ := unstructured.NestedInt64(u.Object, "status", "readyReplicas")
+	have, _, _ := unstructured.NestedInt64(u.Object, "status", "replicas")
+	return ready >= want && have == want
+}
+
+// watchPools waits until the pools are full, then watches them.
+func watchPools(ctx context.Context, dyn dynamic.Interface, gvr schema.GroupVersionResource, ns string) (*poolWatch, error) {
 	ri := dyn.Resource(gvr).Namespace(ns)
 	l, err := ri.List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return time.Time{}, fmt.Errorf("listing the %s of namespace %s: %w", gvr.Resource, ns, err)
+		return nil, fmt.Errorf("listing the %s of namespace %s: %w", gvr.Resource, ns, err)
 	}
-	short := map[string]bool{}
-	full := func(u *unstructured.Unstructured) bool {
-		want, _, _ := unstructured.NestedInt64(u.Object, "spec", "replicas")
-		ready, _, _ := unstructured.NestedInt64(u.Object, "status", "readyReplicas")
-		have, _, _ := unstructured.NestedInt64(u.Object, "status", "replicas")
-		return ready >= want && have == want
-	}
+	state := map[string]bool{}
 	for i := range l.Items {
-		if !full(&l.Items[i]) {
-			short[l.Items[i].GetName()] = true
-		}
-	}
-	if len(short) == 0 {
-		return time.Now(), nil
+		state[l.Items[i].GetName()] = poolFull(&l.Items[i])
 	}
 	w, err := ri.Watch(ctx, metav1.ListOptions{ResourceVersion: l.GetResourceVersion()})
 	if err != nil {
-		return time.Time{}, err
+		return nil, err
 	}
-	defer w.Stop()
-	for len(short) > 0 {
-		select {
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				return time.Time{}, fmt.Errorf("the watch on %s of namespace %s ended", gvr.Resource, ns)
+	pw := &poolWatch{w: w, done: make(chan struct{}), changed: make(chan struct{}, 1)}
+	allFull := func() bool {
+		for _, f := range state {
+			if !f {
+				return false
 			}
+		}
+		return true
+	}
+	// Not full yet (an earlier round's refill): ready once it is.
+	wasFull := allFull()
+	ready := make(chan struct{})
+	var readyOnce sync.Once
+	if wasFull {
+		readyOnce.Do(func() { close(ready) })
+	}
+	go func() {
+		defer close(pw.done)
+		for ev := range w.ResultChan() {
 			u, ok := ev.Object.(*unstructured.Unstructured)
 			if !ok {
 				continue
 			}
-			if ev.Type == watch.Deleted || full(u) {
-				delete(short, u.GetName())
+			if ev.Type == watch.Deleted {
+				delete(state, u.GetName())
+			} else {
+				state[u.GetName()] = poolFull(u)
 			}
+			full := allFull()
+			now := time.Now()
+			pw.mu.Lock()
+			switch {
+			case full && !wasFull:
+				select {
+				case <-ready:
+					if pw.fullAt.IsZero() {
+						pw.fullAt = now
+					}
+				default:
+					readyOnce.Do(func() { close(ready) })
+				}
+			case !full && wasFull:
+				select {
+				case <-ready:
+					if pw.belowAt.IsZero() {
+						pw.belowAt = now
+					}
+					pw.fullAt = time.Time{} // below again: until the last refill
+				default:
+				}
+			}
+			pw.mu.Unlock()
+			wasFull = full
+			select {
+			case pw.changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	select {
+	case <-ready:
+		return pw, nil
+	case <-pw.done:
+		return nil, fmt.Errorf("the watch on %s of namespace %s ended", gvr.Resource, ns)
+	case <-time.After(5 * time.Minute):
+		pw.stop()
+		return nil, fmt.Errorf("the warm pools of namespace %s did not fill within 5m", ns)
+	case <-ctx.Done():
+		pw.stop()
+		return nil, ctx.Err()
+	}
+}
+
+// refill waits until the pools, having been below size since watchPools
+// (when taken, they must have been), are full again, and returns how long
+// they were below (0: never seen below).
+func (pw *poolWatch) refill(ctx context.Context, taken bool) (time.Duration, error) {
+	timeout := time.After(5 * time.Minute)
+	for {
+		pw.mu.Lock()
+		below, full := pw.belowAt, pw.fullAt
+		pw.mu.Unlock()
+		switch {
+		case below.IsZero() && !taken:
+			return 0, nil
+		case below.IsZero():
+		case !full.IsZero():
+			return full.Sub(below), nil
+		}
+		select {
+		case <-pw.changed:
+		case <-pw.done:
+			return 0, fmt.Errorf("the warm pool watch ended before the pool refilled")
+		case <-timeout:
+			return 0, fmt.Errorf("the warm pool did not refill within 5m")
 		case <-ctx.Done():
-			return time.Time{}, fmt.Errorf("waiting for the warm pools of namespace %s to fill: %w", ns, ctx.Err())
+			return 0, ctx.Err()
 		}
 	}
-	return time.Now(), nil
+}
+
+func (pw *poolWatch) stop() {
+	pw.closeOnce.Do(func() {
+		pw.w.Stop()
+		<-pw.done
+	})
 }
