@@ -37,7 +37,7 @@ func TestBenchWarmPools(t *testing.T) {
 	for _, h := range []string{
 		"paperclip-k8s bench -warm-pools: n=2, pool size 4;",
 		"### Warm pools: acquire → first command (`true`) → bare exec in the same pod",
-		"| backend | parallel | runs | warm | acquire p50 | acquire p95 | first command p50 | first command p95 | bare exec p50 | first command ÷ bare | API requests / run | pool refill p50 | pool refill max |",
+		"| backend | parallel | runs | warm | acquire p50 | acquire p95 | first execute p50 | first command p50 | first command p95 | bare exec p50 | first command ÷ bare | API requests / run | pool refill p50 | pool refill max |",
 		"| sandbox | 1 | 2 | – |",
 		"| sandbox | 20 | 20 | – |",
 		"| sandboxclaim, empty pool | 1 | 2 | 0 |",
