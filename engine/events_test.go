@@ -84,7 +84,7 @@ func TestAwaitPodWaitsForAScaleUp(t *testing.T) {
 }
 
 // With no word from an autoscaler, an Unschedulable pod fails once the
-// grace (pod.yaml's after: 30s, counted from the scheduler's verdict) is
+// grace (pod.yaml's after: 15s, counted from the scheduler's verdict) is
 // over, without any change to the pod: the wait evaluates the rules again
 // when the grace comes due. The error names the pod, the scheduler's
 // message and the fix.
@@ -94,7 +94,7 @@ func TestAwaitPodFailsAnUnschedulablePodWhenTheGraceEnds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sb, w := f.workload(t, "sandbox")
-	f.addPod(t, w, unschedulableSince(time.Now().Add(-29*time.Second)))
+	f.addPod(t, w, unschedulableSince(time.Now().Add(-14*time.Second)))
 	_, _, err := f.e.AwaitPod(ctx, sb, w)
 	var te *engine.TerminalError
 	is.True(errors.As(err, &te))

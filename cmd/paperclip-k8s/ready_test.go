@@ -307,6 +307,19 @@ func TestRealizeFailsFastOnAnUnschedulablePod(t *testing.T) {
 		"didn't match Pod's node affinity/selector", "check nodeSelector, runtimeClassName and defaultResources", "paperclip.io/unschedulable=wait")
 }
 
+// With no word from a node autoscaler, an Unschedulable pod fails realize
+// once the autoscalers' grace (15 s from the scheduler's verdict, its
+// condition's lastTransitionTime) is over, without any change to the pod.
+func TestRealizeFailsAnUnschedulablePodWhenNoAutoscalerAnswers(t *testing.T) {
+	t.Parallel()
+	h := newHooks(t, "sandbox", map[string]any{"nodeSelector": map[string]any{"paperclip-k8s.test/pool": "none-" + randHex(4)}, "timeoutMs": 60000})
+	l := h.acquire(nil)
+	pod := h.untilPod(l, "the scheduler to give up on the pod", unschedulable)
+	_, rerr := h.realize(l)
+	wantErr(t, rerr, "Sandbox "+h.namespace()+"/"+l.id()+" cannot be used", "Pod "+h.namespace()+"/"+pod.Name+" is Failed/Unschedulable: ",
+		"didn't match Pod's node affinity/selector", "nothing is adding one")
+}
+
 // A pod no node can take waits while a node autoscaler says it is adding
 // one (its TriggeredScaleUp event about the pod), even where nothing else
 // would be waited for; once the node is there the run goes on.

@@ -56,14 +56,14 @@ func event(t *testing.T, uid, typ, reason, component, message string) []byte {
 
 // An Unschedulable pod fails only when nothing is coming to help: the
 // scheduler preempting (nominatedNodeName) or an autoscaler scaling up
-// keep it Pending; an autoscaler that says it cannot, or 30 s with no
+// keep it Pending; an autoscaler that says it cannot, or 15 s with no
 // word from one, fail it with the scheduler's message and the fix; the
-// operator's annotation waits always, or fails without the 30 s.
+// operator's annotation waits always, or fails without the 15 s.
 func TestUnschedulableFailsWhenNothingHelps(t *testing.T) {
 	c := testutil.Catalog(t)
 	pod, _ := c.Pod()
 	now := time.Date(2026, 11, 30, 10, 0, 10, 0, time.UTC)
-	recent, old := now.Add(-10*time.Second), now.Add(-31*time.Second)
+	recent, old := now.Add(-10*time.Second), now.Add(-16*time.Second)
 	scaleUp := event(t, "u-pod", "Normal", "TriggeredScaleUp", "cluster-autoscaler", "pod triggered scale-up: [{pool-a 1->2 (max: 5)}]")
 	nominated := event(t, "u-pod", "Normal", "Nominated", "karpenter", "Pod should schedule on: nodeclaim/default-x8v2k")
 	noScaleUp := event(t, "u-pod", "Normal", "NotTriggerScaleUp", "cluster-autoscaler", "pod didn't trigger scale-up: 1 max node group size reached")
@@ -78,7 +78,7 @@ func TestUnschedulableFailsWhenNothingHelps(t *testing.T) {
 		reason, event, inHint string
 		recheck               time.Time
 	}{
-		{"within the grace", unschedulable(t, recent, nil, ""), [][]byte{schedulerNo}, resource.Pending, "Unschedulable", "", "30 s", recent.Add(30 * time.Second)},
+		{"within the grace", unschedulable(t, recent, nil, ""), [][]byte{schedulerNo}, resource.Pending, "Unschedulable", "", "15 s", recent.Add(15 * time.Second)},
 		{"after the grace", unschedulable(t, old, nil, ""), [][]byte{schedulerNo}, resource.Failed, "Unschedulable", "", "nothing is adding one", time.Time{}},
 		{"another pod's scale-up", unschedulable(t, old, nil, ""), [][]byte{otherPod}, resource.Failed, "Unschedulable", "", "paperclip.io/unschedulable=wait", time.Time{}},
 		{"preempting", unschedulable(t, old, nil, "node-2"), nil, resource.Pending, "Preempting", "", "preempting", time.Time{}},
