@@ -41,6 +41,7 @@ func Manifest() (map[string]any, error) {
 			"description":            "Agent runs in a Kubernetes Sandbox (agent-sandbox) or Job, commands through pods/exec.",
 			"configSchema":           schema,
 			"supportsReusableLeases": true,
+			"supportsLoginPty":       manifestSupportsLoginPty(), // loginpty.go
 			"sandboxCapabilities": map[string]any{
 				"reusableLeases": true,
 				"nativeSyncIn":   true,
