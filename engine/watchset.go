@@ -276,7 +276,9 @@ func (l *listWatch) ListWithContext(ctx context.Context, opts metav1.ListOptions
 		return list, nil
 	}
 	if l.src.changesOnly {
-		opts.Limit = 1
+		// The latest resourceVersion, from one item: "0" (any, from the
+		// watch cache) would send them all.
+		opts.Limit, opts.ResourceVersion, opts.ResourceVersionMatch = 1, "", ""
 	}
 	list, err := l.src.c.List(ctx, l.options(opts))
 	if err == nil && l.src.changesOnly {
