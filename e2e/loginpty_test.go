@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/paperclip-k8s/paperclip-k8s/e2e/paperclip"
+	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
 )
 
 // The fake codex CLI's credential: a subscription auth.json as the host's
@@ -28,11 +30,11 @@ const fakeCodexAuth = `{"auth_mode":"chatgpt","tokens":{"account_id":"acct-e2e-l
 // for the user to approve in the browser (here: a line on the approval
 // FIFO, which the test writes once it has read the code from the host),
 // writes $CODEX_HOME/auth.json and exits 0. It records where CODEX_HOME
-// was. %[1]s: the record file, %[2]s: the FIFO, %[3]s: the credential.
+// was, and its process id. %[1]s: the record file, %[2]s: the FIFO, %[3]s: the credential.
 const fakeCodex = `#!/bin/sh
 if [ "$1 $2" != "login --device-auth" ]; then echo "fake codex: unexpected arguments: $*" >&2; exit 2; fi
 if [ ! -t 0 ] || [ ! -t 1 ]; then echo "fake codex: not on a terminal" >&2; exit 3; fi
-printf '%%s\n' "$CODEX_HOME" > '%[1]s'
+printf '%%s\n%%s\n' "$CODEX_HOME" "$$" > '%[1]s'
 printf 'Welcome to Codex\n\nFollow these steps to sign in with ChatGPT using device code authorization:\n\n'
 printf '1. Open this link in your browser and sign in to your account\n   https://auth.openai.com/codex/device\n\n'
 printf '2. Enter this one-time code (expires in 15 minutes)\n   WXYZ-98765\n\n'
@@ -210,7 +212,7 @@ func TestLoginTerminal(t *testing.T) {
 		// session home the host chose, auth.json there is private.
 		b, err := os.ReadFile(record)
 		is.NoErr(err)
-		home := strings.TrimSpace(string(b))
+		home, _, _ := strings.Cut(string(b), "\n")
 		t.Cleanup(func() { _ = os.RemoveAll(home) })
 		is.True(sessionHomeForm.MatchString(home))
 		st, err := os.Lstat(filepath.Join(home, "auth.json"))
@@ -253,6 +255,45 @@ func TestLoginTerminal(t *testing.T) {
 		}
 		is.True(opened)
 		is.True(ended)
+	})
+
+	// The owner cancels while the CLI waits for the approval: the host
+	// closes the terminal (loginPtyClose), which ends the CLI in the pod
+	// (its process is gone), and releases the lease.
+	t.Run("codex login cancelled", func(t *testing.T) {
+		is := is.New(t)
+		env, err := srv.CreateEnvironment(ctx, company.ID, "k8s-login-cancel", s.config("sandbox"))
+		is.NoErr(err)
+		is.NoErr(os.Remove(record)) // the last login's
+		before := c.leaseIDs(ctx, t, env.ID)
+		started, err := srv.StartAdapterLogin(ctx, company.ID, "codex_local", env.ID)
+		is.NoErr(err)
+		waitLogin(ctx, t, srv, company.ID, "codex_local", started.SessionID, func(l paperclip.LoginSession) bool {
+			return l.Status == "waiting_for_user" && l.Prompt != nil
+		})
+		// The CLI waits for the approval.
+		b, err := os.ReadFile(record)
+		is.NoErr(err)
+		fields := strings.Fields(string(b))
+		is.Equal(len(fields), 2)
+		pid, err := strconv.Atoi(fields[1])
+		is.NoErr(err)
+		is.True(testutil.Alive(pid))
+		got, err := srv.CancelAdapterLogin(ctx, company.ID, "codex_local", started.SessionID)
+		is.NoErr(err)
+		t.Logf("cancelled: %s", got.Raw)
+		c.released(ctx, t, env.ID, before, "sandbox", "released")
+		// The CLI is gone: the terminal was closed under it.
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		testutil.WaitGone(t, wctx, pid)
+		lines, err := srv.PluginLines(s.plugin.ID)
+		is.NoErr(err)
+		var closed bool
+		for _, l := range lines {
+			closed = closed || strings.Contains(l.Text(), `msg="login terminal closed"`)
+		}
+		is.True(closed)
 	})
 
 	// A job backend cannot host a terminal: the host's login fails, the

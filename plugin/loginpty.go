@@ -9,6 +9,7 @@ import (
 	"io"
 	"regexp"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -550,13 +551,22 @@ func (p *Provider) LoginPtyInput(ctx context.Context, in LoginPtyInputParams) (a
 
 // LoginPtyStop interrupts a terminal's command: Ctrl-C, which the terminal
 // turns into SIGINT for it. Its exit is reported as usual; loginPtyClose
-// ends the stream.
+// ends the stream. Stopping a terminal that has ended (the host stops
+// every login when it is over) does nothing.
 func (p *Provider) LoginPtyStop(ctx context.Context, in LoginPtyStopParams) (any, error) {
-	s, err := p.loginSession(in.WorkerSessionID)
-	if err != nil {
+	if in.WorkerSessionID == "" {
+		return nil, rpc.Errorf(rpc.CodeInvalidParams, "loginPtyStop: workerSessionId is required")
+	}
+	p.login.mu.Lock()
+	s := p.login.sessions[in.WorkerSessionID]
+	p.login.mu.Unlock()
+	if s == nil {
+		return nil, nil
+	}
+	if err := s.interrupt(ctx, false); err != nil && !strings.Contains(err.Error(), "has ended") {
 		return nil, err
 	}
-	return nil, s.interrupt(ctx, false)
+	return nil, nil
 }
 
 // LoginPtyClose ends a terminal (Ctrl-C, then the stream is torn down)

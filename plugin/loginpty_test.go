@@ -209,9 +209,12 @@ func TestLoginPtySession(t *testing.T) {
 	is.True(strings.HasSuffix(h.output(res.WorkerSessionID), "got:hello é\r\n"))
 	is.Equal(*(exit.params["exitCode"].(*int)), 0)
 
-	// The session is gone: input is refused, close still acknowledges.
+	// The session is gone: input is refused, stop does nothing, close still
+	// acknowledges.
 	_, err = f.p.LoginPtyInput(context.Background(), LoginPtyInputParams{WorkerSessionID: res.WorkerSessionID, Data: "x"})
 	is.True(err != nil)
+	_, err = f.p.LoginPtyStop(context.Background(), LoginPtyStopParams(res))
+	is.NoErr(err)
 	ack, err := f.p.LoginPtyClose(context.Background(), LoginPtyCloseParams{HostRouteID: in.HostRouteID})
 	is.NoErr(err)
 	is.Equal(ack.HostRouteID, in.HostRouteID)
