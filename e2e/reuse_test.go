@@ -32,6 +32,8 @@ type rig struct {
 	config    func(backend string) map[string]any
 	claude    string // the fake claude CLI (a path in the "sandbox")
 	pluginID  string
+	// restoreIsolated: a cleanup restores enableIsolatedWorkspaces.
+	restoreIsolated bool
 }
 
 // quietFor is how long an issue must have no queued or running run before a
@@ -70,10 +72,17 @@ const quietFor = 5 * time.Second
 //	issue closed: destroy of the kept lease (failureReason
 //	              "issue_terminal_<status>"), in the PATCH request itself
 //
-// The plugin keeps a Sandbox on release only when the lease carries that
-// scope (and reuseLease is on, the backend execs, no cancelActiveWork):
-// probe and adapter-test leases (policy ephemeral) and issue-less runs are
-// deleted as before.
+// The host sends the same release whether it will resume the lease or not:
+// it stores every lease of reuseLease: true as reuse_by_environment and
+// gives every one with an execution workspace and an agent the scope
+// reusableSandboxLease, also on issues that get a new execution workspace
+// per run (isolated workspaces off, or no reuse_existing). So the plugin
+// keeps a Sandbox on release only when the lease carries that scope
+// (reuseLease on, the backend execs, no cancelActiveWork) AND the lease's
+// issue, which it reads from the host (issues.get), is bound to the lease's
+// execution workspace and asks to reuse it. Probe and adapter-test leases
+// (policy ephemeral), issue-less runs and runs of issues that do not reuse
+// their workspace are deleted at release.
 //
 // A released reuse_by_environment row blocks a plain environment delete
 // (409, deleteBlockedReasons ["reusable_sandbox_lease"]), the issue-less
@@ -91,7 +100,9 @@ const quietFor = 5 * time.Second
 // delete) → acquire: reuse was pure overhead.
 func testReusableLease(ctx context.Context, t *testing.T, r *rig) {
 	is := is.New(t)
-	r.enableIsolatedWorkspaces(ctx, t)
+	// Off for the first steps (the server's default); on from the issue
+	// that reuses its workspace.
+	r.setIsolatedWorkspaces(ctx, t, false)
 
 	cfg := r.config("sandbox")
 	cfg["reuseLease"] = true
@@ -157,13 +168,89 @@ func testReusableLease(ctx context.Context, t *testing.T, r *rig) {
 		ID string `json:"id"`
 	}
 	is.NoErr(r.api(ctx, http.MethodPost, "/api/companies/"+r.companyID+"/projects", map[string]any{"name": "e2e reuse"}, &project))
-	// Assigned, but in backlog: no assignment wake; the test wakes the agent.
-	is.NoErr(r.api(ctx, http.MethodPost, "/api/companies/"+r.companyID+"/issues", map[string]any{
-		"title": "e2e reusable lease", "projectId": project.ID, "assigneeAgentId": agent.ID, "status": "backlog",
-		"executionWorkspacePreference": "reuse_existing", "executionWorkspaceSettings": map[string]any{"mode": "shared_workspace"},
-	}, &issue))
+	// The issues are assigned, but in backlog: no assignment wake; the test
+	// wakes the agent.
+	newIssue := func(t *testing.T, title string, reuse bool) string {
+		body := map[string]any{"title": title, "projectId": project.ID, "assigneeAgentId": agent.ID, "status": "backlog"}
+		if reuse {
+			body["executionWorkspacePreference"] = "reuse_existing"
+			body["executionWorkspaceSettings"] = map[string]any{"mode": "shared_workspace"}
+		}
+		var out struct {
+			ID string `json:"id"`
+		}
+		if err := r.api(ctx, http.MethodPost, "/api/companies/"+r.companyID+"/issues", body, &out); err != nil {
+			t.Fatal(err)
+		}
+		return out.ID
+	}
+	seenRuns := map[string]bool{}
 
-	steps := &reuseSteps{rig: r, envID: e.ID, agentID: agent.ID, issueID: issue.ID, seenRuns: map[string]bool{}}
+	// Runs of a project issue whose workspace is not reused: each run gets
+	// a new execution workspace, and the host still publishes its lease for
+	// reuse (reuse_by_environment, with the reusableSandboxLease scope of
+	// that workspace), although no run will ever resume it. The plugin asks
+	// for the issue at release and deletes the Sandbox.
+	notReused := func(t *testing.T, issueID string) {
+		is := is.New(t)
+		steps := &reuseSteps{rig: r, envID: e.ID, agentID: agent.ID, issueID: issueID, seenRuns: seenRuns}
+		runs := steps.wake(ctx, t)
+		var rows []leaseRow
+		for _, l := range steps.rows(ctx, t) {
+			if slices.Contains(runs, deref(l.HeartbeatRunID)) {
+				rows = append(rows, l)
+			}
+		}
+		is.Equal(len(rows), len(runs)) // one lease row per run
+		workspaces := map[string]bool{}
+		for i, l := range rows {
+			name := deref(l.ProviderLeaseID)
+			scope, _ := l.Metadata["reusableSandboxLease"].(map[string]any)
+			t.Logf("row %d: run %s %s %s workspace %s scope %v", i, deref(l.HeartbeatRunID), l.Status, name, l.ExecutionWorkspaceID, scope)
+			// What the host publishes: the same as for a lease it resumes.
+			is.Equal(l.LeasePolicy, "reuse_by_environment")
+			is.True(l.ExecutionWorkspaceID != "")
+			is.Equal(scope["executionWorkspaceId"], l.ExecutionWorkspaceID)
+			is.Equal(l.acquisition(), "created") // never resumed
+			is.Equal(l.Status, "released")
+			is.Equal(deref(l.CleanupStatus), "success")
+			is.True(!workspaces[l.ExecutionWorkspaceID]) // a new execution workspace per run
+			workspaces[l.ExecutionWorkspaceID] = true
+			// What the plugin did: released the Sandbox, and said why.
+			is.Equal(steps.hooks(t, name), []string{"acquired", "stopped"})
+			why := steps.notKeptReason(t, name)
+			t.Logf("release of %s: not kept: %s", name, why)
+			is.True(strings.Contains(why, "issue "+issueID+" does not ask to reuse its execution workspace"))
+			sb, ok := r.c.rec.find(gvrSandbox, r.c.tenant, name)
+			is.True(ok)
+			steps.gone(ctx, t, sb)
+		}
+	}
+	// (B) Isolated workspaces off (the server's default): the server drops
+	// the issue's executionWorkspacePreference and executionWorkspaceSettings.
+	if !t.Run("issue that does not reuse its workspace (isolated workspaces off) is not kept", func(t *testing.T) {
+		is := is.New(t)
+		id := newIssue(t, "e2e reuse: isolated workspaces off", true)
+		var got map[string]any
+		is.NoErr(r.api(ctx, http.MethodGet, "/api/issues/"+id, nil, &got))
+		is.Equal(got["executionWorkspacePreference"], nil) // dropped by the server
+		notReused(t, id)
+	}) {
+		return
+	}
+
+	r.setIsolatedWorkspaces(ctx, t, true)
+	// (B') Isolated workspaces on, but the issue does not ask to reuse its
+	// workspace.
+	if !t.Run("issue that does not reuse its workspace (no reuse_existing) is not kept", func(t *testing.T) {
+		notReused(t, newIssue(t, "e2e reuse: no reuse_existing", false))
+	}) {
+		return
+	}
+
+	// (A) The issue asks to reuse its workspace: its runs share one Sandbox.
+	issue.ID = newIssue(t, "e2e reusable lease", true)
+	steps := &reuseSteps{rig: r, envID: e.ID, agentID: agent.ID, issueID: issue.ID, seenRuns: seenRuns}
 
 	var first leaseRow // the last row of the first workload
 	if !t.Run("two wakeups share one Sandbox", func(t *testing.T) {
@@ -344,18 +431,26 @@ func testReusableLease(ctx context.Context, t *testing.T, r *rig) {
 		is.Equal(hooks[len(hooks)-1], "destroyed")
 		steps.gone(ctx, t, sb)
 
-		// The row of the run without an issue (released, reuse_by_environment)
-		// still blocks a plain delete, although the host would never resume
-		// it; the consented delete "destroys" it (the plugin deleted its
-		// Sandbox at release: environmentDestroyLease finds nothing).
+		// The rows of the run without an issue and of the issues that do not
+		// reuse their workspace (released, reuse_by_environment) still block
+		// a plain delete, although the host would never resume them; the
+		// consented delete "destroys" them (the plugin deleted their
+		// Sandboxes at release: environmentDestroyLease finds nothing).
 		var del struct {
 			Destroyed int `json:"destroyedReusableSandboxLeaseCount"`
 		}
+		blocking := 0
+		for _, l := range steps.rows(ctx, t) {
+			if l.LeasePolicy == "reuse_by_environment" && l.Status == "released" {
+				blocking++
+			}
+		}
+		is.True(blocking >= 3) // the issue-less run's, and at least one per issue that does not reuse
 		err = r.api(ctx, http.MethodDelete, "/api/environments/"+e.ID, nil, nil)
 		is.True(errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict)
 		is.NoErr(r.api(ctx, http.MethodDelete, "/api/environments/"+e.ID+"?destroyReusableSandboxLeases=true", nil, &del))
 		envGone = true
-		is.Equal(del.Destroyed, 1)
+		is.Equal(del.Destroyed, blocking)
 		is.Equal(steps.hooks(t, noIssue), []string{"acquired", "stopped", "destroyed"})
 		// No Sandbox of this environment is left in the tenant.
 		left, err := r.env.Dynamic().Resource(gvrSandbox).Namespace(r.c.tenant).List(ctx, metav1.ListOptions{})
@@ -617,17 +712,41 @@ func (s *reuseSteps) expiredReason(t *testing.T, name string) string {
 	return why
 }
 
-// enableIsolatedWorkspaces turns the experimental instance setting on for
-// the test (see testReusableLease) and restores it afterwards.
-func (r *rig) enableIsolatedWorkspaces(ctx context.Context, t *testing.T) {
+// notKeptReason returns why the worker's last release of the lease named
+// name did not keep it for reuse ("" when the line says nothing).
+func (s *reuseSteps) notKeptReason(t *testing.T, name string) string {
+	t.Helper()
+	lines, err := s.srv.PluginLines(s.pluginID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	workload := "Sandbox " + s.c.tenant + "/" + name
+	var why string
+	for _, l := range lines {
+		f := l.Fields()
+		if l.Message == "lease stopped" && f["workload"] == workload {
+			why, _ = f["notKeptForReuse"].(string)
+		}
+	}
+	return why
+}
+
+// setIsolatedWorkspaces sets the experimental instance setting
+// enableIsolatedWorkspaces (see testReusableLease); the first call's
+// cleanup restores the value it found.
+func (r *rig) setIsolatedWorkspaces(ctx context.Context, t *testing.T, on bool) {
 	t.Helper()
 	var before map[string]any
 	if err := r.api(ctx, http.MethodGet, "/api/instance/settings/experimental", nil, &before); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.api(ctx, http.MethodPatch, "/api/instance/settings/experimental", map[string]any{"enableIsolatedWorkspaces": true}, nil); err != nil {
+	if err := r.api(ctx, http.MethodPatch, "/api/instance/settings/experimental", map[string]any{"enableIsolatedWorkspaces": on}, nil); err != nil {
 		t.Fatal(err)
 	}
+	if r.restoreIsolated {
+		return
+	}
+	r.restoreIsolated = true
 	t.Cleanup(func() {
 		prev, _ := before["enableIsolatedWorkspaces"].(bool)
 		if err := r.api(context.WithoutCancel(ctx), http.MethodPatch, "/api/instance/settings/experimental", map[string]any{"enableIsolatedWorkspaces": prev}, nil); err != nil {

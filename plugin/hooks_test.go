@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/rpc"
 )
 
 // The hooks' decisions, in process: a Provider whose cluster is
@@ -246,34 +248,133 @@ type fakeErr string
 
 func (e fakeErr) Error() string { return string(e) }
 
-// A lease the host keeps for reuse (reuseLease, reusableSandboxLease) is
-// not deleted at release: its deadline moves to reusableLeaseIdleSec from
-// now, and a resume gives it back its own; cancelActiveWork deletes it.
+// fakeHost is the host's side of a real rpc.Conn: it answers the worker's
+// requests (issues.get) as paperclip-server does, from its issues, and
+// records them.
+type fakeHost struct {
+	mu     sync.Mutex
+	issues map[string]map[string]any // by id
+	refuse *rpc.Error                // when set, the answer to every request
+	calls  []hostCall
+}
+
+type hostCall struct {
+	Method     string
+	Params     map[string]any
+	Invocation string
+}
+
+// hostContext returns a fake host and a context carrying the worker's
+// connection to it, inside an invocation of company acme (as a hook's
+// context is).
+func hostContext(t *testing.T) (*fakeHost, context.Context) {
+	t.Helper()
+	hostR, workerW := io.Pipe()
+	workerR, hostW := io.Pipe()
+	conn := rpc.NewConn(workerR, workerW, rpc.HandlerFunc(func(context.Context, string, json.RawMessage) (any, error) { return nil, nil }),
+		rpc.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = conn.Serve(ctx)
+	}()
+	h := &fakeHost{issues: map[string]map[string]any{}}
+	go func() {
+		dec := json.NewDecoder(hostR)
+		for {
+			var m struct {
+				ID         json.RawMessage `json:"id"`
+				Method     string          `json:"method"`
+				Params     map[string]any  `json:"params"`
+				Invocation string          `json:"paperclipInvocationId"`
+			}
+			if dec.Decode(&m) != nil {
+				return
+			}
+			reply := map[string]any{"jsonrpc": "2.0", "id": m.ID}
+			h.mu.Lock()
+			h.calls = append(h.calls, hostCall{Method: m.Method, Params: m.Params, Invocation: m.Invocation})
+			switch {
+			case h.refuse != nil:
+				reply["error"] = h.refuse
+			case m.Method == methodIssuesGet:
+				id, _ := m.Params["issueId"].(string)
+				if issue, ok := h.issues[id]; ok {
+					reply["result"] = issue
+				} else {
+					reply["result"] = nil
+				}
+			default:
+				reply["error"] = &rpc.Error{Code: rpc.CodeMethodNotFound, Message: "method not found: " + m.Method}
+			}
+			h.mu.Unlock()
+			b, _ := json.Marshal(reply)
+			if _, err := hostW.Write(append(b, '\n')); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		_ = hostW.Close()
+		_ = hostR.Close()
+		<-served
+	})
+	ctx = rpc.WithConn(ctx, conn)
+	return h, rpc.WithInvocation(ctx, rpc.Invocation{ID: "inv-1", Scope: rpc.InvocationScope{CompanyID: "acme"}})
+}
+
+func (h *fakeHost) setIssue(id string, issue map[string]any) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.issues[id] = issue
+}
+
+func (h *fakeHost) takeCalls() []hostCall {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := h.calls
+	h.calls = nil
+	return out
+}
+
+// reusable makes lp the release of a lease the host published for reuse
+// (reuseLease, the reusableSandboxLease scope of execution workspace ws-1)
+// on issue issue-1.
+func reusable(lp LeaseParams) LeaseParams {
+	lp.Config["reuseLease"] = true
+	lp.LeaseMetadata["reusableSandboxLease"] = map[string]any{"executionWorkspaceId": "ws-1", "agentId": "agent-1"}
+	lp.IssueID = strPtr("issue-1")
+	return lp
+}
+
+// reuseIssue is issue-1 of company acme, open, bound to ws-1 and asking to
+// reuse it: the host's next run on it resumes the lease.
+func reusingIssue() map[string]any {
+	return map[string]any{"id": "issue-1", "companyId": "acme", "status": "in_progress",
+		"executionWorkspaceId": "ws-1", "executionWorkspacePreference": "reuse_existing"}
+}
+
+// A lease the host will resume (its issue asks to reuse the lease's
+// execution workspace) is not deleted at release: its deadline moves to
+// reusableLeaseIdleSec from now, and a resume gives it back its own;
+// cancelActiveWork deletes it.
 func TestReleaseKeepsALeaseForReuse(t *testing.T) {
 	is := is.New(t)
 	f := fakeProvider(t)
+	host, ctx := hostContext(t)
+	host.setIssue("issue-1", reusingIssue())
 	l := f.acquire(t)
-	keep := func(lp LeaseParams) LeaseParams {
-		lp.Config["reuseLease"] = true
-		lp.LeaseMetadata["reusableSandboxLease"] = map[string]any{"executionWorkspaceId": "ws-1", "agentId": "agent-1"}
-		return lp
-	}
 
-	// Without the host's scope, a release deletes.
-	other := f.acquire(t)
-	lp := leaseParams(other)
-	lp.Config["reuseLease"] = true
-	rc, err := f.p.ReleaseLease(context.Background(), lp)
-	is.NoErr(err)
-	is.Equal(rc.State, "stopped")
-	is.True(f.workload(t, other) == nil)
-
-	rc, err = f.p.ReleaseLease(context.Background(), keep(leaseParams(l)))
+	rc, err := f.p.ReleaseLease(ctx, reusable(leaseParams(l)))
 	is.NoErr(err)
 	is.True(rc == nil) // nothing stopped: no termination receipt
 	w := f.workload(t, l)
 	is.True(w != nil)
 	is.Equal(deadlineOf(t, f, w), hookT0.Add(300*time.Second)) // reusableLeaseIdleSec
+	// The release asked the host for the lease's issue, in its invocation.
+	is.Equal(host.takeCalls(), []hostCall{{Method: "issues.get", Params: map[string]any{"issueId": "issue-1", "companyId": "acme"}, Invocation: "inv-1"}})
 
 	// The next run resumes it: its own deadline is back.
 	r, err := f.p.ResumeLease(context.Background(), leaseParams(l))
@@ -281,13 +382,119 @@ func TestReleaseKeepsALeaseForReuse(t *testing.T) {
 	is.Equal(*r.ProviderLeaseID, *l.ProviderLeaseID)
 	is.Equal(deadlineOf(t, f, f.workload(t, l)), hookT0.Add(time.Hour))
 
-	cancel := keep(leaseParams(l))
+	cancel := reusable(leaseParams(l))
 	cancel.CancelActiveWork = true
-	rc, err = f.p.ReleaseLease(context.Background(), cancel)
+	rc, err = f.p.ReleaseLease(ctx, cancel)
 	is.NoErr(err)
 	is.Equal(rc.State, "stopped")
 	is.True(f.workload(t, l) == nil)
+	is.Equal(len(host.takeCalls()), 0) // nothing to ask: it is deleted anyway
 }
+
+// A lease the host publishes for reuse but will never resume is deleted at
+// release, like any other: the host stores every lease of reuseLease: true
+// the same way and sends the same release, so the release asks for the
+// lease's issue and keeps the workload only when a later run will come back
+// to its execution workspace. Whatever else the host says, or when it says
+// nothing, the workload is deleted, and the log says why.
+func TestReleaseDeletesALeaseTheHostWillNotResume(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		params func(LeaseParams) LeaseParams
+		issue  map[string]any // issue-1 as the host knows it; nil: unknown
+		refuse *rpc.Error
+		noHost bool
+		asks   bool   // the release asks the host
+		why    string // in the log line of the release
+	}{
+		{name: "no reusableSandboxLease scope (a run without an execution workspace)", params: func(lp LeaseParams) LeaseParams {
+			lp = reusable(lp)
+			delete(lp.LeaseMetadata, "reusableSandboxLease")
+			return lp
+		}, issue: reusingIssue()},
+		{name: "reuseLease off", params: func(lp LeaseParams) LeaseParams {
+			lp = reusable(lp)
+			lp.Config["reuseLease"] = false
+			return lp
+		}, issue: reusingIssue()},
+		{name: "no issue", params: func(lp LeaseParams) LeaseParams {
+			lp = reusable(lp)
+			lp.IssueID = nil
+			return lp
+		}, issue: reusingIssue(), why: "names no issue"},
+		{name: "the issue does not ask to reuse its workspace (isolated workspaces on, no preference)", issue: func() map[string]any {
+			i := reusingIssue()
+			i["executionWorkspacePreference"] = nil
+			return i
+		}(), asks: true, why: `executionWorkspacePreference null, want \"reuse_existing\"`},
+		{name: "the issue is bound to no workspace (isolated workspaces off: the host drops both fields)", issue: func() map[string]any {
+			i := reusingIssue()
+			i["executionWorkspaceId"], i["executionWorkspacePreference"] = nil, nil
+			return i
+		}(), asks: true, why: "does not ask to reuse"},
+		{name: "the issue reuses another workspace", issue: func() map[string]any {
+			i := reusingIssue()
+			i["executionWorkspaceId"] = "ws-2"
+			return i
+		}(), asks: true, why: `bound to execution workspace \"ws-2\", not the lease's ws-1`},
+		{name: "the issue is done", issue: func() map[string]any {
+			i := reusingIssue()
+			i["status"] = "done"
+			return i
+		}(), asks: true, why: "issue issue-1 is done"},
+		{name: "the issue is another company's", issue: func() map[string]any {
+			i := reusingIssue()
+			i["companyId"] = "other"
+			return i
+		}(), asks: true, why: "knows no issue issue-1 of company acme"},
+		{name: "the host knows no such issue", asks: true, why: "knows no issue issue-1"},
+		{name: "capability issues.read denied", issue: reusingIssue(), refuse: &rpc.Error{Code: rpc.CodeCapabilityDenied, Message: "missing capability issues.read"},
+			asks: true, why: "lacks the capability issues.read; reinstall the package"},
+		{name: "the host fails", issue: reusingIssue(), refuse: &rpc.Error{Code: rpc.CodeWorkerError, Message: "database unavailable"},
+			asks: true, why: "asking the host for issue issue-1 failed: "},
+		{name: "no connection to the host", issue: reusingIssue(), noHost: true, why: "asking the host for issue issue-1 failed: "},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			is := is.New(t)
+			f := fakeProvider(t)
+			var logs strings.Builder
+			var logMu sync.Mutex
+			f.p.Log = slog.New(slog.NewTextHandler(writerFunc(func(b []byte) (int, error) {
+				logMu.Lock()
+				defer logMu.Unlock()
+				return logs.Write(b)
+			}), nil))
+			host, ctx := hostContext(t)
+			if c.noHost {
+				ctx = context.Background()
+			}
+			if c.issue != nil {
+				host.setIssue("issue-1", c.issue)
+			}
+			host.refuse = c.refuse
+			params := reusable
+			if c.params != nil {
+				params = c.params
+			}
+			l := f.acquire(t)
+			rc, err := f.p.ReleaseLease(ctx, params(leaseParams(l)))
+			is.NoErr(err)
+			is.True(rc != nil)
+			is.Equal(rc.State, "stopped")
+			is.True(f.workload(t, l) == nil) // deleted
+			is.Equal(len(host.takeCalls()), map[bool]int{true: 1}[c.asks])
+			logMu.Lock()
+			defer logMu.Unlock()
+			if !strings.Contains(logs.String(), `msg="lease stopped"`) || !strings.Contains(logs.String(), c.why) {
+				t.Fatalf("the log does not say the lease was stopped because %q:\n%s", c.why, logs.String())
+			}
+		})
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (w writerFunc) Write(b []byte) (int, error) { return w(b) }
 
 // addPod creates the pod of a workload (named after it, controlled by it),
 // as the Sandbox controller would, with a Ready status.

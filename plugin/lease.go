@@ -568,25 +568,119 @@ type Receipt struct {
 // and scoped policies go with it through their ownerReferences. Releasing a
 // lease whose workload is gone is success.
 //
-// A lease the host keeps for reuse is the exception: the workload of an
-// exec backend stays as it is (a pod cannot be stopped and started again
-// with its workspace), so that the next run's environmentResumeLease finds
-// it. The host publishes a lease for reuse only with reuseLease: true and
-// an execution workspace and agent to scope it to; it then records the
-// scope under "reusableSandboxLease" in the lease metadata, and later
-// either resumes the lease or destroys it (environmentDestroyLease: stale
-// or expired lease, closed issue, archived execution workspace, environment
-// delete). cancelActiveWork always deletes. The workload's own deadline
-// (sandboxLifetimeSec) bounds a kept lease the host never comes back to.
+// A lease the host will resume is the exception: the workload of an exec
+// backend stays as it is (a pod cannot be stopped and started again with
+// its workspace), so that the next run's environmentResumeLease finds it.
+// Nothing in the release's params says whether the host will resume: it
+// stores every lease of reuseLease: true as reuse_by_environment, marks
+// every one with an execution workspace and an agent with the scope
+// "reusableSandboxLease" (in the metadata it sends back), and sends the same
+// params either way. What decides is the lease's issue: a later run resumes
+// the lease only when it runs in the same execution workspace, that is when
+// the issue is bound to it (its executionWorkspaceId) and asks to reuse it
+// (executionWorkspacePreference "reuse_existing"); otherwise each run gets a
+// new execution workspace and the lease is never resumed. So the release
+// asks the host for the issue (issues.get, capability issues.read) and keeps
+// the workload only when it says so (see reuseDenied); any other answer,
+// an error or no answer within hostReuseQueryTimeout releases. A kept lease
+// is later resumed or destroyed (environmentDestroyLease: stale or expired
+// lease, closed issue, archived execution workspace, environment delete).
+// cancelActiveWork always deletes. A kept workload ends at
+// reusableLeaseIdleSec from its release unless a resume restores its own
+// deadline first.
 func (p *Provider) ReleaseLease(ctx context.Context, in LeaseParams) (*Receipt, error) {
 	return p.terminate(ctx, in, "stopped", false)
 }
 
-// keptForReuse reports whether a release keeps the lease's workload for a
-// later resume (see ReleaseLease).
+// keptForReuse reports whether a release may keep the lease's workload for
+// a later resume (see ReleaseLease): the host published it for reuse
+// (reuseLease, the reusableSandboxLease scope), the backend execs, and the
+// host does not cancel the run's work. Whether the host will resume it is
+// reuseDenied's question.
 func keptForReuse(in LeaseParams, ref engine.Ref) bool {
 	_, scoped := in.LeaseMetadata["reusableSandboxLease"].(map[string]any)
 	return scoped && in.Config["reuseLease"] == true && !in.CancelActiveWork && ref.Resource.Backend.Mode == resource.ModeExec
+}
+
+// hostReuseQueryTimeout bounds the release's question to the host (one
+// database read there); a host that does not answer in time gets the
+// workload released.
+const hostReuseQueryTimeout = 5 * time.Second
+
+// methodIssuesGet is the worker→host request that reads an issue
+// ({issueId, companyId} → the issue, or null); it needs the capability
+// issues.read, which the manifest declares.
+const methodIssuesGet = "issues.get"
+
+// reuseIssue is what a release reads of the lease's issue.
+type reuseIssue struct {
+	CompanyID                    string  `json:"companyId"`
+	Status                       string  `json:"status"`
+	ExecutionWorkspaceID         *string `json:"executionWorkspaceId"`
+	ExecutionWorkspacePreference *string `json:"executionWorkspacePreference"`
+}
+
+// reuseDenied asks the host whether a later run will resume the lease: its
+// issue (the release's issueId) must be this company's, open, bound to the
+// execution workspace of the lease's scope and ask to reuse it
+// (executionWorkspacePreference "reuse_existing"), as the host requires
+// before it resumes a lease. It returns "" when so, else why not (for the
+// log) and whether that is because the host did not answer the question
+// (an error, a refusal, no answer in time). The answer only decides whether
+// the provider's own workload is kept a while longer: what the release may
+// touch is derived as for any release.
+func reuseDenied(ctx context.Context, in LeaseParams) (why string, hostFailed bool) {
+	scope, _ := in.LeaseMetadata["reusableSandboxLease"].(map[string]any)
+	ws, _ := scope["executionWorkspaceId"].(string)
+	if ws == "" {
+		return "the lease's reusableSandboxLease scope names no execution workspace", false
+	}
+	issueID := issueOf(in)
+	if issueID == "" {
+		return "the release names no issue: no run comes back to the execution workspace " + ws, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, hostReuseQueryTimeout)
+	defer cancel()
+	raw, err := rpc.Call(ctx, methodIssuesGet, map[string]any{"issueId": issueID, "companyId": in.CompanyID})
+	var re *rpc.Error
+	switch {
+	case errors.As(err, &re) && re.Code == rpc.CodeCapabilityDenied:
+		return fmt.Sprintf("the host refused %s for issue %s (%s): the installed plugin lacks the capability issues.read; "+
+			"reinstall the package (its manifest declares it) or approve the capability", methodIssuesGet, issueID, re.Message), true
+	case err != nil:
+		return fmt.Sprintf("asking the host for issue %s failed: %v", issueID, err), true
+	}
+	var issue *reuseIssue
+	if err := json.Unmarshal(raw, &issue); err != nil {
+		return fmt.Sprintf("the host's answer for issue %s is not an issue: %v", issueID, err), true
+	}
+	switch {
+	case issue == nil || issue.CompanyID != in.CompanyID:
+		return fmt.Sprintf("the host knows no issue %s of company %s", issueID, in.CompanyID), false
+	case issue.Status == "done" || issue.Status == "cancelled":
+		return fmt.Sprintf("issue %s is %s", issueID, issue.Status), false
+	case issue.ExecutionWorkspacePreference == nil || *issue.ExecutionWorkspacePreference != "reuse_existing":
+		return fmt.Sprintf("issue %s does not ask to reuse its execution workspace (executionWorkspacePreference %s, want \"reuse_existing\"): "+
+			"its next run gets a new execution workspace", issueID, quoteOrNull(issue.ExecutionWorkspacePreference)), false
+	case issue.ExecutionWorkspaceID == nil || *issue.ExecutionWorkspaceID != ws:
+		return fmt.Sprintf("issue %s is bound to execution workspace %s, not the lease's %s", issueID, quoteOrNull(issue.ExecutionWorkspaceID), ws), false
+	}
+	return "", false
+}
+
+// issueOf is the release's issue id ("" when it names none).
+func issueOf(in LeaseParams) string {
+	if in.IssueID == nil {
+		return ""
+	}
+	return *in.IssueID
+}
+
+func quoteOrNull(s *string) string {
+	if s == nil {
+		return "null"
+	}
+	return fmt.Sprintf("%q", *s)
 }
 
 // DestroyLease is ReleaseLease that also deletes the run objects directly,
@@ -630,7 +724,17 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 		return nil, err
 	}
 	p.forget(ref)
-	if !direct && keptForReuse(in, ref) {
+	keep := !direct && keptForReuse(in, ref)
+	var notKept string
+	if keep {
+		var hostFailed bool
+		notKept, hostFailed = reuseDenied(ctx, in)
+		if hostFailed {
+			p.Log.Warn("lease reuse: the host did not say whether it will resume the lease; releasing it", "workload", ref.String(), "reason", notKept)
+		}
+		keep = notKept == ""
+	}
+	if keep {
 		// The host may never come back (it does not resume the lease of a
 		// failed run): end the workload after reusableLeaseIdleSec unless a
 		// resume restores its deadline first.
@@ -643,7 +747,7 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 				return nil, err
 			}
 		}
-		p.Log.Info("lease kept for reuse", "workload", ref.String(), "idleUntil", until.UTC().Format(time.RFC3339))
+		p.Log.Info("lease kept for reuse", "workload", ref.String(), "issueId", issueOf(in), "idleUntil", until.UTC().Format(time.RFC3339))
 		return nil, nil // nothing was stopped: no termination receipt
 	}
 	if direct {
@@ -663,6 +767,10 @@ func (p *Provider) terminate(ctx context.Context, in LeaseParams, state string, 
 	deleted, err := cl.engine.Release(ctx, ref)
 	if err != nil {
 		return nil, err
+	}
+	if notKept != "" {
+		p.Log.Info("lease "+state, "workload", ref.String(), "deleted", deleted, "notKeptForReuse", notKept)
+		return &Receipt{ProviderLeaseID: id, State: state}, nil
 	}
 	p.Log.Info("lease "+state, "workload", ref.String(), "deleted", deleted)
 	return &Receipt{ProviderLeaseID: id, State: state}, nil

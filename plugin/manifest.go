@@ -16,7 +16,9 @@ const ManifestID = "paperclip.kubernetes-sandbox-provider"
 
 // Manifest returns the Paperclip plugin manifest. The driver's configSchema
 // is schemas/config.schema.json verbatim; the sandbox capabilities are the
-// ones the worker really implements.
+// ones the worker really implements. issues.read: a release of a reusable
+// lease asks the host whether the lease's issue will come back to it
+// (ReleaseLease).
 func Manifest() (map[string]any, error) {
 	var schema map[string]any
 	if err := json.Unmarshal(schemas.ConfigSchema, &schema); err != nil {
@@ -32,7 +34,7 @@ func Manifest() (map[string]any, error) {
 		"description":  "Runs Paperclip agents in Kubernetes: a tenant namespace per company (Pod Security restricted, quota, default-deny egress) and a Job or agent-sandbox Sandbox per run.",
 		"author":       "paperclip-k8s",
 		"categories":   []string{"automation"},
-		"capabilities": []string{"environment.drivers.register"},
+		"capabilities": []string{"environment.drivers.register", "issues.read"},
 		"entrypoints":  map[string]any{"worker": "./worker.js"},
 		"environmentDrivers": []any{map[string]any{
 			"driverKey":              "kubernetes",

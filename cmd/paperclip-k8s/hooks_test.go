@@ -775,9 +775,33 @@ func TestHookLeaseExpiryHonoured(t *testing.T) {
 	is.Equal(got.Metadata["expired"], true)
 }
 
+// answerHost waits for the worker's request method to the host and answers
+// it with result.
+func (w *proc) answerHost(method string, result any) {
+	w.t.Helper()
+	var req *message
+	if !w.waitUntil(callTimeout, func() bool {
+		for _, m := range w.out {
+			if m.method == method && m.id != nil {
+				req = m
+				return true
+			}
+		}
+		return w.exited
+	}) || req == nil {
+		w.t.Fatalf("the worker did not ask the host %s", method)
+	}
+	b, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": req.id, "result": result})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.send(string(b))
+}
+
 // TestHookReleaseKeepsAReusableLease: a lease the host keeps for reuse
-// (reuseLease: true in the config and the host's reusableSandboxLease scope
-// in the metadata) keeps its Sandbox on release, so the next run resumes
+// (reuseLease: true in the config, the host's reusableSandboxLease scope
+// in the metadata, an issue that asks to reuse the lease's execution
+// workspace) keeps its Sandbox on release, so the next run resumes
 // it; cancelActiveWork, and destroy, delete it.
 func TestHookReleaseKeepsAReusableLease(t *testing.T) {
 	is := is.New(t)
@@ -802,10 +826,17 @@ func TestHookReleaseKeepsAReusableLease(t *testing.T) {
 	meta := maps.Clone(l.Metadata)
 	meta["reusableSandboxLease"] = map[string]any{"agentId": "agent-1", "executionWorkspaceId": "ews-1"}
 	kept["leaseMetadata"] = meta
+	kept["issueId"] = "issue-1"
 
+	// The release asks the host whether the lease's issue comes back to
+	// its execution workspace (plugin.ReleaseLease); this one does.
 	released := time.Now()
-	res := h.w.mustCall("environmentReleaseLease", kept, nil)
-	is.Equal(string(res), "null") // nothing stopped: no receipt
+	id, _ := h.w.request("environmentReleaseLease", kept)
+	h.w.answerHost("issues.get", map[string]any{"id": "issue-1", "companyId": h.company, "status": "in_progress",
+		"executionWorkspaceId": "ews-1", "executionWorkspacePreference": "reuse_existing"})
+	res := h.w.reply(id)
+	is.True(res.err == nil)
+	is.Equal(string(res.result), "null") // nothing stopped: no receipt
 	// The Sandbox is still there, but ends after the idle limit unless a run
 	// resumes it.
 	idle := shutdownTime()
