@@ -38,6 +38,9 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 		return nil, nil, errors.New("the catalog has no file with scope pod")
 	}
 	ref := RefOf(s, w)
+	if pod, ok := e.readyNow(ctx, s, podRes, w); ok {
+		return w, pod, nil
+	}
 	wc, _, err := e.client(s, w.GetNamespace())
 	if err != nil {
 		return nil, nil, err
@@ -129,6 +132,34 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 		return nil, nil, ws.failed(err, ref, want, last)
 	}
 	return w, pod, nil
+}
+
+// readyNow is AwaitPod's fast path: when w (freshly read) is Ready and
+// its pod, found once (FindPod: reads, no watch), is Ready too, it returns
+// that pod, and AwaitPod starts no informer (a warm pod handed over before
+// the first command, a lease's pod on a worker that restarted). Anything
+// else (not ready yet, a rule that wants events, an error finding the pod)
+// leaves the answer to the watches, which read everything again.
+func (e *Engine) readyNow(ctx context.Context, s, podRes *resource.Resource, w *unstructured.Unstructured) (*unstructured.Unstructured, bool) {
+	if !readyWithoutEvents(s, w) {
+		return nil, false
+	}
+	p, err := e.FindPod(ctx, s, w)
+	if err != nil || !readyWithoutEvents(podRes, p) {
+		return nil, false
+	}
+	return p, true
+}
+
+// readyWithoutEvents says whether o's rules make it Ready without a rule
+// that wants its events.
+func readyWithoutEvents(s *resource.Resource, o *unstructured.Unstructured) bool {
+	b, err := o.MarshalJSON()
+	if err != nil {
+		return false
+	}
+	st := s.EvaluateWith(b, resource.Observed{Now: time.Now()})
+	return st.State == resource.Ready && !st.WantsEvents
 }
 
 // earliest is the earlier of two recheck times, zero meaning none.
