@@ -132,7 +132,15 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		return p.awaitLogs(waitCtx, cl, ref, in.BaseParams, meta)
 	}
 
-	st, err := p.readyPod(waitCtx, cl, ref, in.BaseParams, m)
+	pod := podexec.Request{Namespace: ref.Namespace, Container: ref.Resource.Pods.Container}
+	var prefetch func(*leaseState)
+	if commandOnly(in.Command, in.Args) {
+		prefetch = func(st *leaseState) {
+			pod.Pod = st.podName
+			st.login.prefetch(waitCtx, p.Log, cl.exec, pod)
+		}
+	}
+	st, err := p.readyPodWith(waitCtx, cl, ref, in.BaseParams, m, prefetch)
 	if err != nil {
 		var we *engine.WaitError
 		if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
@@ -141,7 +149,8 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		return ExecuteResult{}, err
 	}
 	meta["podName"] = st.podName
-	login := st.login.forCommand(waitCtx, p.Log, cl.exec, podexec.Request{Namespace: ref.Namespace, Pod: st.podName, Container: ref.Resource.Pods.Container}, in.Command, in.Args)
+	pod.Pod = st.podName
+	login := st.login.forCommand(waitCtx, p.Log, cl.exec, pod, in.Command, in.Args)
 	remaining := timeout - time.Since(start)
 	if remaining <= 0 {
 		return ExecuteResult{TimedOut: true, Stderr: fmt.Sprintf("[paperclip-k8s] timed out after %v waiting for %s to become ready; the command was not run.\n", timeout, ref), Metadata: meta}, nil
@@ -196,15 +205,26 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 // Later calls check that the same pod (same UID) is still there, so a
 // command never runs in a pod that replaced the lease's.
 func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, base BaseParams, m LeaseMetadata) (*leaseState, error) {
+	return p.readyPodWith(ctx, cl, ref, base, m, nil)
+}
+
+// readyPodWith is readyPod; on a lease's first use, started (when not nil)
+// is called with the new state as soon as its pod is known and checked,
+// before the pod's pin and the run's environment are written and read: to
+// start work on the pod that overlaps them (the login environment's
+// capture). The state is remembered only when readyPodWith succeeds.
+func (p *Provider) readyPodWith(ctx context.Context, cl *cluster, ref engine.Ref, base BaseParams, m LeaseMetadata, started func(*leaseState)) (*leaseState, error) {
 	owner := [2]string{base.CompanyID, base.EnvironmentID}
 	if v, ok := p.leases.Load(leaseKey(ref)); ok && v.(*leaseState).owner == owner {
 		st := v.(*leaseState)
 		return p.checkPod(ctx, cl, ref, st, false)
 	}
+	t0 := time.Now()
 	ref, w, err := p.workload(ctx, cl, ref, base)
 	if err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
 	pinned := pinnedPodUID(m, w)
 	w, pod, err := cl.engine.AwaitPod(ctx, ref.Resource, w)
 	if err != nil {
@@ -217,20 +237,37 @@ func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, ba
 	if pinned != "" && string(pod.GetUID()) != pinned {
 		return nil, fmt.Errorf("the pod of %s was replaced (pod UID %s is gone, %s is a new pod); its workspace is lost, acquire a new lease", ref, pinned, pod.GetName())
 	}
+	t2 := time.Now()
+	st := &leaseState{owner: owner, workloadUID: string(w.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID())}
+	if started != nil {
+		started(st)
+	}
+	// The pin and the run's environment do not depend on each other: one
+	// round trip, not two.
+	var pinErr error
+	var wg sync.WaitGroup
 	if pinned == "" {
 		// Pin the pod on the workload, where the first resume of a lease
 		// kept for reuse reads it (the host's metadata of that lease is
 		// the one acquire returned, without a pod).
-		if err := cl.engine.Annotate(ctx, ref, policy.AnnotationPodUID, string(pod.GetUID())); err != nil {
-			return nil, err
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pinErr = cl.engine.Annotate(ctx, ref, policy.AnnotationPodUID, string(pod.GetUID()))
+		}()
 	}
 	env, err := p.runEnv(ctx, cl, ref, w, m)
+	wg.Wait()
+	if pinErr != nil {
+		return nil, pinErr
+	}
 	if err != nil {
 		return nil, err
 	}
+	st.env = env
+	p.Log.Debug("first use of a lease: its pod is ready", "workload", ref.String(), "pod", st.podName,
+		"readWorkload", t1.Sub(t0), "awaitPod", t2.Sub(t1), "pinAndRunEnv", time.Since(t2))
 	podSpec, _ := p.Catalog.Pod()
-	st := &leaseState{owner: owner, workloadUID: string(w.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID()), env: env}
 	// The watch lives until the pod ends, the lease is released, or a day
 	// past the lease's expiry at the latest.
 	life := 24 * time.Hour

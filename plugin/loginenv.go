@@ -77,14 +77,37 @@ const loginCaptureScript = `printf '\000%s\000' "$1"; umask; printf '\000'; cat 
 	`printf '\000%s\000' "$1"; exec "$0" -lc 'printf "\000%s\000" "$1"; umask; printf "\000"; exec cat /proc/self/environ' sh "$1"`
 
 // forCommand returns the lease's login environment for a command-only
-// execute (capturing it on the lease's first), nil for a command with args
-// or when it is not known (the command then runs in a login shell). pod
-// names the lease's pod (Namespace, Pod, Container).
+// execute (capturing it on the lease's first, or waiting for the capture
+// prefetch started), nil for a command with args or when it is not known
+// (the command then runs in a login shell). pod names the lease's pod
+// (Namespace, Pod, Container).
 func (l *loginEnv) forCommand(ctx context.Context, log *slog.Logger, ex loginRunner, pod podexec.Request, command string, args []string) *loginDiff {
-	if len(args) > 0 || command == "" {
+	if !commandOnly(command, args) {
 		return nil
 	}
-	return l.get(ctx, func(ctx context.Context) (*loginDiff, error) {
+	return l.get(ctx, captureFunc(log, ex, pod))
+}
+
+// prefetch starts the capture of a lease's login environment, unless one
+// ran or is in flight, and returns at once: the first command-only execute
+// of a lease starts it as soon as it knows the pod, so that the capture's
+// exec overlaps the reads and writes that still come before the command
+// (the pod's pin, the run's environment) instead of following them. The
+// command then waits for it in forCommand. ctx bounds the capture (a
+// capture it cuts short runs again on the next command).
+func (l *loginEnv) prefetch(ctx context.Context, log *slog.Logger, ex loginRunner, pod podexec.Request) {
+	if done, run := l.begin(); run {
+		go l.capture(ctx, done, captureFunc(log, ex, pod))
+	}
+}
+
+// commandOnly says whether a command is a script sent alone, the commands
+// that get the login environment.
+func commandOnly(command string, args []string) bool { return len(args) == 0 && command != "" }
+
+// captureFunc captures the login environment of pod, logging a failure.
+func captureFunc(log *slog.Logger, ex loginRunner, pod podexec.Request) func(context.Context) (*loginDiff, error) {
+	return func(ctx context.Context) (*loginDiff, error) {
 		d, err := captureLogin(ctx, ex, pod)
 		if err != nil && ctx.Err() == nil {
 			// The capture's errors hold neither its output nor values.
@@ -92,28 +115,41 @@ func (l *loginEnv) forCommand(ctx context.Context, log *slog.Logger, ex loginRun
 				"namespace", pod.Namespace, "pod", pod.Pod, "error", err)
 		}
 		return d, err
-	})
+	}
 }
 
 // get returns the login environment, capturing it first if no capture ran
 // yet; concurrent callers wait for the one in flight. nil when the capture
 // failed, or ctx ended first (the next call then captures again).
 func (l *loginEnv) get(ctx context.Context, capture func(context.Context) (*loginDiff, error)) *loginDiff {
-	l.mu.Lock()
-	if done := l.done; done != nil {
-		l.mu.Unlock()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return nil
-		}
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		return l.diff
+	done, run := l.begin()
+	if run {
+		l.capture(ctx, done, capture)
 	}
-	done := make(chan struct{})
-	l.done = done
-	l.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.diff
+}
+
+// begin returns the channel closed when the capture ends, and whether the
+// caller is to run it (none ran or is in flight).
+func (l *loginEnv) begin() (done chan struct{}, run bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done != nil {
+		return l.done, false
+	}
+	l.done = make(chan struct{})
+	return l.done, true
+}
+
+// capture runs the capture begin handed to the caller, and closes done.
+func (l *loginEnv) capture(ctx context.Context, done chan struct{}, capture func(context.Context) (*loginDiff, error)) {
 	d, err := capture(ctx)
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -124,7 +160,6 @@ func (l *loginEnv) get(ctx context.Context, capture func(context.Context) (*logi
 		l.done = nil // cut short by this caller, not the pod's answer
 	}
 	close(done)
-	return l.diff
 }
 
 // loginRunner runs a command in a pod (podexec.Executor).
@@ -231,7 +266,7 @@ func carried(name string) bool {
 // alone in a plain shell with the login environment applied; env (the
 // host's) keeps precedence. A nil d returns them as they are.
 func (d *loginDiff) command(command string, args []string, env map[string]string) (string, []string, map[string]string) {
-	if d == nil || len(args) > 0 || command == "" {
+	if d == nil || !commandOnly(command, args) {
 		return command, args, env
 	}
 	var pre strings.Builder

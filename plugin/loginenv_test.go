@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -286,4 +287,48 @@ func TestLoginEnvCapturedOnce(t *testing.T) {
 	is.Equal(failed.get(context.Background(), fail), (*loginDiff)(nil))
 	is.Equal(failed.get(context.Background(), fail), (*loginDiff)(nil))
 	is.Equal(fails, 1)
+}
+
+// gatedRunner counts its runs and holds each until release is closed.
+type gatedRunner struct {
+	inner   loginRunner
+	mu      sync.Mutex
+	runs    int
+	started chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedRunner) Run(ctx context.Context, req podexec.Request) (*podexec.Result, error) {
+	g.mu.Lock()
+	g.runs++
+	g.mu.Unlock()
+	g.started <- struct{}{}
+	<-g.release
+	return g.inner.Run(ctx, req)
+}
+
+// The capture a lease's first command-only execute prefetches (as soon as
+// its pod is known) is the lease's one capture: it runs in the background,
+// the command waits for it and gets its result, and nothing runs it again;
+// a command with args prefetches nothing.
+func TestLoginEnvPrefetched(t *testing.T) {
+	is := is.New(t)
+	r := loginShells(t)["sh"]
+	home := loginHome(t)
+	r.env = append(r.env, "HOME="+home)
+	g := &gatedRunner{inner: r, started: make(chan struct{}, 4), release: make(chan struct{})}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var l loginEnv
+	l.prefetch(context.Background(), log, g, podexec.Request{})
+	<-g.started // in flight, and prefetch has returned
+	got := make(chan *loginDiff, 1)
+	go func() { got <- l.forCommand(context.Background(), log, g, podexec.Request{}, "echo hi", nil) }()
+	close(g.release)
+	d := <-got
+	is.True(d != nil)
+	is.Equal(d.set["FOO"], "from the profile")
+	is.Equal(l.forCommand(context.Background(), log, g, podexec.Request{}, "echo again", nil), d)
+	is.Equal(g.runs, 1)
+	is.Equal(profileRuns(t, home), 1)
+	is.Equal(l.forCommand(context.Background(), log, g, podexec.Request{}, "sh", []string{"-c", "true"}), (*loginDiff)(nil))
 }
