@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -618,4 +619,22 @@ func (p *Provider) closeLoginSessions(ctx context.Context, match func(*loginSess
 // closeAllLoginSessions closes every terminal (worker shutdown).
 func (p *Provider) closeAllLoginSessions(ctx context.Context) {
 	p.closeLoginSessions(ctx, func(*loginSession) bool { return true })
+}
+
+// OrderedRequests is the worker connection's rpc.Options.Ordered: the host
+// sends a terminal's keystrokes (loginPtyInput) as separate requests without
+// waiting for each reply, so the worker writes them one after the other, in
+// the order they arrived, per terminal. Stop and close are not queued behind
+// them: Ctrl-C must reach a terminal whose command reads nothing.
+func OrderedRequests(method string, params json.RawMessage) (key string, ok bool) {
+	if method != rpc.MethodLoginPtyInput {
+		return "", false
+	}
+	var in struct {
+		WorkerSessionID string `json:"workerSessionId"`
+	}
+	if json.Unmarshal(params, &in) != nil {
+		return "", false // the handler answers invalid params
+	}
+	return in.WorkerSessionID, true
 }

@@ -84,7 +84,7 @@ func worker() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	conn := rpc.NewConn(os.Stdin, os.Stdout, p.Methods(), rpc.Options{Logger: log})
+	conn := rpc.NewConn(os.Stdin, os.Stdout, p.Methods(), rpc.Options{Logger: log, Ordered: plugin.OrderedRequests})
 	logs.Attach(conn)
 	err = conn.Serve(ctx)
 	if ctx.Err() != nil {

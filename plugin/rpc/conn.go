@@ -57,6 +57,13 @@ type Options struct {
 	// CallTimeout bounds Call when its ctx has no deadline. 0 means
 	// DefaultCallTimeout; negative means no bound.
 	CallTimeout time.Duration
+	// Ordered names the requests and notifications that must be served one
+	// after the other, in the order they arrived: those it gives the same
+	// key (ok true). Everything else is served concurrently. The host sends
+	// a terminal's keystrokes as separate requests without waiting for each
+	// reply, so they are ordered per terminal. It must be cheap: it runs on
+	// the read loop.
+	Ordered func(method string, params json.RawMessage) (key string, ok bool)
 }
 
 // Conn is one worker-side protocol connection. Create it with NewConn, run it
@@ -70,6 +77,12 @@ type Conn struct {
 	maxLine     int
 	eofGrace    time.Duration
 	callTimeout time.Duration
+	ordered     func(method string, params json.RawMessage) (string, bool)
+
+	// queues hold the messages of each Ordered key not served yet (under
+	// qmu); a key has a queue only while one goroutine serves it.
+	qmu    sync.Mutex
+	queues map[string][]message
 
 	started  atomic.Bool
 	stopped  atomic.Bool // no more dispatching (shutdown received or Serve returned)
@@ -120,6 +133,8 @@ func NewConn(r io.Reader, w io.Writer, h Handler, opts Options) *Conn {
 		maxLine:      opts.MaxLineBytes,
 		eofGrace:     opts.EOFGrace,
 		callTimeout:  opts.CallTimeout,
+		ordered:      opts.Ordered,
+		queues:       map[string][]message{},
 		writeFailed:  make(chan struct{}),
 		shutdownDone: make(chan struct{}),
 		pending:      map[int64]chan callResult{},
@@ -286,8 +301,42 @@ func (c *Conn) dispatch(m message) {
 			c.openInvocation(*m.inv)
 		}
 		c.inflight.Add(1)
+		if c.ordered != nil {
+			if key, ok := c.ordered(m.method, m.params); ok {
+				c.enqueue(key, m)
+				return
+			}
+		}
 		go c.serve(m)
 	}
+}
+
+// enqueue serves m after the earlier messages of its Ordered key: the first
+// message of an idle key starts the goroutine that serves the key's queue
+// until it is empty.
+func (c *Conn) enqueue(key string, m message) {
+	c.qmu.Lock()
+	q, busy := c.queues[key]
+	c.queues[key] = append(q, m)
+	c.qmu.Unlock()
+	if busy {
+		return
+	}
+	go func() {
+		for {
+			c.qmu.Lock()
+			q := c.queues[key]
+			if len(q) == 0 {
+				delete(c.queues, key)
+				c.qmu.Unlock()
+				return
+			}
+			next := q[0]
+			c.queues[key] = q[1:]
+			c.qmu.Unlock()
+			c.serve(next)
+		}
+	}()
 }
 
 func (c *Conn) msgCtx(m *message) context.Context {
