@@ -132,15 +132,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		return p.awaitLogs(waitCtx, cl, ref, in.BaseParams, meta)
 	}
 
-	pod := podexec.Request{Namespace: ref.Namespace, Container: ref.Resource.Pods.Container}
-	var prefetch func(*leaseState)
-	if commandOnly(in.Command, in.Args) {
-		prefetch = func(st *leaseState) {
-			pod.Pod = st.podName
-			st.login.prefetch(waitCtx, p.Log, cl.exec, pod)
-		}
-	}
-	st, err := p.readyPodWith(waitCtx, cl, ref, in.BaseParams, m, prefetch)
+	st, err := p.readyPod(waitCtx, cl, ref, in.BaseParams, m)
 	if err != nil {
 		var we *engine.WaitError
 		if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
@@ -149,8 +141,14 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		return ExecuteResult{}, err
 	}
 	meta["podName"] = st.podName
-	pod.Pod = st.podName
-	login := st.login.forCommand(waitCtx, p.Log, cl.exec, pod, in.Command, in.Args)
+	pod := podexec.Request{Namespace: ref.Namespace, Pod: st.podName, Container: ref.Resource.Pods.Container}
+	// The lease's first command sent alone captures the login environment
+	// in its own exec (fused); the later ones get the capture.
+	fu := st.login.fuse(p.Log, pod, in.Command, in.Args)
+	var login *loginDiff
+	if fu == nil {
+		login = st.login.forCommand(waitCtx, p.Log, cl.exec, pod, in.Command, in.Args)
+	}
 	remaining := timeout - time.Since(start)
 	if remaining <= 0 {
 		return ExecuteResult{TimedOut: true, Stderr: fmt.Sprintf("[paperclip-k8s] timed out after %v waiting for %s to become ready; the command was not run.\n", timeout, ref), Metadata: meta}, nil
@@ -172,10 +170,32 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		MaxStdout: cfg.ExecMaxOutputBytes, MaxStderr: cfg.ExecMaxOutputBytes,
 		OnOutput: live.send,
 	}
+	if fu != nil {
+		req.Command, req.Args = fu.argv(in.Command, env)
+		req.OnOutput = fu.output(live.send)
+		if req.MaxStderr > 0 {
+			req.MaxStderr += fusedFrameAllowance
+		}
+	}
 	if in.Stdin != nil {
 		req.Stdin = strings.NewReader(*in.Stdin)
 	}
 	res, err := cl.exec.Run(ctx, req)
+	if fu != nil {
+		var rerun bool
+		if res, rerun = fu.end(ctx, res, err); rerun {
+			// The capture failed before the command ran: run it in a
+			// login shell, as every command of this lease now will.
+			req.Command, req.Args, req.OnOutput, req.MaxStderr = in.Command, in.Args, live.send, cfg.ExecMaxOutputBytes
+			if req.Timeout = timeout - time.Since(start); req.Timeout <= 0 {
+				req.Timeout = time.Millisecond // report it timed out
+			}
+			if in.Stdin != nil {
+				req.Stdin = strings.NewReader(*in.Stdin)
+			}
+			res, err = cl.exec.Run(ctx, req)
+		}
+	}
 	live.flush()
 	if err != nil {
 		var limit *podexec.OutputLimitError
@@ -205,15 +225,6 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 // Later calls check that the same pod (same UID) is still there, so a
 // command never runs in a pod that replaced the lease's.
 func (p *Provider) readyPod(ctx context.Context, cl *cluster, ref engine.Ref, base BaseParams, m LeaseMetadata) (*leaseState, error) {
-	return p.readyPodWith(ctx, cl, ref, base, m, nil)
-}
-
-// readyPodWith is readyPod; on a lease's first use, started (when not nil)
-// is called with the new state as soon as its pod is known and checked,
-// before the pod's pin and the run's environment are written and read: to
-// start work on the pod that overlaps them (the login environment's
-// capture). The state is remembered only when readyPodWith succeeds.
-func (p *Provider) readyPodWith(ctx context.Context, cl *cluster, ref engine.Ref, base BaseParams, m LeaseMetadata, started func(*leaseState)) (*leaseState, error) {
 	owner := [2]string{base.CompanyID, base.EnvironmentID}
 	if v, ok := p.leases.Load(leaseKey(ref)); ok && v.(*leaseState).owner == owner {
 		st := v.(*leaseState)
@@ -239,9 +250,6 @@ func (p *Provider) readyPodWith(ctx context.Context, cl *cluster, ref engine.Ref
 	}
 	t2 := time.Now()
 	st := &leaseState{owner: owner, workloadUID: string(w.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID())}
-	if started != nil {
-		started(st)
-	}
 	// The pin and the run's environment do not depend on each other: one
 	// round trip, not two.
 	var pinErr error

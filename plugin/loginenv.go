@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -78,7 +79,7 @@ const loginCaptureScript = `printf '\000%s\000' "$1"; umask; printf '\000'; cat 
 
 // forCommand returns the lease's login environment for a command-only
 // execute (capturing it on the lease's first, or waiting for the capture
-// prefetch started), nil for a command with args or when it is not known
+// in flight), nil for a command with args or when it is not known
 // (the command then runs in a login shell). pod names the lease's pod
 // (Namespace, Pod, Container).
 func (l *loginEnv) forCommand(ctx context.Context, log *slog.Logger, ex loginRunner, pod podexec.Request, command string, args []string) *loginDiff {
@@ -86,19 +87,6 @@ func (l *loginEnv) forCommand(ctx context.Context, log *slog.Logger, ex loginRun
 		return nil
 	}
 	return l.get(ctx, captureFunc(log, ex, pod))
-}
-
-// prefetch starts the capture of a lease's login environment, unless one
-// ran or is in flight, and returns at once: the first command-only execute
-// of a lease starts it as soon as it knows the pod, so that the capture's
-// exec overlaps the reads and writes that still come before the command
-// (the pod's pin, the run's environment) instead of following them. The
-// command then waits for it in forCommand. ctx bounds the capture (a
-// capture it cuts short runs again on the next command).
-func (l *loginEnv) prefetch(ctx context.Context, log *slog.Logger, ex loginRunner, pod podexec.Request) {
-	if done, run := l.begin(); run {
-		go l.capture(ctx, done, captureFunc(log, ex, pod))
-	}
 }
 
 // commandOnly says whether a command is a script sent alone, the commands
@@ -255,6 +243,9 @@ var shellNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // OLDPWD, SHLVL, _), and not bash's read-only names (assigning or unsetting
 // them would end the command's shell).
 func carried(name string) bool {
+	if strings.HasPrefix(name, fusedAside) {
+		return false // what podexec and the fused script keep aside
+	}
 	switch name {
 	case "PWD", "OLDPWD", "SHLVL", "_", "PPID", "UID", "EUID", "SHELLOPTS", "BASHOPTS", "BASH_VERSINFO":
 		return false
@@ -297,4 +288,160 @@ func (d *loginDiff) command(command string, args []string, env map[string]string
 		merged[k] = v
 	}
 	return podexec.Shell, []string{"-c", pre.String() + command}, merged
+}
+
+// The lease's first command-only execute does not wait for a capture of
+// its own: it runs in one exec that is both the capture and the command
+// (fusedScript), so the login environment costs the lease no extra round
+// trip. A plain shell prints its frames on stderr, then a login shell
+// (stdin, stdout and stderr kept aside on fds 5, 3 and 4 while the profile
+// runs, so what the profile prints is dropped and it cannot read the
+// command's stdin) prints its frames and a closing marker on stderr,
+// restores the streams, the working directory and the host's env (which
+// wins over the profile's, as in a plain shell with the captured
+// environment applied: each host variable is kept aside in
+// __paperclip_host_<name> for the profile's run), and execs a plain shell
+// with the command. The command thus sees what the later commands of the
+// lease see. The worker strips the frames from the head of stderr
+// (fusedOutput) and reads the capture from them. Without the closing
+// marker the command did not run (the profile exited or exec'd, no cat or
+// /proc): the capture has failed and the command runs again in a login
+// shell, as when a capture fails.
+
+// fusedFrameAllowance is what the frames may add to the command's stderr
+// cap.
+const fusedFrameAllowance = 1 << 20
+
+// fusedAside prefixes what the fused script keeps aside across the profile.
+const fusedAside = "__paperclip_"
+
+// fused is the lease's first command-only execute, which captures the
+// login environment in its own exec; nil when the lease's capture already
+// ran or is in flight.
+type fused struct {
+	l    *loginEnv
+	done chan struct{}
+	mark string
+	log  *slog.Logger
+	pod  podexec.Request
+}
+
+// fuse returns a fused run when the command is sent alone and the lease
+// has not started its capture (the caller then owns it and must call
+// end); otherwise nil, and forCommand answers.
+func (l *loginEnv) fuse(log *slog.Logger, pod podexec.Request, command string, args []string) *fused {
+	if !commandOnly(command, args) {
+		return nil
+	}
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil
+	}
+	done, run := l.begin()
+	if !run {
+		return nil
+	}
+	return &fused{l: l, done: done, mark: "paperclip-login-" + hex.EncodeToString(b[:]), log: log, pod: pod}
+}
+
+// argv returns the command and args of the fused exec for the host's
+// command and env (names only: the values travel on stdin, as always).
+func (f *fused) argv(command string, env map[string]string) (string, []string) {
+	var aside, restore strings.Builder
+	aside.WriteString(`export ` + fusedAside + `cwd="$PWD"`)
+	restore.WriteString(`cd -- "$` + fusedAside + `cwd" || exit 1; unset ` + fusedAside + `cwd`)
+	names := make([]string, 0, len(env))
+	for k := range env {
+		if carried(k) && k != "PATH" && !strings.HasPrefix(k, fusedAside) {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		aside.WriteString(" " + fusedAside + "host_" + k + `="$` + k + `"`)
+		restore.WriteString("; export " + k + `="$` + fusedAside + "host_" + k + `"; unset ` + fusedAside + "host_" + k)
+	}
+	login := `{ printf "\000%s\000" "$1"; umask; printf "\000"; cat /proc/self/environ && printf "\000%s\000" "$1"; } >&4 || exit 1; ` +
+		`exec 1>&3 2>&4 0<&5 3>&- 4>&- 5<&-; ` + restore.String() + `; exec "$0" -c "$2"`
+	script := `{ printf '\000%s\000' "$1"; umask; printf '\000'; cat /proc/self/environ && printf '\000%s\000' "$1"; } >&2 || exit 1; ` +
+		aside.String() + `; exec "$0" -lc ` + podexec.ShellQuote(login) + ` "$0" "$1" "$2" 3>&1 4>&2 5<&0 </dev/null >/dev/null 2>&1`
+	return podexec.Shell, []string{"-c", script, podexec.Shell, f.mark, command}
+}
+
+// frameEnd is where the frames end in stderr (past the closing marker),
+// -1 while they are not complete.
+func (f *fused) frameEnd(stderr []byte) int {
+	m := []byte("\x00" + f.mark + "\x00")
+	at := 0
+	for i := 0; i < 4; i++ {
+		j := bytes.Index(stderr[at:], m)
+		if j < 0 {
+			return -1
+		}
+		at += j + len(m)
+	}
+	return at
+}
+
+// output wraps the command's OnOutput: stderr is held back until the
+// frames are complete, and only what follows them is passed on.
+func (f *fused) output(send func(stream string, chunk []byte)) func(string, []byte) {
+	var held []byte
+	passing := false
+	return func(stream string, chunk []byte) {
+		if stream != "stderr" || passing {
+			send(stream, chunk)
+			return
+		}
+		held = append(held, chunk...)
+		if end := f.frameEnd(held); end >= 0 {
+			passing = true
+			if rest := held[end:]; len(rest) > 0 {
+				send(stream, rest)
+			}
+			held = nil
+		}
+	}
+}
+
+// end reads the capture from the fused exec's result and records it for
+// the lease, and returns the result with the frames stripped from stderr.
+// ran is false when the command did not run (the capture failed before
+// it and the exec did not time out): the caller runs it again without
+// the fused script. ctx is the exec's; err its error.
+func (f *fused) end(ctx context.Context, res *podexec.Result, err error) (out *podexec.Result, rerun bool) {
+	var diff *loginDiff
+	var cerr error
+	end := -1
+	if err == nil {
+		end = f.frameEnd(res.Stderr)
+	}
+	switch {
+	case err != nil:
+		cerr = fmt.Errorf("running the command with the login shell: %w", err)
+	case end < 0:
+		cerr = errors.New("the login shell's output is not in the expected frames (the image needs cat and /proc; does the profile exit or exec another program?)")
+	default:
+		diff, cerr = parseLoginCapture(res.Stderr[:end-len(f.mark)-2], f.mark)
+	}
+	if cerr != nil && err == nil {
+		// The capture's errors hold neither its output nor values.
+		f.log.Info("reading the login environment of a lease's pod failed; its commands run in a login shell",
+			"namespace", f.pod.Namespace, "pod", f.pod.Pod, "error", cerr)
+	}
+	f.l.mu.Lock()
+	switch {
+	case cerr == nil:
+		f.l.diff = diff
+	case err != nil || ctx.Err() != nil || res.TimedOut:
+		f.l.done = nil // not the pod's answer: the next command captures again
+	}
+	close(f.done)
+	f.l.mu.Unlock()
+	if err != nil || end < 0 {
+		return res, err == nil && !res.TimedOut
+	}
+	stripped := *res
+	stripped.Stderr = res.Stderr[end:]
+	return &stripped, false
 }

@@ -289,46 +289,94 @@ func TestLoginEnvCapturedOnce(t *testing.T) {
 	is.Equal(fails, 1)
 }
 
-// gatedRunner counts its runs and holds each until release is closed.
-type gatedRunner struct {
-	inner   loginRunner
-	mu      sync.Mutex
-	runs    int
-	started chan struct{}
-	release chan struct{}
+// The lease's first command sent alone is its capture too (one exec): it
+// sees what the later commands see (the profile's variables, umask and
+// PATH, the host's env winning, the command's cwd and stdin, not the
+// profile's banner), its stdout and stderr are its own, the profile runs
+// once, no value travels in the argv, and the capture equals a separate
+// one's.
+func TestLoginEnvFusedWithTheFirstCommand(t *testing.T) {
+	for name, r := range loginShells(t) {
+		t.Run(name, func(t *testing.T) { testLoginEnvFused(t, r) })
+	}
 }
 
-func (g *gatedRunner) Run(ctx context.Context, req podexec.Request) (*podexec.Result, error) {
-	g.mu.Lock()
-	g.runs++
-	g.mu.Unlock()
-	g.started <- struct{}{}
-	<-g.release
-	return g.inner.Run(ctx, req)
+func testLoginEnvFused(t *testing.T, r *localRunner) {
+	is := is.New(t)
+	home := loginHome(t)
+	r.env = append(r.env, "HOME="+home)
+	// A profile that moves and reads stdin: neither reaches the command.
+	f, err := os.OpenFile(filepath.Join(home, ".profile"), os.O_APPEND|os.O_WRONLY, 0)
+	is.NoErr(err)
+	_, err = f.WriteString("cd /\nread -r stolen || true\necho 'profile noise' >&2\n")
+	is.NoErr(err)
+	is.NoErr(f.Close())
+	cwd := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	var l loginEnv
+	script := `printf '%s|%s|%s|%s|%s|%s|%s|' "$FOO" "$NL" "$HOSTWINS" "${GONE-unset}" "$KEEP" "$(umask)" "$PWD"; hello-login; cat; echo to-stderr >&2`
+	fu := l.fuse(log, podexec.Request{}, script, nil)
+	is.True(fu != nil)
+	is.True(l.fuse(log, podexec.Request{}, script, nil) == nil) // one capture per lease
+	is.True(l.fuse(log, podexec.Request{}, "sh", []string{"-c", "true"}) == nil)
+	host := map[string]string{"HOSTWINS": "host", "HOST_SECRET": "host-secret-value"}
+	command, args := fu.argv(script, host)
+	for _, a := range args {
+		is.True(!strings.Contains(a, "host-secret-value"))
+	}
+	res, err := r.Run(context.Background(), podexec.Request{Command: command, Args: args, Env: host, Cwd: cwd, Stdin: strings.NewReader("the stdin\n")})
+	is.NoErr(err)
+	out, rerun := fu.end(context.Background(), res, err)
+	is.True(!rerun)
+	is.Equal(*out.ExitCode, 0)
+	is.Equal(string(out.Stdout), "from the profile|two\nlines|host|unset|same|0027|"+cwd+"|hello\nthe stdin\n")
+	is.Equal(string(out.Stderr), "to-stderr\n")
+	is.Equal(profileRuns(t, home), 1)
+
+	// Streamed: stderr from past the frames only, however it is cut.
+	var streamed [2]strings.Builder
+	send := fu.output(func(stream string, b []byte) {
+		streamed[map[string]int{"stdout": 0, "stderr": 1}[stream]].Write(b)
+	})
+	for i := range res.Stderr {
+		send("stderr", res.Stderr[i:i+1])
+	}
+	send("stdout", res.Stdout)
+	is.Equal(streamed[0].String(), string(out.Stdout))
+	is.Equal(streamed[1].String(), "to-stderr\n")
+
+	// The lease's later commands get the capture, which equals a separate one.
+	d := l.forCommand(context.Background(), log, r, podexec.Request{}, "true", nil)
+	is.True(d != nil)
+	is.Equal(profileRuns(t, home), 1)
+	sep, err := captureLogin(context.Background(), r, podexec.Request{})
+	is.NoErr(err)
+	is.Equal(d.set, sep.set)
+	is.Equal(d.unset, sep.unset)
+	is.Equal(d.umask, sep.umask)
 }
 
-// The capture a lease's first command-only execute prefetches (as soon as
-// its pod is known) is the lease's one capture: it runs in the background,
-// the command waits for it and gets its result, and nothing runs it again;
-// a command with args prefetches nothing.
-func TestLoginEnvPrefetched(t *testing.T) {
+// A profile that exits ends the fused exec before the command: the command
+// did not run, end says to run it again, and the lease's commands run in
+// a login shell (no capture is tried again).
+func TestLoginEnvFusedProfileExits(t *testing.T) {
 	is := is.New(t)
 	r := loginShells(t)["sh"]
 	home := loginHome(t)
 	r.env = append(r.env, "HOME="+home)
-	g := &gatedRunner{inner: r, started: make(chan struct{}, 4), release: make(chan struct{})}
+	is.NoErr(os.WriteFile(filepath.Join(home, ".profile"), []byte("echo run >> \"$HOME/profile-runs\"\nexit 0\n"), 0o644))
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var l loginEnv
-	l.prefetch(context.Background(), log, g, podexec.Request{})
-	<-g.started // in flight, and prefetch has returned
-	got := make(chan *loginDiff, 1)
-	go func() { got <- l.forCommand(context.Background(), log, g, podexec.Request{}, "echo hi", nil) }()
-	close(g.release)
-	d := <-got
-	is.True(d != nil)
-	is.Equal(d.set["FOO"], "from the profile")
-	is.Equal(l.forCommand(context.Background(), log, g, podexec.Request{}, "echo again", nil), d)
-	is.Equal(g.runs, 1)
+	script := `touch "$HOME/ran"`
+	fu := l.fuse(log, podexec.Request{}, script, nil)
+	command, args := fu.argv(script, nil)
+	res, err := r.Run(context.Background(), podexec.Request{Command: command, Args: args})
+	_, rerun := fu.end(context.Background(), res, err)
+	is.True(rerun)
+	_, err = os.Stat(filepath.Join(home, "ran"))
+	is.True(errors.Is(err, os.ErrNotExist)) // the command did not run
+	is.Equal(l.forCommand(context.Background(), log, r, podexec.Request{}, script, nil), (*loginDiff)(nil))
+	is.True(l.fuse(log, podexec.Request{}, script, nil) == nil)
 	is.Equal(profileRuns(t, home), 1)
-	is.Equal(l.forCommand(context.Background(), log, g, podexec.Request{}, "sh", []string{"-c", "true"}), (*loginDiff)(nil))
 }
