@@ -320,6 +320,41 @@ func TestRealizeFailsAnUnschedulablePodWhenNoAutoscalerAnswers(t *testing.T) {
 		"didn't match Pod's node affinity/selector", "nothing is adding one")
 }
 
+// A node autoscaler that says it cannot add a node for the pod
+// (cluster-autoscaler NotTriggerScaleUp) fails realize at once, without
+// the autoscalers' grace, with the scheduler's and the autoscaler's
+// messages and the fix.
+func TestRealizeFailsAtOnceWhenTheAutoscalerCannotHelp(t *testing.T) {
+	t.Parallel()
+	h := newHooks(t, "sandbox", map[string]any{"nodeSelector": map[string]any{"paperclip-k8s.test/pool": "none-" + randHex(4)}, "timeoutMs": 60000})
+	l := h.acquire(nil)
+	pod := h.untilPod(l, "the scheduler to give up on the pod", unschedulable)
+	h.autoscalerSays(pod, "NotTriggerScaleUp", "pod didn't trigger scale-up: 2 node(s) didn't match Pod's node affinity/selector")
+	start := time.Now()
+	_, rerr := h.realize(l)
+	wantErr(t, rerr, "Pod "+h.namespace()+"/"+pod.Name+" is Failed/Unschedulable: ", "didn't match Pod's node affinity/selector",
+		"cluster-autoscaler NotTriggerScaleUp: pod didn't trigger scale-up: 2 node(s)", "cannot add a node that fits the pod")
+	// Without the autoscaler's word it would fail only after the grace,
+	// and say "nothing is adding one" (the figure is logged, not asserted).
+	t.Logf("realize failed after %s", time.Since(start).Round(time.Millisecond))
+}
+
+// autoscalerSays records a cluster-autoscaler event about the pod, as the
+// autoscaler does.
+func (h *hooks) autoscalerSays(pod *corev1.Pod, reason, message string) {
+	h.t.Helper()
+	_, err := h.kube().CoreV1().Events(pod.Namespace).Create(context.Background(), &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Name: pod.Name + "." + strings.ToLower(reason), Namespace: pod.Namespace},
+		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
+		Reason:         reason, Type: corev1.EventTypeNormal, Message: message,
+		Source:        corev1.EventSource{Component: "cluster-autoscaler"},
+		LastTimestamp: metav1.Now(), FirstTimestamp: metav1.Now(), Count: 1,
+	}, metav1.CreateOptions{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 // A pod no node can take waits while a node autoscaler says it is adding
 // one (its TriggeredScaleUp event about the pod), even where nothing else
 // would be waited for; once the node is there the run goes on.
@@ -332,15 +367,7 @@ func TestRealizeWaitsWhileANodeAutoscalerScalesUp(t *testing.T) {
 		workerOpts{env: []string{`PAPERCLIP_K8S_POD_ANNOTATIONS={"paperclip.io/unschedulable": "fail"}`}})
 	l := h.acquire(nil)
 	pod := h.untilPod(l, "the scheduler to give up on the pod", unschedulable)
-	_, err := h.kube().CoreV1().Events(pod.Namespace).Create(ctx, &corev1.Event{
-		ObjectMeta:     metav1.ObjectMeta{Name: pod.Name + ".scaleup", Namespace: pod.Namespace},
-		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
-		Reason:         "TriggeredScaleUp", Type: corev1.EventTypeNormal,
-		Message:       "pod triggered scale-up: [{" + pool + " 0->1 (max: 3)}]",
-		Source:        corev1.EventSource{Component: "cluster-autoscaler"},
-		LastTimestamp: metav1.Now(), FirstTimestamp: metav1.Now(), Count: 1,
-	}, metav1.CreateOptions{})
-	is.NoErr(err)
+	h.autoscalerSays(pod, "TriggeredScaleUp", "pod triggered scale-up: [{"+pool+" 0->1 (max: 3)}]")
 
 	// The first command waits for the pod as long as it may, and says why.
 	r := h.exec(l, "true", map[string]any{"timeoutMs": 1500})
