@@ -137,7 +137,7 @@ func TestClaimApplyRequests(t *testing.T) {
 	c, e, dyn, ns := f.c, f.e, f.dyn, f.namespace()
 	ctx := context.Background()
 	var tenant []*resource.Resource // the namespace, two objects in it and one not wanted (standard egress)
-	for _, name := range []string{"serviceaccount", "namespace", "role", "ciliumnetworkpolicy-egress"} {
+	for _, name := range []string{"serviceaccount", "namespace", "limitrange", "ciliumnetworkpolicy-egress"} {
 		s, ok := c.Get(name)
 		is.True(ok)
 		tenant = append(tenant, s)

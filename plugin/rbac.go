@@ -21,7 +21,8 @@ const (
 	// PolicyName names the ValidatingAdmissionPolicy and its binding.
 	PolicyName = "paperclip-k8s"
 	// TenantServiceAccount is the only ServiceAccount workloads may run as
-	// (resources/agent-pod.yaml, serviceaccount.yaml).
+	// (resources/agent-pod.yaml, serviceaccount.yaml). It is bound to
+	// nothing and no pod mounts its token: a named identity with no power.
 	TenantServiceAccount = "paperclip-tenant-sa"
 	// DefaultServiceAccount is the provider's identity when none is named.
 	DefaultServiceAccount = "paperclip/paperclip-k8s"
@@ -239,9 +240,9 @@ func celName(s string) string {
 // ServiceAccount namespace/name: writes (and exec) only in namespaces
 // carrying the tenant mark, Namespaces created with it and Pod Security
 // restricted, no adopting, re-marking or weakening a namespace,
-// RoleBindings only to the tenant ClusterRole for the provider itself (or
-// to a Role for its namespace's ServiceAccounts), no ServiceAccount token
-// Secrets, and objects that carry a pod spec (each file's podSpecPath) that run as the
+// RoleBindings only of the tenant ClusterRole to the provider itself (never
+// of a Role: the tenant ServiceAccount has no token, nothing to grant it
+// to), no ServiceAccount token Secrets, and objects that carry a pod spec (each file's podSpecPath) that run as the
 // tenant ServiceAccount with no token, host namespaces, hostPath or
 // privilege. Admission never sees reads: those are confined by RBAC
 // (TenantRules are only ever bound per tenant namespace).
@@ -282,13 +283,11 @@ func (p *Provider) AdmissionPolicy(namespace, name string) (map[string]any, erro
 			labelOr("variables.labels", cel(psa)+" + m + '-version'", "latest"),
 			labelOr("variables.labels", cel(psa)+" + m + '-version'", "latest"), labelOr("variables.oldLabels", cel(psa)+" + m + '-version'", "latest")),
 			"the provider may not weaken the Pod Security labels (pod-security.kubernetes.io/*) of a namespace"),
-		v(fmt.Sprintf("!variables.isRoleBinding || !variables.write || object.roleRef.kind == 'Role' || object.roleRef.name == %s", cel(TenantClusterRoleName)),
-			"a RoleBinding the provider makes may reference only the ClusterRole "+TenantClusterRoleName+" or a Role of its namespace"),
-		v(fmt.Sprintf("!variables.isRoleBinding || !variables.write || object.roleRef.kind != 'ClusterRole' || !has(object.subjects) || object.subjects.all(s, s.kind == 'ServiceAccount' && s.name == %s && has(s.namespace) && s.namespace == %s)",
+		v(fmt.Sprintf("!variables.isRoleBinding || !variables.write || (object.roleRef.kind == 'ClusterRole' && object.roleRef.name == %s)", cel(TenantClusterRoleName)),
+			"a RoleBinding the provider makes may reference only the ClusterRole "+TenantClusterRoleName+" (no Role: agent pods hold no ServiceAccount token, so no data file binds one)"),
+		v(fmt.Sprintf("!variables.isRoleBinding || !variables.write || !has(object.subjects) || object.subjects.all(s, s.kind == 'ServiceAccount' && s.name == %s && has(s.namespace) && s.namespace == %s)",
 			cel(name), cel(namespace)),
 			"the ClusterRole "+TenantClusterRoleName+" may be bound only to the provider itself ("+user+")"),
-		v("!variables.isRoleBinding || !variables.write || object.roleRef.kind != 'Role' || !has(object.subjects) || object.subjects.all(s, s.kind == 'ServiceAccount' && has(s.namespace) && s.namespace == request.namespace)",
-			"a Role may be bound only to ServiceAccounts of its own namespace"),
 		v("!variables.isSecret || !variables.write || !has(object.type) || object.type != 'kubernetes.io/service-account-token'",
 			"the provider may not create or change Secrets of type kubernetes.io/service-account-token"),
 	}
