@@ -80,6 +80,37 @@ func (s *screen) waitFor(ctx context.Context, want string) error {
 	}
 }
 
+// ttyRun is a terminal command running in the background: its screen,
+// the keyboard to type on, and wait for its result.
+type ttyRun struct {
+	scr   *screen
+	typed *io.PipeWriter
+	done  chan struct{}
+	res   *TTYResult
+	err   error
+}
+
+// startTTY runs req on e in the background, its Stdin a keyboard the
+// test types on and its Output a screen the test waits on; the keyboard
+// is closed when the test ends.
+func startTTY(tb testing.TB, ctx context.Context, e *Executor, req TTYRequest) *ttyRun {
+	kbd, typed := io.Pipe()
+	tb.Cleanup(func() { typed.Close() })
+	r := &ttyRun{scr: newScreen(), typed: typed, done: make(chan struct{})}
+	req.Stdin, req.Output = kbd, r.scr.write
+	go func() {
+		defer close(r.done)
+		r.res, r.err = e.RunTTY(ctx, req)
+	}()
+	return r
+}
+
+// wait waits for the command to end and returns its result.
+func (r *ttyRun) wait() (*TTYResult, error) {
+	<-r.done
+	return r.res, r.err
+}
+
 // ttyTarget is where testTTY runs its commands.
 type ttyTarget struct {
 	executor           func(testing.TB, Transport) *Executor
@@ -104,28 +135,17 @@ func testTTY(t *testing.T, tg ttyTarget, tr Transport, wantTransport string) {
 		is := is.New(t)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		scr := newScreen()
-		kbd, typed := io.Pipe()
-		defer typed.Close()
-		done := make(chan struct{})
-		var res *TTYResult
-		var err error
-		go func() {
-			defer close(done)
-			res, err = tg.executor(t, tr).RunTTY(ctx, TTYRequest{
-				Namespace: tg.ns, Pod: tg.pod, Container: tg.container,
-				Argv:   []string{"/bin/sh", "-c", `[ -t 0 ] && [ -t 1 ] && echo "on a terminal"; stty size; printf 'code: ABCD-12345\nline? '; read line; echo "got:$line."; exit 3`},
-				Stdin:  kbd,
-				Output: scr.write,
-				Size:   TerminalSize{Width: 132, Height: 43},
-			})
-		}()
-		is.NoErr(scr.waitFor(ctx, "line? "))
-		_, werr := typed.Write([]byte("hello\r"))
+		run := startTTY(t, ctx, tg.executor(t, tr), TTYRequest{
+			Namespace: tg.ns, Pod: tg.pod, Container: tg.container,
+			Argv: []string{"/bin/sh", "-c", `[ -t 0 ] && [ -t 1 ] && echo "on a terminal"; stty size; printf 'code: ABCD-12345\nline? '; read line; echo "got:$line."; exit 3`},
+			Size: TerminalSize{Width: 132, Height: 43},
+		})
+		is.NoErr(run.scr.waitFor(ctx, "line? "))
+		_, werr := run.typed.Write([]byte("hello\r"))
 		is.NoErr(werr)
-		<-done
+		res, err := run.wait()
 		is.NoErr(err)
-		out := scr.String()
+		out := run.scr.String()
 		t.Logf("%s: %q", res.Transport, out)
 		is.Equal(res.Transport, wantTransport)
 		is.True(res.ExitCode != nil && *res.ExitCode == 3)
@@ -137,24 +157,14 @@ func testTTY(t *testing.T, tg ttyTarget, tr Transport, wantTransport string) {
 		is := is.New(t)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		scr := newScreen()
-		kbd, typed := io.Pipe()
-		defer typed.Close()
-		done := make(chan struct{})
-		var res *TTYResult
-		var err error
-		go func() {
-			defer close(done)
-			res, err = tg.executor(t, tr).RunTTY(ctx, TTYRequest{
-				Namespace: tg.ns, Pod: tg.pod, Container: tg.container,
-				Argv:  []string{"/bin/sh", "-c", "echo waiting; exec sleep 1000"},
-				Stdin: kbd, Output: scr.write,
-			})
-		}()
-		is.NoErr(scr.waitFor(ctx, "waiting"))
-		_, werr := typed.Write([]byte{3})
+		run := startTTY(t, ctx, tg.executor(t, tr), TTYRequest{
+			Namespace: tg.ns, Pod: tg.pod, Container: tg.container,
+			Argv: []string{"/bin/sh", "-c", "echo waiting; exec sleep 1000"},
+		})
+		is.NoErr(run.scr.waitFor(ctx, "waiting"))
+		_, werr := run.typed.Write([]byte{3})
 		is.NoErr(werr)
-		<-done
+		res, err := run.wait()
 		is.NoErr(err)
 		is.True(res.ExitCode != nil)
 		is.Equal(*res.ExitCode, 130) // 128 + SIGINT
@@ -168,24 +178,15 @@ func TestRunTTYCancel(t *testing.T) {
 	tn := startTestNode(t, execnode.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	scr := newScreen()
-	kbd, typed := io.Pipe()
-	defer typed.Close()
-	done := make(chan struct{})
-	var res *TTYResult
-	var err error
-	go func() {
-		defer close(done)
-		res, err = tn.ttyExecutor(t, TransportWebSocket).RunTTY(ctx, TTYRequest{
-			Namespace: testNS, Pod: testPod, Container: testContainer,
-			Argv: []string{"/bin/sh", "-c", "echo waiting; exec sleep 1000"}, Stdin: kbd, Output: scr.write,
-		})
-	}()
+	run := startTTY(t, ctx, tn.ttyExecutor(t, TransportWebSocket), TTYRequest{
+		Namespace: testNS, Pod: testPod, Container: testContainer,
+		Argv: []string{"/bin/sh", "-c", "echo waiting; exec sleep 1000"},
+	})
 	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
 	defer wcancel()
-	is.NoErr(scr.waitFor(wctx, "waiting"))
+	is.NoErr(run.scr.waitFor(wctx, "waiting"))
 	cancel()
-	<-done
+	res, err := run.wait()
 	is.True(err != nil)
 	is.True(res.ExitCode == nil)
 }
