@@ -148,6 +148,22 @@ func poolMembers(t testing.TB, ctx context.Context, ns, pool string) []unstructu
 	return l.Items
 }
 
+// claimSandbox is the name of the Sandbox a claim's status says it is bound to.
+func claimSandbox(u *unstructured.Unstructured) string {
+	n, _, _ := unstructured.NestedString(u.Object, "status", "sandbox", "name")
+	return n
+}
+
+// readyClaim creates the claim name on pool (with extra spec fields),
+// waits for Ready=True/DependenciesReady and returns it and its Sandbox's
+// name.
+func readyClaim(t testing.TB, ctx context.Context, ns, name, pool string, spec map[string]any) (*unstructured.Unstructured, string) {
+	t.Helper()
+	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj(name, pool, spec))
+	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, name, "Ready", claimReady("True", "DependenciesReady"))
+	return got, claimSandbox(got)
+}
+
 func claimReady(status, reason string) func(*unstructured.Unstructured) bool {
 	return func(u *unstructured.Unstructured) bool {
 		c := condition(u, "Ready")
@@ -473,7 +489,7 @@ func TestClaimAdoptsWarmMember(t *testing.T) {
 	for _, s := range tr.states {
 		is.True(s == "-" || s == "True/DependenciesReady") // never Ready=False on the warm path
 	}
-	sbName, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	sbName := claimSandbox(got)
 	is.True(sbName != "") // a member was adopted
 	sameMember := sbName == oldest.GetName()
 	is.True(sameMember) // the oldest member
@@ -578,7 +594,7 @@ func TestClaimColdPath(t *testing.T) {
 		}
 	}
 	is.Equal(first, "False/SandboxNotReady") // the first status write
-	sbName, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	sbName := claimSandbox(got)
 	is.Equal(sbName, "c-cold") // named like the claim
 	_, annotated := got.GetAnnotations()[sandboxctl.SandboxNameAnnotation]
 	is.True(!annotated) // no sandbox-name annotation on the cold path
@@ -636,7 +652,7 @@ func TestClaimMissingPoolAndTemplate(t *testing.T) {
 	// like it) and the pool fills.
 	create(t, ctx, sandboxctl.TemplateGVR, ns, templateObj("notpl", nil, nil))
 	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "g-nopool", "Ready", claimReady("True", "DependenciesReady"))
-	name, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	name := claimSandbox(got)
 	is.Equal(name, "g-nopool")
 	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "nopool", "filled", readyPool(1))
 }
@@ -700,11 +716,9 @@ func TestClaimEnvForcesColdStart(t *testing.T) {
 	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool-env", "ready", readyPool(2))
 	before := poolMembers(t, ctx, ns, "pool-env")
 
-	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("c-env2", "pool-env", map[string]any{"env": []any{
+	got, name := readyClaim(t, ctx, ns, "c-env2", "pool-env", map[string]any{"env": []any{
 		map[string]any{"name": "FOO", "value": "bar"}, map[string]any{"name": "SIDE", "value": "s", "containerName": "main"},
-	}}))
-	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "c-env2", "Ready", claimReady("True", "DependenciesReady"))
-	name, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	}})
 	is.Equal(name, "c-env2") // cold although warm members were ready
 	sb, err := cluster.Dynamic().Resource(sandboxctl.GVR).Namespace(ns).Get(ctx, "c-env2", metav1.GetOptions{})
 	is.NoErr(err)
@@ -782,7 +796,7 @@ func TestClaimLifecycle(t *testing.T) {
 			return u == nil || claimReady("True", "DependenciesReady")(u) || claimReady("False", "ClaimExpired")(u)
 		})
 		if got != nil {
-			sbOf[name], _, _ = unstructured.NestedString(got.Object, "status", "sandbox", "name")
+			sbOf[name] = claimSandbox(got)
 		}
 	}
 	// The Sandboxes carry no shutdownTime: the claim controller does it all.
@@ -804,7 +818,7 @@ func TestClaimLifecycle(t *testing.T) {
 	// its Sandbox is deleted.
 	for _, name := range []string{"e-ret", "e-def"} {
 		got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, name, "expired, Sandbox released", func(u *unstructured.Unstructured) bool {
-			n, _, _ := unstructured.NestedString(u.Object, "status", "sandbox", "name")
+			n := claimSandbox(u)
 			return claimReady("False", "ClaimExpired")(u) && n == ""
 		})
 		is.Equal(condition(got, "Ready").Message, "Claim expired. Sandbox cleanup initiated.")
@@ -873,9 +887,7 @@ func TestClaimRebindsWhenItsSandboxIsDeleted(t *testing.T) {
 	ns := devcluster.NewNamespace(t, cluster, nil)
 	ctx := ctxT(t, 90*time.Second)
 	setupPool(t, ctx, ns, 2)
-	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("f-sb", "pool", nil))
-	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "f-sb", "Ready", claimReady("True", "DependenciesReady"))
-	first, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	got, first := readyClaim(t, ctx, ns, "f-sb", "pool", nil)
 	firstPod, err := cluster.Kube().CoreV1().Pods(ns).Get(ctx, first, metav1.GetOptions{})
 	is.NoErr(err)
 	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool", "refilled", readyPool(2))
@@ -883,13 +895,13 @@ func TestClaimRebindsWhenItsSandboxIsDeleted(t *testing.T) {
 	tr := traceClaims(t, ctx, ns)
 	is.NoErr(cluster.Dynamic().Resource(sandboxctl.GVR).Namespace(ns).Delete(ctx, first, metav1.DeleteOptions{}))
 	got = tr.until(t, ctx, "f-sb", "rebound", func(u *unstructured.Unstructured) bool {
-		n, _, _ := unstructured.NestedString(u.Object, "status", "sandbox", "name")
+		n := claimSandbox(u)
 		return n != "" && n != first
 	})
 	for _, s := range tr.states {
 		is.Equal(s, "True/DependenciesReady") // Ready stays True throughout
 	}
-	second, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	second := claimSandbox(got)
 	is.Equal(got.GetAnnotations()[sandboxctl.SandboxNameAnnotation], second)
 	sb, err := cluster.Dynamic().Resource(sandboxctl.GVR).Namespace(ns).Get(ctx, second, metav1.GetOptions{})
 	is.NoErr(err)
@@ -905,7 +917,7 @@ func TestClaimRebindsWhenItsSandboxIsDeleted(t *testing.T) {
 	waitMembers(t, ctx, ns, "pool", 0)
 	is.NoErr(cluster.Dynamic().Resource(sandboxctl.GVR).Namespace(ns).Delete(ctx, second, metav1.DeleteOptions{}))
 	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "f-sb", "rebound cold", func(u *unstructured.Unstructured) bool {
-		n, _, _ := unstructured.NestedString(u.Object, "status", "sandbox", "name")
+		n := claimSandbox(u)
 		return n == "f-sb" && claimReady("True", "DependenciesReady")(u)
 	})
 	_, annotated := got.GetAnnotations()[sandboxctl.SandboxNameAnnotation]
@@ -936,7 +948,7 @@ func TestClaimBurstOnSmallPool(t *testing.T) {
 	for i := range n {
 		name := fmt.Sprintf("b-%d", i)
 		got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, name, "Ready", claimReady("True", "DependenciesReady"))
-		sb, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+		sb := claimSandbox(got)
 		if other, dup := bound[sb]; dup {
 			t.Fatalf("Sandbox %s bound to both %s and %s", sb, other, name)
 		}
@@ -1040,9 +1052,7 @@ func TestWarmPoolUpdateStrategy(t *testing.T) {
 	// OnReplenish: the same members (checked after Recreate acted on the
 	// same template events).
 	is.Equal(names(poolMembers(t, ctx, ns, "pool-onr")), onr)
-	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("i-onr", "pool-onr", nil))
-	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "i-onr", "Ready", claimReady("True", "DependenciesReady"))
-	sbName, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	_, sbName := readyClaim(t, ctx, ns, "i-onr", "pool-onr", nil)
 	is.True(onr[sbName]) // a stale member, handed out
 }
 
@@ -1061,9 +1071,7 @@ func TestTemplateDeletedUnderPool(t *testing.T) {
 	members := poolMembers(t, ctx, ns, "pool")
 	is.Equal(len(members), 1)
 
-	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("g-after", "pool", nil))
-	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "g-after", "Ready", claimReady("True", "DependenciesReady"))
-	sbName, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	got, sbName := readyClaim(t, ctx, ns, "g-after", "pool", nil)
 	is.Equal(sbName, members[0].GetName())
 	p := waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool", "emptied", func(u *unstructured.Unstructured) bool {
 		_, has, _ := unstructured.NestedInt64(u.Object, "status", "replicas")
@@ -1087,9 +1095,7 @@ func TestClaimMirrorsItsSandbox(t *testing.T) {
 	ctx := ctxT(t, 90*time.Second)
 	setupPool(t, ctx, ns, 2)
 
-	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("f-pod", "pool", nil))
-	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "f-pod", "Ready", claimReady("True", "DependenciesReady"))
-	sbName, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	got, sbName := readyClaim(t, ctx, ns, "f-pod", "pool", nil)
 	pod, err := cluster.Kube().CoreV1().Pods(ns).Get(ctx, sbName, metav1.GetOptions{})
 	is.NoErr(err)
 	is.NoErr(cluster.Kube().CoreV1().Pods(ns).Delete(ctx, sbName, metav1.DeleteOptions{}))
@@ -1101,7 +1107,7 @@ func TestClaimMirrorsItsSandbox(t *testing.T) {
 		ips, _, _ := unstructured.NestedStringSlice(u.Object, "status", "sandbox", "podIPs")
 		return claimReady("True", "DependenciesReady")(u) && len(ips) == 1
 	})
-	again, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	again := claimSandbox(got)
 	is.Equal(again, sbName) // same Sandbox, same pod name
 
 	// A pod that fails: Finished and Ready=False/PodFailed, mirrored whole;
@@ -1117,20 +1123,18 @@ func TestClaimMirrorsItsSandbox(t *testing.T) {
 	is.Equal(condition(failed, "Finished").Reason, "PodFailed")
 	is.True(claimReady("False", "PodFailed")(failed) || claimReady("False", "ClaimExpired")(failed))
 	expired := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "e-ttlret", "expired", func(u *unstructured.Unstructured) bool {
-		n, _, _ := unstructured.NestedString(u.Object, "status", "sandbox", "name")
+		n := claimSandbox(u)
 		return claimReady("False", "ClaimExpired")(u) && n == ""
 	})
 	is.Equal(claimStatusJSON(t, expired), `{"conditions":[{"lastTransitionTime":"T","message":"Pod failed","observedGeneration":1,"reason":"PodFailed","status":"True","type":"Finished"},{"lastTransitionTime":"T","message":"Claim expired. Sandbox cleanup initiated.","observedGeneration":1,"reason":"ClaimExpired","status":"False","type":"Ready"}],"sandbox":{}}`)
 	waitFor(t, ctx, sandboxctl.GVR, ns, "e-ttlret", "deleted", gone)
 
 	// The claimed Sandbox expires by itself (shutdownTime patched onto it).
-	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("j-exp", "pool", nil))
-	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "j-exp", "Ready", claimReady("True", "DependenciesReady"))
-	sbName, _, _ = unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	got, sbName = readyClaim(t, ctx, ns, "j-exp", "pool", nil)
 	mergePatch(t, ctx, sandboxctl.GVR, ns, sbName, map[string]any{"spec": map[string]any{"shutdownTime": time.Now().Add(-time.Second).UTC().Format(time.RFC3339)}})
 	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "j-exp", "SandboxExpired", claimReady("False", "SandboxExpired"))
 	is.Equal(condition(got, "Ready").Message, "Underlying Sandbox resource has expired independently of the Claim.")
-	name, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	name := claimSandbox(got)
 	is.Equal(name, sbName) // not re-provisioned
 }
 
@@ -1164,10 +1168,10 @@ func TestClaimWaitsForWarmPodIPsThenGoesCold(t *testing.T) {
 	tr := traceClaims(t, ctx, ns)
 	cl := create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("l-unsched", "pool-unsched", nil))
 	got := tr.until(t, ctx, "l-unsched", "bound", func(u *unstructured.Unstructured) bool {
-		n, _, _ := unstructured.NestedString(u.Object, "status", "sandbox", "name")
+		n := claimSandbox(u)
 		return n != ""
 	})
-	name, _, _ := unstructured.NestedString(got.Object, "status", "sandbox", "name")
+	name := claimSandbox(got)
 	is.Equal(name, "l-unsched") // cold, named like the claim
 	for _, s := range tr.states[:len(tr.states)-1] {
 		is.Equal(s, "-") // no status while waiting
