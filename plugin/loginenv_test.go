@@ -124,18 +124,30 @@ func loginShells(t *testing.T) map[string]*localRunner {
 	return out
 }
 
+// forEachLoginShell runs test as a subtest with each of loginShells.
+func forEachLoginShell(t *testing.T, test func(*testing.T, *localRunner)) {
+	for name, r := range loginShells(t) {
+		t.Run(name, func(t *testing.T) { test(t, r) })
+	}
+}
+
+// withLoginHome gives r a loginHome as its HOME and returns it.
+func withLoginHome(t *testing.T, r *localRunner) string {
+	t.Helper()
+	home := loginHome(t)
+	r.env = append(r.env, "HOME="+home)
+	return home
+}
+
 // The capture, with each shell: what ~/.profile exports, unsets and its
 // umask, and nothing both shells share or each sets for itself.
 func TestLoginCaptureLocalShell(t *testing.T) {
-	for name, r := range loginShells(t) {
-		t.Run(name, func(t *testing.T) { testLoginCapture(t, r) })
-	}
+	forEachLoginShell(t, testLoginCapture)
 }
 
 func testLoginCapture(t *testing.T, r *localRunner) {
 	is := is.New(t)
-	home := loginHome(t)
-	r.env = append(r.env, "HOME="+home)
+	home := withLoginHome(t, r)
 	d, err := captureLogin(context.Background(), r, podexec.Request{})
 	is.NoErr(err)
 	is.Equal(profileRuns(t, home), 1)
@@ -156,15 +168,12 @@ func testLoginCapture(t *testing.T, r *localRunner) {
 // wins, the profile does not run again, and no login value but PATH is in
 // the argv.
 func TestLoginEnvAppliedWithoutLoginShell(t *testing.T) {
-	for name, r := range loginShells(t) {
-		t.Run(name, func(t *testing.T) { testLoginEnvApplied(t, r) })
-	}
+	forEachLoginShell(t, testLoginEnvApplied)
 }
 
 func testLoginEnvApplied(t *testing.T, r *localRunner) {
 	is := is.New(t)
-	home := loginHome(t)
-	r.env = append(r.env, "HOME="+home)
+	home := withLoginHome(t, r)
 	d, err := captureLogin(context.Background(), r, podexec.Request{})
 	is.NoErr(err)
 
@@ -296,15 +305,12 @@ func TestLoginEnvCapturedOnce(t *testing.T) {
 // once, no value travels in the argv, and the capture equals a separate
 // one's.
 func TestLoginEnvFusedWithTheFirstCommand(t *testing.T) {
-	for name, r := range loginShells(t) {
-		t.Run(name, func(t *testing.T) { testLoginEnvFused(t, r) })
-	}
+	forEachLoginShell(t, testLoginEnvFused)
 }
 
 func testLoginEnvFused(t *testing.T, r *localRunner) {
 	is := is.New(t)
-	home := loginHome(t)
-	r.env = append(r.env, "HOME="+home)
+	home := withLoginHome(t, r)
 	// A profile that moves and reads stdin: neither reaches the command.
 	f, err := os.OpenFile(filepath.Join(home, ".profile"), os.O_APPEND|os.O_WRONLY, 0)
 	is.NoErr(err)
@@ -363,8 +369,7 @@ func testLoginEnvFused(t *testing.T, r *localRunner) {
 func TestLoginEnvFusedProfileExits(t *testing.T) {
 	is := is.New(t)
 	r := loginShells(t)["sh"]
-	home := loginHome(t)
-	r.env = append(r.env, "HOME="+home)
+	home := withLoginHome(t, r)
 	is.NoErr(os.WriteFile(filepath.Join(home, ".profile"), []byte("echo run >> \"$HOME/profile-runs\"\nexit 0\n"), 0o644))
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var l loginEnv
