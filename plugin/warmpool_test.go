@@ -24,6 +24,19 @@ func warmConfig() map[string]any {
 	return cfg
 }
 
+// acquireWarm acquires acme's lease with warmConfig on f; it returns the
+// params it sent and the lease's metadata.
+func acquireWarm(t *testing.T, f *fakeCluster) (AcquireParams, LeaseMetadata) {
+	t.Helper()
+	in := acquireParams("acme")
+	in.Config = warmConfig()
+	l, err := f.p.AcquireLease(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in, metadataFrom(l.Metadata)
+}
+
 var gvrSecret = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
 
 // Acquire applies the tenant's template and pool (warmPoolSize) with the
@@ -34,11 +47,7 @@ func TestSandboxClaimAcquireInProcess(t *testing.T) {
 	is := is.New(t)
 	f := fakeProvider(t)
 	ctx := context.Background()
-	in := acquireParams("acme")
-	in.Config = warmConfig()
-	l, err := f.p.AcquireLease(ctx, in)
-	is.NoErr(err)
-	m := metadataFrom(l.Metadata)
+	in, m := acquireWarm(t, f)
 	is.Equal(m.Backend, "sandboxclaim")
 	is.Equal(m.WorkloadKind, "SandboxClaim")
 
@@ -84,11 +93,7 @@ func TestSandboxClaimRunEnv(t *testing.T) {
 	is := is.New(t)
 	f := fakeProvider(t)
 	ctx := context.Background()
-	in := acquireParams("acme")
-	in.Config = warmConfig()
-	l, err := f.p.AcquireLease(ctx, in)
-	is.NoErr(err)
-	m := metadataFrom(l.Metadata)
+	_, m := acquireWarm(t, f)
 	claims, _ := f.p.Catalog.Get("sandboxclaim")
 	ref := engine.Ref{Resource: claims, Namespace: m.Namespace, Name: m.WorkloadName}
 	w, err := f.e.Get(ctx, ref)
