@@ -438,6 +438,14 @@ func (f *fused) end(ctx context.Context, res *podexec.Result, err error) (out *p
 	}
 	close(f.done)
 	f.l.mu.Unlock()
+	if err == nil && end < 0 && res.TimedOut {
+		// The command did not run and is not run again: stderr holds only
+		// the frames so far, the environment (the run's secrets among it),
+		// never the command's output.
+		cut := *res
+		cut.Stderr = []byte(fmt.Sprintf("[paperclip-k8s] the login shell of pod %s/%s (the image's /etc/profile, ~/.profile) did not finish within the command's timeout; the command was not run. Fix the profile or raise the command's timeout.\n", f.pod.Namespace, f.pod.Pod))
+		return &cut, false
+	}
 	if err != nil || end < 0 {
 		return res, err == nil && !res.TimedOut
 	}
