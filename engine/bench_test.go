@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
@@ -48,14 +50,29 @@ func BenchmarkEvaluate(b *testing.B) {
 // Sandbox on the local control plane (kwok makes pods ready at once, so
 // this is the provider's and the API server's share of the latency).
 func BenchmarkClusterClaimToReady(b *testing.B) {
+	benchClusterSandbox(b, "bench", "pc-bench", nil, func(ctx context.Context, e *engine.Engine, sb *resource.Resource, w *unstructured.Unstructured) error {
+		_, _, err := e.Wait(ctx, sb, w, resource.Ready)
+		return err
+	})
+}
+
+// benchClusterSandbox is a loop of create → wait → release of a Sandbox on
+// the local control plane, in a namespace nsPrefix-<hex> applied as a
+// tenant first (tune changes the values before that), each run named
+// runPrefix-<i>.
+func benchClusterSandbox(b *testing.B, nsPrefix, runPrefix string, tune func(values map[string]any), wait func(context.Context, *engine.Engine, *resource.Resource, *unstructured.Unstructured) error) {
+	b.Helper()
 	if env == nil {
 		b.Skip("no control plane")
 	}
 	vc := valuestest.LoadShipped(b, "standard-cidrs-sandbox")
 	e := realEngineB(b)
 	ctx := context.Background()
-	ns := fmt.Sprintf("bench-%x", time.Now().UnixNano()&0xffffff)
+	ns := fmt.Sprintf("%s-%x", nsPrefix, time.Now().UnixNano()&0xffffff)
 	vc.Values["namespace"] = ns
+	if tune != nil {
+		tune(vc.Values)
+	}
 	if _, err := e.Apply(ctx, e.Catalog.Used(resource.UseTenant), ns, vc.Values); err != nil {
 		b.Fatal(err)
 	}
@@ -65,12 +82,12 @@ func BenchmarkClusterClaimToReady(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		run["name"] = fmt.Sprintf("pc-bench-%d", i)
+		run["name"] = fmt.Sprintf("%s-%d", runPrefix, i)
 		w, err := e.Create(ctx, sb, ns, vc.Values, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, _, err := e.Wait(ctx, sb, w, resource.Ready); err != nil {
+		if err := wait(ctx, e, sb, w); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := e.Release(ctx, engine.RefOf(sb, w)); err != nil {
