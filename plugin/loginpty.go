@@ -442,17 +442,8 @@ func (s *loginSession) output(p []byte) {
 		return
 	}
 	buf := append(s.carry, p...)
-	end := len(buf)
 	// Keep an incomplete sequence at the end for the next read.
-	for i := 1; i <= utf8.UTFMax-1 && i <= len(buf); i++ {
-		c := buf[len(buf)-i]
-		if utf8.RuneStart(c) {
-			if !utf8.FullRune(buf[len(buf)-i:]) {
-				end = len(buf) - i
-			}
-			break
-		}
-	}
+	end := len(buf) - heldUTF8Tail(buf) // execute.go
 	s.carry = append([]byte(nil), buf[end:]...)
 	s.sendLocked(buf[:end])
 }
