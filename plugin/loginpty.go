@@ -464,7 +464,12 @@ func (s *loginSession) sendLocked(b []byte) {
 	}
 	over := false
 	if s.sent+len(b) > maxLoginOutput {
-		b, over = b[:maxLoginOutput-s.sent], true
+		// Cut at a rune start (at most 3 bytes back), as the chunks are.
+		n := maxLoginOutput - s.sent
+		for k := 0; k < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(b[n]); k++ {
+			n--
+		}
+		b, over = b[:n], true
 	}
 	for len(b) > 0 {
 		n := len(b)
