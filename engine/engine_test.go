@@ -244,7 +244,7 @@ func TestWaitRewatchesAfterExpiry(t *testing.T) {
 
 	// First watch: expires.
 	fw := <-watchers
-	fw.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired, Message: "too old resource version"})
+	expire(fw)
 	// Second watch (after a fresh read): ends without an event.
 	fw = <-watchers
 	fw.Stop()

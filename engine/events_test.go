@@ -2,8 +2,6 @@ package engine_test
 
 import (
 	"context"
-	"errors"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
@@ -96,14 +93,8 @@ func TestAwaitPodFailsAnUnschedulablePodWhenTheGraceEnds(t *testing.T) {
 	sb, w := f.workload(t, "sandbox")
 	f.addPod(t, w, unschedulableSince(time.Now().Add(-14*time.Second)))
 	_, _, err := f.e.AwaitPod(ctx, sb, w)
-	var te *engine.TerminalError
-	is.True(errors.As(err, &te))
+	terminalSays(t, err, "Pod ns1/"+w.GetName(), "Failed/Unschedulable", "didn't match Pod's node affinity/selector", "nothing is adding one", "paperclip.io/unschedulable=wait")
 	is.True(ctx.Err() == nil)
-	for _, want := range []string{"Pod ns1/" + w.GetName(), "Failed/Unschedulable", "didn't match Pod's node affinity/selector", "nothing is adding one", "paperclip.io/unschedulable=wait"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not contain %q", err, want)
-		}
-	}
 }
 
 // The Job controller reports a used-up quota only as a FailedCreate event
@@ -125,14 +116,8 @@ func TestWaitFailsAJobOnAQuotaEvent(t *testing.T) {
 		`Error creating: pods "`+w.GetName()+`-7k2lq" is forbidden: exceeded quota: paperclip-quota, requested: pods=1, used: pods=1, limited: pods=1`), metav1.CreateOptions{})
 	is.NoErr(err)
 	err = (<-done).err
-	var te *engine.TerminalError
-	is.True(errors.As(err, &te))
+	te := terminalSays(t, err, "Job ns1/"+w.GetName(), "exceeded quota: paperclip-quota", "resourceQuota in the environment config")
 	is.Equal(te.Status.Reason, "QuotaExceeded")
-	for _, want := range []string{"Job ns1/" + w.GetName(), "exceeded quota: paperclip-quota", "resourceQuota in the environment config"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not contain %q", err, want)
-		}
-	}
 }
 
 // The pods' watch expiring (410 Gone) makes the wait list the pods again
@@ -158,7 +143,7 @@ func TestAwaitPodRewatchesAfterExpiry(t *testing.T) {
 		return true, w, err
 	})
 	done := f.awaitPodAsync(ctx, sb, w)
-	first.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired, Message: "too old resource version"})
+	expire(first)
 	<-rewatched
 	pod := f.addPod(t, w, map[string]any{"phase": "Running", "conditions": []any{readyCond("Ready")}})
 	r := <-done

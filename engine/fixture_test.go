@@ -2,10 +2,13 @@ package engine_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/watch"
 	dynfake "k8s.io/client-go/dynamic/fake"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
@@ -152,4 +155,25 @@ func (f *fixture) setPodStatus(t *testing.T, pod *unstructured.Unstructured, sta
 	if _, err := f.dyn.Resource(gvrPod).Namespace(pod.GetNamespace()).Update(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("updating pod %s: %v", pod.GetName(), err)
 	}
+}
+
+// terminalSays asserts that err is a *engine.TerminalError whose message
+// contains each of wants, and returns it.
+func terminalSays(t *testing.T, err error, wants ...string) *engine.TerminalError {
+	t.Helper()
+	var te *engine.TerminalError
+	if !errors.As(err, &te) {
+		t.Fatalf("error %v is not a TerminalError", err)
+	}
+	for _, want := range wants {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not contain %q", err, want)
+		}
+	}
+	return te
+}
+
+// expire ends fw as an API server ends an expired watch (410 Gone).
+func expire(fw *watch.FakeWatcher) {
+	fw.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired, Message: "too old resource version"})
 }
