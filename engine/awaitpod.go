@@ -53,22 +53,26 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 	// once found, a pod the workload controls, and until a pod is found
 	// any pod; a pod found through another object (via) is controlled by
 	// that object, not by the workload: such a backend's waits look at
-	// every pod change of the namespace.
+	// every pod change of the namespace, but for the pods that carry the
+	// workload's labelsFrom labels when it has them (FindPod takes no other),
+	// so that the other runs' pods of a busy namespace cost no reads.
 	var mu sync.Mutex
 	podUID := types.UID("")
-	via := findsVia(s)
-	concernsPod := func(p *unstructured.Unstructured) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if via || podUID == "" || p.GetUID() == podUID {
-			return true
-		}
-		for _, r := range p.GetOwnerReferences() {
-			if r.Controller != nil && *r.Controller && r.UID == ref.UID {
+	concernsPod := viaPodConcerns(s, w)
+	if concernsPod == nil {
+		concernsPod = func(p *unstructured.Unstructured) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			if podUID == "" || p.GetUID() == podUID {
 				return true
 			}
+			for _, r := range p.GetOwnerReferences() {
+				if r.Controller != nil && *r.Controller && r.UID == ref.UID {
+					return true
+				}
+			}
+			return false
 		}
-		return false
 	}
 	workload := &source{what: ref.String(), res: s, c: wc, first: w,
 		selector: fields.OneTermEqualSelector("metadata.name", ref.Name).String(),
@@ -168,6 +172,21 @@ func earliest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// viaPodConcerns is which pod changes concern a wait on w when its file
+// finds pods through other objects (via): those carrying w's labelsFrom
+// labels, every one when it has none; nil when the file finds no pod
+// through via.
+func viaPodConcerns(s *resource.Resource, w *unstructured.Unstructured) func(*unstructured.Unstructured) bool {
+	if !findsVia(s) {
+		return nil
+	}
+	var want map[string]string
+	if b, err := w.MarshalJSON(); err == nil {
+		want = labelsWanted(s, b)
+	}
+	return func(p *unstructured.Unstructured) bool { return carriesLabels(p, want) }
 }
 
 // findsVia reports whether a file finds its pods through other objects.

@@ -45,24 +45,8 @@ func (e *Engine) findPod(ctx context.Context, s *resource.Resource, workload *un
 	if err != nil {
 		return nil, err
 	}
-	var want map[string]string
-	if s.Pods.LabelsFrom != "" {
-		for k, v := range gjson.GetBytes(wjson, s.Pods.LabelsFrom).Map() {
-			if want == nil {
-				want = map[string]string{}
-			}
-			want[k] = v.String()
-		}
-	}
-	carries := func(p *unstructured.Unstructured) bool {
-		l := p.GetLabels()
-		for k, v := range want {
-			if l[k] != v {
-				return false
-			}
-		}
-		return true
-	}
+	want := labelsWanted(s, wjson)
+	carries := func(p *unstructured.Unstructured) bool { return carriesLabels(p, want) }
 	ns := workload.GetNamespace()
 	for i, f := range s.Pods.Find {
 		var cands []unstructured.Unstructured
@@ -131,6 +115,33 @@ func (e *Engine) findPod(ctx context.Context, s *resource.Resource, workload *un
 		}
 	}
 	return nil, fmt.Errorf("%s: %w", RefOf(s, workload), ErrNoPod)
+}
+
+// labelsWanted are the labels a pod of the workload (JSON wjson) must carry
+// (pods.labelsFrom), nil when its file names none.
+func labelsWanted(s *resource.Resource, wjson []byte) map[string]string {
+	if s.Pods == nil || s.Pods.LabelsFrom == "" {
+		return nil
+	}
+	var want map[string]string
+	for k, v := range gjson.GetBytes(wjson, s.Pods.LabelsFrom).Map() {
+		if want == nil {
+			want = map[string]string{}
+		}
+		want[k] = v.String()
+	}
+	return want
+}
+
+// carriesLabels says whether p carries every label of want.
+func carriesLabels(p *unstructured.Unstructured, want map[string]string) bool {
+	l := p.GetLabels()
+	for k, v := range want {
+		if l[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // viaPod follows one via rule: the object the workload names at nameFrom,
