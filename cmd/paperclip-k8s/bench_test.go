@@ -16,16 +16,7 @@ import (
 // table (its figures are not checked: the benchmark asserts nothing).
 func TestBenchCommand(t *testing.T) {
 	is := is.New(t)
-	env := requireEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, workerBin, "bench", "-n", "2", "-parallel", "2", "-kubeconfig", env.KubeconfigPath())
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("paperclip-k8s bench: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), tail(stderr.String(), 4000))
-	}
-	out := stdout.String()
+	out := benchBinary(t, "-n", "2", "-parallel", "2")
 	for _, h := range []string{
 		"paperclip-k8s bench: backend sandbox, n=2, parallel=2;",
 		"### API requests per acquire",
@@ -53,4 +44,27 @@ func TestBenchCommand(t *testing.T) {
 	if t.Failed() {
 		t.Logf("stdout:\n%s", out)
 	}
+}
+
+// benchBinary runs `paperclip-k8s bench args... -kubeconfig` through the built
+// binary on the local control plane and returns its stdout (logged if the
+// test fails); a failed run fails the test with both outputs.
+func benchBinary(t *testing.T, args ...string) string {
+	t.Helper()
+	env := requireEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, workerBin, append(append([]string{"bench"}, args...), "-kubeconfig", env.KubeconfigPath())...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("paperclip-k8s bench %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout.String(), tail(stderr.String(), 4000))
+	}
+	out := stdout.String()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("stdout:\n%s", out)
+		}
+	})
+	return out
 }

@@ -1,13 +1,9 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/matryer/is"
 )
@@ -19,21 +15,7 @@ import (
 // checked: the benchmark asserts nothing).
 func TestBenchWarmPools(t *testing.T) {
 	is := is.New(t)
-	env := requireEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, workerBin, "bench", "-warm-pools", "-n", "2", "-pool-size", "4", "-no-worker", "-kubeconfig", env.KubeconfigPath())
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("paperclip-k8s bench -warm-pools: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), tail(stderr.String(), 4000))
-	}
-	out := stdout.String()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("stdout:\n%s", out)
-		}
-	})
+	out := benchBinary(t, "-warm-pools", "-n", "2", "-pool-size", "4", "-no-worker")
 	for _, h := range []string{
 		"paperclip-k8s bench -warm-pools: n=2, pool size 4;",
 		"### Warm pools: acquire → first command (`true`) → bare exec in the same pod",

@@ -213,13 +213,9 @@ func TestRBACConfinesTheProvider(t *testing.T) {
 	is.Equal(r.Stdout, "env-ok stdin-ok")
 	host := t.TempDir()
 	writeFile(t, filepath.Join(host, "in.txt"), []byte("synced\n"), 0o644)
-	h.w.mustCall("environmentSyncIn", h.syncParams(l, op("rbac-in", []mapping{
-		{"sourcePath": filepath.Join(host, "in.txt"), "targetPath": filepath.Join(root, "in.txt"), "kind": "file"},
-	})), nil)
+	h.syncFile(l, "environmentSyncIn", "rbac-in", filepath.Join(host, "in.txt"), filepath.Join(root, "in.txt"))
 	is.Equal(readString(t, filepath.Join(root, "in.txt")), "synced\n")
-	h.w.mustCall("environmentSyncOut", h.syncParams(l, op("rbac-out", []mapping{
-		{"sourcePath": filepath.Join(root, "in.txt"), "targetPath": filepath.Join(host, "out.txt"), "kind": "file"},
-	})), nil)
+	h.syncFile(l, "environmentSyncOut", "rbac-out", filepath.Join(root, "in.txt"), filepath.Join(host, "out.txt"))
 	is.Equal(readString(t, filepath.Join(host, "out.txt")), "synced\n")
 	var resumed lease
 	h.w.mustCall("environmentResumeLease", h.leaseParams(l), &resumed)

@@ -44,6 +44,13 @@ func (h *hooks) syncParams(l lease, ops ...map[string]any) map[string]any {
 	return h.with(map[string]any{"lease": l, "operations": ops})
 }
 
+// syncFile has method (environmentSyncIn or environmentSyncOut) copy one
+// file, from → to, in the operation id.
+func (h *hooks) syncFile(l lease, method, id, from, to string) {
+	h.t.Helper()
+	h.w.mustCall(method, h.syncParams(l, op(id, []mapping{{"sourcePath": from, "targetPath": to, "kind": "file"}})), nil)
+}
+
 func writeFile(t testing.TB, p string, b []byte, mode os.FileMode) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {

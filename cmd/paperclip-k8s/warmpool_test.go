@@ -16,15 +16,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
-	watchtools "k8s.io/client-go/tools/watch"
+
+	"github.com/paperclip-k8s/paperclip-k8s/internal/devcluster"
 )
 
 // The sandboxclaim backend (resources/sandboxclaim.yaml and the tenant's
@@ -49,44 +46,9 @@ func (h *hooks) waitObject(gvr schema.GroupVersionResource, ns, name string, d t
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	c := h.dyn().Resource(gvr).Namespace(ns)
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return c.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return c.Watch(ctx, o)
-		},
-	}
-	var got *unstructured.Unstructured
-	_, err := watchtools.UntilWithSync(ctx, lw, &unstructured.Unstructured{}, func(store cache.Store) (bool, error) {
-		items := store.List()
-		if len(items) == 0 {
-			return cond(nil), nil
-		}
-		return false, nil
-	}, func(ev watch.Event) (bool, error) {
-		if ev.Type == watch.Deleted {
-			got = nil
-			return cond(nil), nil
-		}
-		u, ok := ev.Object.(*unstructured.Unstructured)
-		if !ok {
-			return false, nil
-		}
-		got = u
-		return cond(u), nil
-	})
+	got, err := devcluster.WaitObject(ctx, h.dyn(), gvr, ns, name, cond)
 	if err != nil {
-		last := "none"
-		if got != nil {
-			b, _ := json.Marshal(got.Object["status"])
-			last = string(b)
-		}
-		h.t.Fatalf("%s (%s %s/%s): %v; last status: %s", what, gvr.Resource, ns, name, err, last)
+		h.t.Fatalf("%s (%s %s/%s): %v", what, gvr.Resource, ns, name, err)
 	}
 	return got
 }
@@ -258,13 +220,9 @@ func TestWarmPoolHooks(t *testing.T) {
 	// Native file sync, both ways.
 	host := t.TempDir()
 	writeFile(t, filepath.Join(host, "in.txt"), []byte("warm\n"), 0o644)
-	h.w.mustCall("environmentSyncIn", h.syncParams(l, op("warm-in", []mapping{
-		{"sourcePath": filepath.Join(host, "in.txt"), "targetPath": filepath.Join(root, "in.txt"), "kind": "file"},
-	})), nil)
+	h.syncFile(l, "environmentSyncIn", "warm-in", filepath.Join(host, "in.txt"), filepath.Join(root, "in.txt"))
 	is.Equal(h.exec(l, "cat "+filepath.Join(root, "in.txt"), nil).Stdout, "warm\n")
-	h.w.mustCall("environmentSyncOut", h.syncParams(l, op("warm-out", []mapping{
-		{"sourcePath": filepath.Join(root, "in.txt"), "targetPath": filepath.Join(host, "out.txt"), "kind": "file"},
-	})), nil)
+	h.syncFile(l, "environmentSyncOut", "warm-out", filepath.Join(root, "in.txt"), filepath.Join(host, "out.txt"))
 	is.Equal(readString(t, filepath.Join(host, "out.txt")), "warm\n")
 
 	// Resume finds the same pod.
