@@ -55,6 +55,9 @@ const (
 	loginOpenBudget = 25 * time.Second
 	// maxLoginLeases bounds the leases remembered for login terminals.
 	maxLoginLeases = 4096
+	// loginInterruptGrace bounds the Ctrl-C typed before a terminal's
+	// stream is torn down (a stream that reads no more input).
+	loginInterruptGrace = 5 * time.Second
 )
 
 // loginSessionHome is the exact form of the host's sessionHome (a UUID
@@ -490,7 +493,12 @@ func (s *loginSession) sendLocked(b []byte) {
 		s.sent = maxLoginOutput
 		note := fmt.Sprintf("\r\n[paperclip-k8s] the login terminal printed more than %d bytes; it was stopped.\r\n", maxLoginOutput)
 		s.notify(rpc.MethodLoginPtyOutput, map[string]any{"hostRouteId": s.hostRouteID, "workerSessionId": s.id, "chunk": note})
-		go s.interrupt(context.Background(), true)
+		go func() {
+			// Bounded: a stream that reads no input is torn down all the same.
+			ctx, cancel := context.WithTimeout(context.Background(), loginInterruptGrace)
+			defer cancel()
+			_ = s.interrupt(ctx, true)
+		}()
 	}
 }
 
@@ -594,7 +602,7 @@ func (p *Provider) closeLoginSessions(ctx context.Context, match func(*loginSess
 		}
 	}
 	lt.mu.Unlock()
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, loginInterruptGrace)
 	defer cancel()
 	for _, s := range closing {
 		s.mu.Lock()

@@ -29,3 +29,17 @@ func TestLoginPtyOutputCapCutsWholeRunes(t *testing.T) {
 	is.Equal(chunks[0], "a")
 	is.Equal(s.sent, maxLoginOutput)
 }
+
+// A terminal past its output cap is torn down even when its stream reads
+// no more input (the Ctrl-C typed first would wait for ever).
+func TestLoginPtyOutputCapEndsAStuckStream(t *testing.T) {
+	is := is.New(t)
+	_, kw := io.Pipe() // nothing reads the keyboard
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := &loginSession{id: "s", hostRouteID: "r", keyboard: kw, cancel: cancel, done: make(chan struct{}),
+		notify: func(string, any) {}}
+	s.output(make([]byte, maxLoginOutput+1))
+	<-ctx.Done() // torn down (within loginInterruptGrace)
+	is.Equal(s.sent, maxLoginOutput)
+}
