@@ -201,16 +201,8 @@ func TestRBACConfinesTheProvider(t *testing.T) {
 	rb, err := admin.RbacV1().RoleBindings(tenant).Get(ctx, "paperclip-k8s-provider", metav1.GetOptions{})
 	is.NoErr(err)
 	is.Equal(rb.Subjects, []rbacv1.Subject{provider}) // the provider learnt who it is
-	pr = probeResult{}
-	h.w.mustCall("environmentProbe", h.base(), &pr)
-	is.True(pr.OK)
-	for _, d := range pr.Diagnostics {
-		t.Errorf("probe diagnostic once the tenant exists: %+v", d)
-	}
-	h.w.mustCall("environmentRealizeWorkspace", h.with(map[string]any{"lease": l, "workspace": map[string]any{"localPath": "/x"}}), nil)
-	r := h.exec(l, `printf '%s' "$X"; cat`, map[string]any{"env": map[string]string{"X": "env-ok "}, "stdin": "stdin-ok"})
-	is.Equal(r.code(), 0)
-	is.Equal(r.Stdout, "env-ok stdin-ok")
+	h.probeClean()
+	h.realizeAndExec(l)
 	host := t.TempDir()
 	writeFile(t, filepath.Join(host, "in.txt"), []byte("synced\n"), 0o644)
 	h.syncFile(l, "environmentSyncIn", "rbac-in", filepath.Join(host, "in.txt"), filepath.Join(root, "in.txt"))
@@ -235,7 +227,7 @@ func TestRBACConfinesTheProvider(t *testing.T) {
 	pod := h.waitPodAny(jl)
 	is.NoErr(h.env.Node.WriteLog(pod.Namespace, pod.Name, "agent", []byte("done\n")))
 	h.env.Node.EndLog(pod.Namespace, pod.Name, "agent")
-	r = h.exec(jl, "ignored", nil)
+	r := h.exec(jl, "ignored", nil)
 	is.Equal(r.Stdout, "done\n")
 	h.w.mustCall("environmentReleaseLease", h.leaseParams(jl), nil)
 	h.waitRunGone(jl, 60*time.Second)
@@ -476,4 +468,28 @@ func (h *hooks) namespaceForTest(t testing.TB, prefix string) string {
 		_ = h.kube().CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
 	})
 	return ns.Name
+}
+
+// probeClean asserts that the probe passes and says nothing (once the
+// tenant exists, every permission is there).
+func (h *hooks) probeClean() {
+	h.t.Helper()
+	is := is.New(h.t)
+	var pr probeResult
+	h.w.mustCall("environmentProbe", h.base(), &pr)
+	is.True(pr.OK)
+	for _, d := range pr.Diagnostics {
+		h.t.Errorf("probe diagnostic once the tenant exists: %+v", d)
+	}
+}
+
+// realizeAndExec realizes l's workspace and runs a command in it that
+// prints an env value and its stdin.
+func (h *hooks) realizeAndExec(l lease) {
+	h.t.Helper()
+	is := is.New(h.t)
+	h.w.mustCall("environmentRealizeWorkspace", h.with(map[string]any{"lease": l, "workspace": map[string]any{"localPath": "/x"}}), nil)
+	r := h.exec(l, `printf '%s' "$X"; cat`, map[string]any{"env": map[string]string{"X": "env-ok "}, "stdin": "stdin-ok"})
+	is.Equal(r.code(), 0)
+	is.Equal(r.Stdout, "env-ok stdin-ok")
 }

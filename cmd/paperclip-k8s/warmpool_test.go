@@ -365,16 +365,8 @@ func TestWarmPoolRBAC(t *testing.T) {
 		return nil
 	})
 	l := h.acquire(nil)
-	var pr probeResult
-	h.w.mustCall("environmentProbe", h.base(), &pr)
-	is.True(pr.OK)
-	for _, d := range pr.Diagnostics {
-		t.Errorf("probe diagnostic once the tenant exists: %+v", d)
-	}
-	h.w.mustCall("environmentRealizeWorkspace", h.with(map[string]any{"lease": l, "workspace": map[string]any{"localPath": "/x"}}), nil)
-	r := h.exec(l, `printf '%s' "$X"; cat`, map[string]any{"env": map[string]string{"X": "env-ok "}, "stdin": "stdin-ok"})
-	is.Equal(r.code(), 0)
-	is.Equal(r.Stdout, "env-ok stdin-ok")
+	h.probeClean()
+	h.realizeAndExec(l)
 	var resumed lease
 	h.w.mustCall("environmentResumeLease", h.leaseParams(l), &resumed)
 	is.Equal(resumed.id(), l.id())
