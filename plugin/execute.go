@@ -320,7 +320,7 @@ func (p *Provider) runEnv(ctx context.Context, cl *cluster, ref engine.Ref, w *u
 		return nil, fmt.Errorf("reading the run's environment of %s: %w", ref, err)
 	}
 	if !engine.ControlledBy(o, w) {
-		return nil, fmt.Errorf("%s %s/%s is not controlled by %s; refusing to use it as the run's environment", s.API.Kind, ref.Namespace, name, ref)
+		return nil, fmt.Errorf("%s %s/%s is not controlled by %s; refusing to use it as the run's environment (it was replaced since the lease was acquired): release the lease and acquire a new one", s.API.Kind, ref.Namespace, name, ref)
 	}
 	keys, err := resource.SplitPath(re.Path)
 	if err != nil {
@@ -333,7 +333,7 @@ func (p *Provider) runEnv(ctx context.Context, cl *cluster, ref engine.Ref, w *u
 		if re.Base64 {
 			b, err := base64.StdEncoding.DecodeString(val)
 			if err != nil {
-				return nil, fmt.Errorf("%s %s/%s: %s.%s is not base64", s.API.Kind, ref.Namespace, name, re.Path, k)
+				return nil, fmt.Errorf("%s %s/%s: %s.%s is not base64 (it was changed since the lease was acquired): release the lease and acquire a new one", s.API.Kind, ref.Namespace, name, re.Path, k)
 			}
 			val = string(b)
 		}
