@@ -716,7 +716,7 @@ func TestClaimEnvForcesColdStart(t *testing.T) {
 	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool-env", "ready", readyPool(2))
 	before := poolMembers(t, ctx, ns, "pool-env")
 
-	got, name := readyClaim(t, ctx, ns, "c-env2", "pool-env", map[string]any{"env": []any{
+	_, name := readyClaim(t, ctx, ns, "c-env2", "pool-env", map[string]any{"env": []any{
 		map[string]any{"name": "FOO", "value": "bar"}, map[string]any{"name": "SIDE", "value": "s", "containerName": "main"},
 	}})
 	is.Equal(name, "c-env2") // cold although warm members were ready
@@ -729,7 +729,7 @@ func TestClaimEnvForcesColdStart(t *testing.T) {
 
 	// Overriding a template variable under Allowed is a ReconcilerError.
 	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("c-ovr", "pool-env", map[string]any{"env": []any{map[string]any{"name": "BASE", "value": "changed"}}}))
-	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "c-ovr", "ReconcilerError", claimReady("False", "ReconcilerError"))
+	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "c-ovr", "ReconcilerError", claimReady("False", "ReconcilerError"))
 	is.Equal(condition(got, "Ready").Message, `Error seen: environment variable override is not allowed by the template policy for variable "BASE"`)
 
 	// volumeClaimTemplates force a cold start too.
@@ -887,14 +887,14 @@ func TestClaimRebindsWhenItsSandboxIsDeleted(t *testing.T) {
 	ns := devcluster.NewNamespace(t, cluster, nil)
 	ctx := ctxT(t, 90*time.Second)
 	setupPool(t, ctx, ns, 2)
-	got, first := readyClaim(t, ctx, ns, "f-sb", "pool", nil)
+	_, first := readyClaim(t, ctx, ns, "f-sb", "pool", nil)
 	firstPod, err := cluster.Kube().CoreV1().Pods(ns).Get(ctx, first, metav1.GetOptions{})
 	is.NoErr(err)
 	waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool", "refilled", readyPool(2))
 
 	tr := traceClaims(t, ctx, ns)
 	is.NoErr(cluster.Dynamic().Resource(sandboxctl.GVR).Namespace(ns).Delete(ctx, first, metav1.DeleteOptions{}))
-	got = tr.until(t, ctx, "f-sb", "rebound", func(u *unstructured.Unstructured) bool {
+	got := tr.until(t, ctx, "f-sb", "rebound", func(u *unstructured.Unstructured) bool {
 		n := claimSandbox(u)
 		return n != "" && n != first
 	})
@@ -1071,7 +1071,7 @@ func TestTemplateDeletedUnderPool(t *testing.T) {
 	members := poolMembers(t, ctx, ns, "pool")
 	is.Equal(len(members), 1)
 
-	got, sbName := readyClaim(t, ctx, ns, "g-after", "pool", nil)
+	_, sbName := readyClaim(t, ctx, ns, "g-after", "pool", nil)
 	is.Equal(sbName, members[0].GetName())
 	p := waitFor(t, ctx, sandboxctl.WarmPoolGVR, ns, "pool", "emptied", func(u *unstructured.Unstructured) bool {
 		_, has, _ := unstructured.NestedInt64(u.Object, "status", "replicas")
@@ -1080,7 +1080,7 @@ func TestTemplateDeletedUnderPool(t *testing.T) {
 	st, _, _ := unstructured.NestedMap(p.Object, "status")
 	is.Equal(jsonOf(t, st), `{"observedGeneration":1,"selector":"agents.x-k8s.io/warm-pool-sandbox=91dd7983"}`)
 	create(t, ctx, sandboxctl.ClaimGVR, ns, claimObj("g-after2", "pool", nil))
-	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "g-after2", "TemplateNotFound", claimReady("False", "TemplateNotFound"))
+	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "g-after2", "TemplateNotFound", claimReady("False", "TemplateNotFound"))
 	is.Equal(condition(got, "Ready").Message, `SandboxTemplate "tpl" not found`)
 	is.Equal(len(poolMembers(t, ctx, ns, "pool")), 0) // no refill
 }
@@ -1095,7 +1095,7 @@ func TestClaimMirrorsItsSandbox(t *testing.T) {
 	ctx := ctxT(t, 90*time.Second)
 	setupPool(t, ctx, ns, 2)
 
-	got, sbName := readyClaim(t, ctx, ns, "f-pod", "pool", nil)
+	_, sbName := readyClaim(t, ctx, ns, "f-pod", "pool", nil)
 	pod, err := cluster.Kube().CoreV1().Pods(ns).Get(ctx, sbName, metav1.GetOptions{})
 	is.NoErr(err)
 	is.NoErr(cluster.Kube().CoreV1().Pods(ns).Delete(ctx, sbName, metav1.DeleteOptions{}))
@@ -1103,7 +1103,7 @@ func TestClaimMirrorsItsSandbox(t *testing.T) {
 		return p != nil && p.UID != pod.UID && p.Status.PodIP != ""
 	})
 	is.NoErr(err)
-	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "f-pod", "Ready on the new pod", func(u *unstructured.Unstructured) bool {
+	got := waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "f-pod", "Ready on the new pod", func(u *unstructured.Unstructured) bool {
 		ips, _, _ := unstructured.NestedStringSlice(u.Object, "status", "sandbox", "podIPs")
 		return claimReady("True", "DependenciesReady")(u) && len(ips) == 1
 	})
@@ -1130,7 +1130,7 @@ func TestClaimMirrorsItsSandbox(t *testing.T) {
 	waitFor(t, ctx, sandboxctl.GVR, ns, "e-ttlret", "deleted", gone)
 
 	// The claimed Sandbox expires by itself (shutdownTime patched onto it).
-	got, sbName = readyClaim(t, ctx, ns, "j-exp", "pool", nil)
+	_, sbName = readyClaim(t, ctx, ns, "j-exp", "pool", nil)
 	mergePatch(t, ctx, sandboxctl.GVR, ns, sbName, map[string]any{"spec": map[string]any{"shutdownTime": time.Now().Add(-time.Second).UTC().Format(time.RFC3339)}})
 	got = waitFor(t, ctx, sandboxctl.ClaimGVR, ns, "j-exp", "SandboxExpired", claimReady("False", "SandboxExpired"))
 	is.Equal(condition(got, "Ready").Message, "Underlying Sandbox resource has expired independently of the Claim.")
