@@ -137,9 +137,11 @@ func testTTY(t *testing.T, tg ttyTarget, tr Transport, wantTransport string) {
 		defer cancel()
 		run := startTTY(t, ctx, tg.executor(t, tr), TTYRequest{
 			Namespace: tg.ns, Pod: tg.pod, Container: tg.container,
-			Argv: []string{"/bin/sh", "-c", `[ -t 0 ] && [ -t 1 ] && echo "on a terminal"; stty size; printf 'code: ABCD-12345\nline? '; read line; echo "got:$line."; exit 3`},
+			Argv: []string{"/bin/sh", "-c", `[ -t 0 ] && [ -t 1 ] && echo "on a terminal"; while [ "$(stty size)" = "0 0" ]; do sleep 0.01; done; stty size; printf 'code: ABCD-12345\nline? '; read line; echo "got:$line."; exit 3`},
 			Size: TerminalSize{Width: 132, Height: 43},
 		})
+		// The terminal's size travels apart from the command's start (a
+		// resize message, as on a kubelet): the command waits until it is set.
 		is.NoErr(run.scr.waitFor(ctx, "line? "))
 		_, werr := run.typed.Write([]byte("hello\r"))
 		is.NoErr(werr)

@@ -21,5 +21,5 @@ func TestProbeWarnsOnLogsBackend(t *testing.T) {
 	is.Equal(d.Code, "backend-not-exec")
 	is.True(strings.Contains(d.Message, `backend "job" (mode logs)`))
 	is.True(strings.Contains(d.Message, `use backend "sandbox"`))
-	is.Equal(d.Details["execBackends"], []any{"sandbox"})
+	is.Equal(d.Details["execBackends"], []any{"sandbox", "sandboxclaim"})
 }

@@ -23,7 +23,8 @@ func TestClassify(t *testing.T) {
 		{"GET", "/apis/agents.x-k8s.io/v1alpha1", "", "discovery", "", false},
 		{"GET", "/api/v1/namespaces/t1", "", "get", "namespaces", true},
 		{"POST", "/api/v1/namespaces", "", "create", "namespaces", true},
-		{"PATCH", "/apis/rbac.authorization.k8s.io/v1/namespaces/t1/roles/paperclip-tenant?fieldManager=x", "application/apply-patch+yaml", "apply", "roles", true},
+		{"PATCH", "/api/v1/namespaces/t1/limitranges/paperclip-limits?fieldManager=x", "application/apply-patch+yaml", "apply", "limitranges", true},
+		{"PATCH", "/apis/rbac.authorization.k8s.io/v1/namespaces/t1/rolebindings/paperclip-k8s-provider?fieldManager=x", "application/apply-patch+yaml", "apply", "rolebindings", true},
 		{"PATCH", "/apis/networking.k8s.io/v1/namespaces/t1/networkpolicies/paperclip-deny", "application/apply-patch+yaml", "apply", "networkpolicies", true},
 		// The run's scoped policy is created, and named after the run.
 		{"POST", "/apis/networking.k8s.io/v1/namespaces/t1/networkpolicies", "", "create", "networkpolicies", false},
