@@ -144,14 +144,22 @@ func TestLoginTerminal(t *testing.T) {
 	}
 
 	company, c := s.company(t, "e2e login")
+	// newEnv creates the environment name on backend and returns it with
+	// the leases it has before the login.
+	newEnv := func(t *testing.T, name, backend string) (paperclip.Environment, map[string]bool) {
+		t.Helper()
+		env, err := srv.CreateEnvironment(ctx, company.ID, name, s.config(backend))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return env, c.leaseIDs(ctx, t, env.ID)
+	}
 
 	// The Claude setup-token login: the owner's browser code goes through
 	// the host (POST …/code → loginPtyInput) onto the terminal's keyboard.
 	t.Run("claude setup-token", func(t *testing.T) {
 		is := is.New(t)
-		env, err := srv.CreateEnvironment(ctx, company.ID, "k8s-login-claude", s.config("sandbox"))
-		is.NoErr(err)
-		before := c.leaseIDs(ctx, t, env.ID)
+		env, before := newEnv(t, "k8s-login-claude", "sandbox")
 		started, err := srv.StartSetupTokenLogin(ctx, company.ID, env.ID)
 		is.NoErr(err)
 		t.Logf("setup-token session: %s", started.Raw)
@@ -182,9 +190,7 @@ func TestLoginTerminal(t *testing.T) {
 
 	t.Run("codex device login", func(t *testing.T) {
 		is := is.New(t)
-		env, err := srv.CreateEnvironment(ctx, company.ID, "k8s-login", s.config("sandbox"))
-		is.NoErr(err)
-		before := c.leaseIDs(ctx, t, env.ID)
+		env, before := newEnv(t, "k8s-login", "sandbox")
 		started, err := srv.StartAdapterLogin(ctx, company.ID, "codex_local", env.ID)
 		is.NoErr(err)
 		t.Logf("login session %s: %s", started.SessionID, started.Raw)
@@ -262,10 +268,8 @@ func TestLoginTerminal(t *testing.T) {
 	// (its process is gone), and releases the lease.
 	t.Run("codex login cancelled", func(t *testing.T) {
 		is := is.New(t)
-		env, err := srv.CreateEnvironment(ctx, company.ID, "k8s-login-cancel", s.config("sandbox"))
-		is.NoErr(err)
 		is.NoErr(os.Remove(record)) // the last login's
-		before := c.leaseIDs(ctx, t, env.ID)
+		env, before := newEnv(t, "k8s-login-cancel", "sandbox")
 		started, err := srv.StartAdapterLogin(ctx, company.ID, "codex_local", env.ID)
 		is.NoErr(err)
 		waitLogin(ctx, t, srv, company.ID, "codex_local", started.SessionID, func(l paperclip.LoginSession) bool {
@@ -300,9 +304,7 @@ func TestLoginTerminal(t *testing.T) {
 	// plugin says why, nothing ran in the Job's pod, the lease is released.
 	t.Run("job backend", func(t *testing.T) {
 		is := is.New(t)
-		env, err := srv.CreateEnvironment(ctx, company.ID, "k8s-login-job", s.config("job"))
-		is.NoErr(err)
-		before := c.leaseIDs(ctx, t, env.ID)
+		env, before := newEnv(t, "k8s-login-job", "job")
 		started, err := srv.StartAdapterLogin(ctx, company.ID, "codex_local", env.ID)
 		is.NoErr(err)
 		got := waitLogin(ctx, t, srv, company.ID, "codex_local", started.SessionID, func(l paperclip.LoginSession) bool {
