@@ -10,7 +10,6 @@ import (
 	"io"
 	"regexp"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -511,6 +510,9 @@ func (s *loginSession) interrupt(ctx context.Context, end bool) error {
 	return err
 }
 
+// errLoginEnded is what typing on a terminal whose command has ended gives.
+var errLoginEnded = errors.New("has ended")
+
 // write types data on the terminal's keyboard, bounded by ctx.
 func (s *loginSession) write(ctx context.Context, data []byte) error {
 	done := make(chan error, 1)
@@ -521,7 +523,7 @@ func (s *loginSession) write(ctx context.Context, data []byte) error {
 	select {
 	case err := <-done:
 		if errors.Is(err, io.ErrClosedPipe) {
-			return fmt.Errorf("login terminal %s has ended", s.id)
+			return fmt.Errorf("login terminal %s: %w", s.id, errLoginEnded)
 		}
 		return err
 	case <-ctx.Done():
@@ -568,7 +570,7 @@ func (p *Provider) LoginPtyStop(ctx context.Context, in LoginPtyStopParams) (any
 	if s == nil {
 		return nil, nil
 	}
-	if err := s.interrupt(ctx, false); err != nil && !strings.Contains(err.Error(), "has ended") {
+	if err := s.interrupt(ctx, false); err != nil && !errors.Is(err, errLoginEnded) {
 		return nil, err
 	}
 	return nil, nil
