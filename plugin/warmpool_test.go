@@ -39,6 +39,42 @@ func acquireWarm(t *testing.T, f *fakeCluster) (AcquireParams, LeaseMetadata) {
 
 var gvrSecret = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
 
+// warmRunSecret acquires a warm lease and sets its run Secret's data to
+// what data returns for it: the claim's ref, the claim, the lease's
+// metadata and the updated Secret.
+func warmRunSecret(t *testing.T, f *fakeCluster, data func(*unstructured.Unstructured) map[string]any) (engine.Ref, *unstructured.Unstructured, LeaseMetadata, *unstructured.Unstructured) {
+	t.Helper()
+	is := is.New(t)
+	ctx := context.Background()
+	_, m := acquireWarm(t, f)
+	claims, _ := f.p.Catalog.Get("sandboxclaim")
+	ref := engine.Ref{Resource: claims, Namespace: m.Namespace, Name: m.WorkloadName}
+	w, err := f.e.Get(ctx, ref)
+	is.NoErr(err)
+	sc := f.dyn.Resource(gvrSecret).Namespace(m.Namespace)
+	sec, err := sc.Get(ctx, m.SecretName, metav1.GetOptions{})
+	is.NoErr(err)
+	is.NoErr(unstructured.SetNestedMap(sec.Object, data(sec), "data"))
+	sec, err = sc.Update(ctx, sec, metav1.UpdateOptions{})
+	is.NoErr(err)
+	return ref, w, m, sec
+}
+
+// A run Secret whose data is not base64 (changed after acquire) is refused
+// with the field and the fix, and without the value.
+func TestRunEnvNotBase64SaysTheFix(t *testing.T) {
+	is := is.New(t)
+	f := fakeProvider(t)
+	ref, w, m, _ := warmRunSecret(t, f, func(*unstructured.Unstructured) map[string]any {
+		return map[string]any{"API_KEY": "sk-secret-value!"}
+	})
+	_, err := f.p.runEnv(context.Background(), f.cl, ref, w, m)
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "data.API_KEY is not base64"))
+	is.True(strings.Contains(err.Error(), "acquire a new one"))
+	is.True(!strings.Contains(err.Error(), "sk-secret-value"))
+}
+
 // Acquire applies the tenant's template and pool (warmPoolSize) with the
 // tenant, and creates a claim on that pool whose pod label is the one the
 // run's scoped policy selects on; a run of another adapter than the pool's
@@ -93,23 +129,17 @@ func TestSandboxClaimRunEnv(t *testing.T) {
 	is := is.New(t)
 	f := fakeProvider(t)
 	ctx := context.Background()
-	_, m := acquireWarm(t, f)
-	claims, _ := f.p.Catalog.Get("sandboxclaim")
-	ref := engine.Ref{Resource: claims, Namespace: m.Namespace, Name: m.WorkloadName}
-	w, err := f.e.Get(ctx, ref)
-	is.NoErr(err)
 	// The API server turns stringData into data; the fake does not.
+	var sd map[string]string
+	ref, w, m, sec := warmRunSecret(t, f, func(sec *unstructured.Unstructured) map[string]any {
+		sd, _, _ = unstructured.NestedStringMap(sec.Object, "stringData")
+		data := map[string]any{}
+		for k, v := range sd {
+			data[k] = base64.StdEncoding.EncodeToString([]byte(v))
+		}
+		return data
+	})
 	sc := f.dyn.Resource(gvrSecret).Namespace(m.Namespace)
-	sec, err := sc.Get(ctx, m.SecretName, metav1.GetOptions{})
-	is.NoErr(err)
-	data := map[string]any{}
-	sd, _, _ := unstructured.NestedStringMap(sec.Object, "stringData")
-	for k, v := range sd {
-		data[k] = base64.StdEncoding.EncodeToString([]byte(v))
-	}
-	is.NoErr(unstructured.SetNestedMap(sec.Object, data, "data"))
-	sec, err = sc.Update(ctx, sec, metav1.UpdateOptions{})
-	is.NoErr(err)
 
 	env, err := f.p.runEnv(ctx, f.cl, ref, w, m)
 	is.NoErr(err)
