@@ -735,17 +735,10 @@ func (e *extensions) createClaimSandbox(ctx context.Context, cl *claim, tu *unst
 			return nil, err
 		}
 	}
-	applySecureDefaults(ts, &bp.PodTemplate.Spec)
-	spec, err := toMap(bp)
+	u, err := sandboxFrom(ts, &bp, map[string]any{"name": cl.obj.GetName(), "namespace": cl.obj.GetNamespace()})
 	if err != nil {
 		return nil, err
 	}
-	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": APIVersion,
-		"kind":       Kind,
-		"metadata":   map[string]any{"name": cl.obj.GetName(), "namespace": cl.obj.GetNamespace()},
-		"spec":       spec,
-	}}
 	u.SetLabels(labels)
 	u.SetAnnotations(map[string]string{TemplateRefAnnotation: tu.GetName()})
 	u.SetOwnerReferences([]metav1.OwnerReference{controllerRef(cl.obj)})
@@ -1028,4 +1021,20 @@ func (e *extensions) writeClaimStatus(ctx context.Context, cl *claim, orig, st c
 	cl.obj = out
 	cl.status = st
 	return nil
+}
+
+// sandboxFrom is the Sandbox of a blueprint with the template's secure
+// defaults applied, as both a claim's cold path and a pool member are made.
+func sandboxFrom(ts *templateSpec, bp *blueprint, metadata map[string]any) (*unstructured.Unstructured, error) {
+	applySecureDefaults(ts, &bp.PodTemplate.Spec)
+	spec, err := toMap(bp)
+	if err != nil {
+		return nil, err
+	}
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": APIVersion,
+		"kind":       Kind,
+		"metadata":   metadata,
+		"spec":       spec,
+	}}, nil
 }

@@ -413,20 +413,13 @@ func (e *extensions) buildMember(pool *unstructured.Unstructured, tmplName strin
 		}
 		meta.Annotations[SafeToEvictAnnotation] = "true"
 	}
-	applySecureDefaults(ts, &bp.PodTemplate.Spec)
-	spec, err := toMap(bp)
+	u, err := sandboxFrom(ts, &bp, map[string]any{
+		"generateName": pool.GetName() + "-",
+		"namespace":    pool.GetNamespace(),
+	})
 	if err != nil {
 		return nil, err
 	}
-	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": APIVersion,
-		"kind":       Kind,
-		"metadata": map[string]any{
-			"generateName": pool.GetName() + "-",
-			"namespace":    pool.GetNamespace(),
-		},
-		"spec": spec,
-	}}
 	u.SetLabels(map[string]string{
 		WarmPoolLabel: poolHash, TemplateRefHashLabel: refHash, LaunchTypeLabel: "warm",
 		PodTemplateHashLabel: podHash, TemplateHashLabel: bpHash, CreatedByLabel: "controller",
