@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,7 +39,9 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 		return nil, nil, errors.New("the catalog has no file with scope pod")
 	}
 	ref := RefOf(s, w)
-	if pod, ok := e.readyNow(ctx, s, podRes, w); ok {
+	// What the via hops resolve, kept across the checks (see viaMemo).
+	memo := &viaMemo{}
+	if pod, ok := e.readyNow(ctx, s, podRes, w, memo); ok {
 		return w, pod, nil
 	}
 	wc, _, err := e.client(s, w.GetNamespace())
@@ -55,11 +58,22 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 	// that object, not by the workload: such a backend's waits look at
 	// every pod change of the namespace, but for the pods that carry the
 	// workload's labelsFrom labels when it has them (FindPod takes no other),
-	// so that the other runs' pods of a busy namespace cost no reads.
+	// so that the other runs' pods of a busy namespace cost no reads. Such
+	// a change to a pod other than the one found drops the memo: a replaced
+	// or changed via object may lead to it now.
 	var mu sync.Mutex
 	podUID := types.UID("")
 	concernsPod := viaPodConcerns(s, w)
-	if concernsPod == nil {
+	if concernsPod != nil {
+		carries := concernsPod
+		concernsPod = func(p *unstructured.Unstructured) bool {
+			if !carries(p) {
+				return false
+			}
+			memo.podChanged(p)
+			return true
+		}
+	} else {
 		concernsPod = func(p *unstructured.Unstructured) bool {
 			mu.Lock()
 			defer mu.Unlock()
@@ -105,32 +119,56 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 		if wst.State.Terminal() {
 			return true, time.Time{}, &TerminalError{Ref: ref, Status: wst}
 		}
-		p, err := e.FindPod(ctx, s, cur)
-		mu.Lock()
-		podUID = ""
-		if err == nil {
-			podUID = p.GetUID()
+		// A pod found through remembered via objects is trusted only when
+		// it does not end the wait: none, or one that ends it, reads them
+		// again, and the chain is walked again when one of them changed.
+		for pass := 0; ; pass++ {
+			ps := memo.search()
+			p, err := e.findPod(ctx, s, cur, 0, ps)
+			noPod := errors.Is(err, ErrNoPod)
+			if err != nil && !noPod {
+				return true, time.Time{}, err
+			}
+			var pst resource.Status
+			if !noPod {
+				pst, err = ws.status(podRes, p)
+				last = pst // without its events when reading them failed
+				if err != nil {
+					return true, time.Time{}, err
+				}
+			}
+			ends := noPod || pst.State == resource.Ready && wst.State == resource.Ready ||
+				pst.State == resource.Failed || pst.State == resource.Succeeded
+			if pass == 0 && ends && len(ps.served) > 0 {
+				changed, err := e.reread(ctx, ps)
+				if err != nil {
+					return true, time.Time{}, err
+				}
+				if changed {
+					last = wst
+					continue
+				}
+			}
+			memo.found(p)
+			mu.Lock()
+			podUID = ""
+			if p != nil {
+				podUID = p.GetUID()
+			}
+			mu.Unlock()
+			if noPod {
+				last = withNotUsed(wst, err)
+				return false, wst.Recheck, nil
+			}
+			switch {
+			case pst.State == resource.Ready && wst.State == resource.Ready:
+				pod = p
+				return true, time.Time{}, nil
+			case pst.State == resource.Failed || pst.State == resource.Succeeded:
+				return true, time.Time{}, &TerminalError{Ref: RefOf(podRes, p), Status: pst}
+			}
+			return false, earliest(wst.Recheck, pst.Recheck), nil
 		}
-		mu.Unlock()
-		if errors.Is(err, ErrNoPod) {
-			return false, wst.Recheck, nil
-		}
-		if err != nil {
-			return true, time.Time{}, err
-		}
-		pst, err := ws.status(podRes, p)
-		last = pst // without its events when reading them failed
-		if err != nil {
-			return true, time.Time{}, err
-		}
-		switch {
-		case pst.State == resource.Ready && wst.State == resource.Ready:
-			pod = p
-			return true, time.Time{}, nil
-		case pst.State == resource.Failed || pst.State == resource.Succeeded:
-			return true, time.Time{}, &TerminalError{Ref: RefOf(podRes, p), Status: pst}
-		}
-		return false, earliest(wst.Recheck, pst.Recheck), nil
 	})
 	if err != nil {
 		return nil, nil, ws.failed(err, ref, want, last)
@@ -144,15 +182,35 @@ func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstruct
 // the first command, a lease's pod on a worker that restarted). Anything
 // else (not ready yet, a rule that wants events, an error finding the pod)
 // leaves the answer to the watches, which read everything again.
-func (e *Engine) readyNow(ctx context.Context, s, podRes *resource.Resource, w *unstructured.Unstructured) (*unstructured.Unstructured, bool) {
+//
+// What it resolves through via objects is remembered in memo for the
+// wait's first check.
+func (e *Engine) readyNow(ctx context.Context, s, podRes *resource.Resource, w *unstructured.Unstructured, memo *viaMemo) (*unstructured.Unstructured, bool) {
 	if !readyWithoutEvents(s, w) {
 		return nil, false
 	}
-	p, err := e.FindPod(ctx, s, w)
+	p, err := e.findPod(ctx, s, w, 0, memo.search())
 	if err != nil || !readyWithoutEvents(podRes, p) {
+		memo.found(p)
 		return nil, false
 	}
 	return p, true
+}
+
+// withNotUsed is the workload's status st with why its pod was not found
+// when a via rule found objects it did not use (err a *NoPodError): the
+// *WaitError of a wait that ends so says which and why.
+func withNotUsed(st resource.Status, err error) resource.Status {
+	var np *NoPodError
+	if !errors.As(err, &np) || len(np.NotUsed) == 0 {
+		return st
+	}
+	note := "no pod: " + strings.Join(np.NotUsed, "; ")
+	if st.Message != "" {
+		note = st.Message + "; " + note
+	}
+	st.Message = note
+	return st
 }
 
 // readyWithoutEvents says whether o's rules make it Ready without a rule
