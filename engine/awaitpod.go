@@ -30,9 +30,17 @@ import (
 //     may report Ready for a moment while it replaces its pod;
 //   - a rule with after (a grace) is evaluated again when it comes due.
 //
+// A pod found through other objects (via) costs, per check, the reads of
+// what may have changed: the via objects an earlier check accepted are
+// remembered (viaMemo), so a pod change reads the pod only; a check that
+// would end the wait or finds no pod reads them again, and a rebind (another
+// name at nameFrom), a replaced via object or another pod's change walks
+// the chain again.
+//
 // When ctx ends first, the *WaitError's Last is the pod's status when there
 // is a pod (the scheduler's message, an image pull back-off), else the
-// workload's.
+// workload's, with why an object a via rule found was not used (not
+// controlled by the workload, not matching the selector, absent).
 func (e *Engine) AwaitPod(ctx context.Context, s *resource.Resource, w *unstructured.Unstructured) (*unstructured.Unstructured, *unstructured.Unstructured, error) {
 	podRes, ok := e.Catalog.Pod()
 	if !ok {
