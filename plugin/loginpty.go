@@ -55,8 +55,12 @@ const (
 	// maxLoginLeases bounds the leases remembered for login terminals.
 	maxLoginLeases = 4096
 	// loginInterruptGrace bounds the Ctrl-C typed before a terminal's
-	// stream is torn down (a stream that reads no more input).
+	// stream is torn down (a stream that reads no more input), and the
+	// Ctrl-C of a stop.
 	loginInterruptGrace = 5 * time.Second
+	// maxLoginTypeAhead caps what was typed on a terminal and not read by
+	// it yet: past it the terminal's input fails (loginTypeAheadError).
+	maxLoginTypeAhead = 1 << 20
 )
 
 // loginSessionHome is the exact form of the host's sessionHome (a UUID
@@ -143,7 +147,9 @@ type loginLease struct {
 type loginSession struct {
 	id, hostRouteID, leaseID, companyID, key string
 
-	keyboard *io.PipeWriter
+	// keyboard is the terminal's input; only the session's typist writes
+	// it, one write at a time, in the order the input was given (typeKeys).
+	keyboard io.WriteCloser
 	cancel   context.CancelFunc
 	done     chan struct{}
 	notify   func(method string, params any)
@@ -152,6 +158,19 @@ type loginSession struct {
 	closed bool // the host closed it: nothing more is sent
 	sent   int
 	carry  []byte // an incomplete UTF-8 sequence at the end of the last read
+
+	kmu       sync.Mutex
+	typeAhead []keystrokes // given, not handed to the keyboard yet, in order
+	pending   int          // bytes of typeAhead and of the write in progress
+	typing    bool         // the typist runs
+	kerr      error        // non-nil: the input has failed, nothing more is typed
+}
+
+// keystrokes are one input for the keyboard; typed, if set, receives the
+// outcome of its write.
+type keystrokes struct {
+	data  []byte
+	typed chan error
 }
 
 // loginTerminals holds the remembered leases and the open sessions.
@@ -396,6 +415,7 @@ func (p *Provider) LoginPtyOpen(ctx context.Context, in LoginPtyOpenParams) (Log
 		defer close(s.done)
 		res, err := run(sctx, cl, req)
 		_ = kbd.Close()
+		s.closeKeyboard(nil)
 		s.flush()
 		var code *int
 		if res != nil {
@@ -501,7 +521,8 @@ func (s *loginSession) sendLocked(b []byte) {
 	}
 }
 
-// interrupt types Ctrl-C; with end set, it then ends the stream.
+// interrupt types Ctrl-C (after what was typed before it) and waits for
+// it, bounded by ctx; with end set, it then ends the stream.
 func (s *loginSession) interrupt(ctx context.Context, end bool) error {
 	err := s.write(ctx, []byte{3})
 	if end {
@@ -510,25 +531,142 @@ func (s *loginSession) interrupt(ctx context.Context, end bool) error {
 	return err
 }
 
-// errLoginEnded is what typing on a terminal whose command has ended gives.
-var errLoginEnded = errors.New("has ended")
+// errLoginEnded is what typing on a terminal whose command has ended (or
+// that was closed) gives.
+var errLoginEnded = errors.New("the terminal's command has ended; nothing more is typed on it")
 
-// write types data on the terminal's keyboard, bounded by ctx.
+// loginTypeAheadError is a terminal's input failing because the terminal
+// did not read what was typed (maxLoginTypeAhead): what was given after the
+// input it could not take is never typed, so nothing typed reaches it out
+// of order or with a hole.
+type loginTypeAheadError struct {
+	session string
+	unread  int
+}
+
+func (e *loginTypeAheadError) Error() string {
+	return fmt.Sprintf("login terminal %s has not read the %d bytes typed on it (at most %d may wait); its input is closed and nothing more is typed: cancel the login and start it again", e.session, e.unread, maxLoginTypeAhead)
+}
+
+// loginTypeAheadNote is what the operator sees in the terminal when its
+// input fails.
+const loginTypeAheadNote = "\r\n[paperclip-k8s] the terminal stopped reading its input; nothing more is typed on it. Cancel the login and start it again.\r\n"
+
+// write types data after everything given before it and waits until the
+// terminal has taken it, bounded by ctx. When ctx ends first the data is
+// still typed, in its place: nothing typed after it overtakes it.
 func (s *loginSession) write(ctx context.Context, data []byte) error {
-	done := make(chan error, 1)
-	go func() {
-		_, err := s.keyboard.Write(data)
-		done <- err
-	}()
+	typed := make(chan error, 1)
+	if err := s.typeKeys(data, typed); err != nil {
+		return err
+	}
 	select {
-	case err := <-done:
-		if errors.Is(err, io.ErrClosedPipe) {
-			return fmt.Errorf("login terminal %s: %w", s.id, errLoginEnded)
-		}
+	case err := <-typed:
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
+		return fmt.Errorf("login terminal %s has not taken the input yet (it is typed in its turn): %w", s.id, ctx.Err())
 	}
+}
+
+// typeKeys gives data to the session's typist, which writes the inputs
+// to the keyboard one at a time, in the order they were given; typed, if
+// set, receives the write's outcome. It does not wait for the write. It
+// fails when the input has failed (the command ended, a write failed) or
+// when the terminal has not read maxLoginTypeAhead bytes: the input then
+// fails for good, the operator is told in the terminal, and the keyboard
+// is closed (a write in progress ends), so nothing given later is typed.
+func (s *loginSession) typeKeys(data []byte, typed chan error) error {
+	s.kmu.Lock()
+	if s.kerr != nil {
+		err := s.kerr
+		s.kmu.Unlock()
+		return err
+	}
+	if s.pending+len(data) > maxLoginTypeAhead {
+		err := &loginTypeAheadError{session: s.id, unread: s.pending}
+		s.failKeyboardLocked(err)
+		s.kmu.Unlock()
+		_ = s.keyboard.Close()
+		s.mu.Lock()
+		if !s.closed {
+			s.notify(rpc.MethodLoginPtyOutput, map[string]any{"hostRouteId": s.hostRouteID, "workerSessionId": s.id, "chunk": loginTypeAheadNote})
+		}
+		s.mu.Unlock()
+		return err
+	}
+	s.typeAhead = append(s.typeAhead, keystrokes{data: data, typed: typed})
+	s.pending += len(data)
+	if !s.typing {
+		s.typing = true
+		go s.typist()
+	}
+	s.kmu.Unlock()
+	return nil
+}
+
+// typist writes the type-ahead to the keyboard in order, one write at a
+// time, until it is empty or the input fails.
+func (s *loginSession) typist() {
+	for {
+		s.kmu.Lock()
+		if len(s.typeAhead) == 0 || s.kerr != nil {
+			s.typing = false
+			s.kmu.Unlock()
+			return
+		}
+		k := s.typeAhead[0]
+		s.typeAhead[0] = keystrokes{} // not kept by the array
+		s.typeAhead = s.typeAhead[1:]
+		s.kmu.Unlock()
+
+		_, err := s.keyboard.Write(k.data)
+
+		s.kmu.Lock()
+		s.pending -= len(k.data)
+		switch {
+		case s.kerr != nil: // failed meanwhile: that is the reason
+			err = s.kerr
+		case errors.Is(err, io.ErrClosedPipe):
+			err = fmt.Errorf("login terminal %s: %w", s.id, errLoginEnded)
+			s.failKeyboardLocked(err)
+		case err != nil:
+			// The terminal may have taken part of it: nothing after it
+			// is typed.
+			err = fmt.Errorf("login terminal %s: typing on the terminal failed, nothing more is typed on it: %w", s.id, err)
+			s.failKeyboardLocked(err)
+		}
+		s.kmu.Unlock()
+		if k.typed != nil {
+			k.typed <- err
+		}
+	}
+}
+
+// failKeyboardLocked fails the input with err (the first failure stays):
+// the type-ahead is dropped and its waiters told (s.kmu held).
+func (s *loginSession) failKeyboardLocked(err error) {
+	if s.kerr == nil {
+		s.kerr = err
+	}
+	for _, k := range s.typeAhead {
+		s.pending -= len(k.data)
+		if k.typed != nil {
+			k.typed <- s.kerr
+		}
+	}
+	s.typeAhead = nil
+}
+
+// closeKeyboard ends the input (the command ended, or the session is
+// closed): nothing more is typed, a write in progress ends.
+func (s *loginSession) closeKeyboard(cause error) {
+	if cause == nil {
+		cause = fmt.Errorf("login terminal %s: %w", s.id, errLoginEnded)
+	}
+	s.kmu.Lock()
+	s.failKeyboardLocked(cause)
+	s.kmu.Unlock()
+	_ = s.keyboard.Close()
 }
 
 func (p *Provider) loginSession(id string) (*loginSession, error) {
@@ -541,8 +679,13 @@ func (p *Provider) loginSession(id string) (*loginSession, error) {
 	return s, nil
 }
 
-// LoginPtyInput types the host's data on a terminal's keyboard.
-func (p *Provider) LoginPtyInput(ctx context.Context, in LoginPtyInputParams) (any, error) {
+// LoginPtyInput types the host's data on a terminal's keyboard, after
+// what was given before it (the connection serves a terminal's inputs in
+// arrival order, OrderedRequests). It returns once the data is in the
+// terminal's type-ahead: a terminal slow to read lags, it never sees the
+// inputs out of order, and one that stops reading fails its input
+// (loginTypeAheadError) rather than skipping any.
+func (p *Provider) LoginPtyInput(_ context.Context, in LoginPtyInputParams) (any, error) {
 	if len(in.Data) > maxLoginInput {
 		return nil, rpc.Errorf(rpc.CodeInvalidParams, "loginPtyInput: data is %d bytes, more than the %d a terminal input may carry; send it in parts", len(in.Data), maxLoginInput)
 	}
@@ -553,13 +696,17 @@ func (p *Provider) LoginPtyInput(ctx context.Context, in LoginPtyInputParams) (a
 	if in.Data == "" {
 		return nil, nil
 	}
-	return nil, s.write(ctx, []byte(in.Data))
+	return nil, s.typeKeys([]byte(in.Data), nil)
 }
 
-// LoginPtyStop interrupts a terminal's command: Ctrl-C, which the terminal
-// turns into SIGINT for it. Its exit is reported as usual; loginPtyClose
-// ends the stream. Stopping a terminal that has ended (the host stops
-// every login when it is over) does nothing.
+// LoginPtyStop interrupts a terminal's command: Ctrl-C, typed after what
+// was typed before it, which the terminal turns into SIGINT for it. Its
+// exit is reported as usual; loginPtyClose ends the stream. Stopping a
+// terminal that has ended (the host stops every login when it is over)
+// does nothing. When the Ctrl-C cannot be typed (the input failed, or the
+// terminal does not take it within loginInterruptGrace) the stream is
+// ended instead, so that the command still ends and its exit is reported,
+// and the error says why.
 func (p *Provider) LoginPtyStop(ctx context.Context, in LoginPtyStopParams) (any, error) {
 	if in.WorkerSessionID == "" {
 		return nil, rpc.Errorf(rpc.CodeInvalidParams, "loginPtyStop: workerSessionId is required")
@@ -570,10 +717,14 @@ func (p *Provider) LoginPtyStop(ctx context.Context, in LoginPtyStopParams) (any
 	if s == nil {
 		return nil, nil
 	}
-	if err := s.interrupt(ctx, false); err != nil && !errors.Is(err, errLoginEnded) {
-		return nil, err
+	ctx, cancel := context.WithTimeout(ctx, loginInterruptGrace)
+	defer cancel()
+	err := s.interrupt(ctx, false)
+	if err == nil || errors.Is(err, errLoginEnded) {
+		return nil, nil
 	}
-	return nil, nil
+	s.cancel()
+	return nil, fmt.Errorf("loginPtyStop: %w; the terminal's stream was ended instead of Ctrl-C", err)
 }
 
 // LoginPtyClose ends a terminal (Ctrl-C, then the stream is torn down)
@@ -611,7 +762,7 @@ func (p *Provider) closeLoginSessions(ctx context.Context, match func(*loginSess
 		s.closed = true
 		s.mu.Unlock()
 		_ = s.interrupt(wctx, true)
-		_ = s.keyboard.Close()
+		s.closeKeyboard(nil)
 		p.Log.Info("login terminal closed", "companyId", s.companyID, "session", s.id, "lease", s.leaseID)
 	}
 	for _, s := range closing {
