@@ -309,7 +309,9 @@ func (d *loginDiff) command(command string, args []string, env map[string]string
 // shell, as when a capture fails.
 
 // fusedFrameAllowance is what the frames may add to the command's stderr
-// cap.
+// cap: the caller raises the fused exec's MaxStderr by it (whenever the
+// cap is set, as a provider config's execMaxOutputBytes always is), and
+// end reports an exceeded cap as the caller's own (configuredLimit).
 const fusedFrameAllowance = 1 << 20
 
 // fusedAside prefixes what the fused script keeps aside across the profile.
@@ -410,6 +412,7 @@ func (f *fused) output(send func(stream string, chunk []byte)) func(string, []by
 // it and the exec did not time out): the caller runs it again without
 // the fused script. ctx is the exec's; err its error.
 func (f *fused) end(ctx context.Context, res *podexec.Result, err error) (out *podexec.Result, rerun bool) {
+	configuredLimit(err)
 	var diff *loginDiff
 	var cerr error
 	end := -1
@@ -452,4 +455,17 @@ func (f *fused) end(ctx context.Context, res *podexec.Result, err error) (out *p
 	stripped := *res
 	stripped.Stderr = res.Stderr[end:]
 	return &stripped, false
+}
+
+// configuredLimit makes a fused exec's exceeded stderr cap name the cap
+// the caller configured (execMaxOutputBytes) rather than the raised one
+// the exec ran with: the frames' allowance is the worker's, not a limit
+// the operator set or can look up. err is the exec's own error (podexec
+// returns a new *OutputLimitError per Run), so it is corrected in place,
+// and the caller's message (built from err) is right as it stands.
+func configuredLimit(err error) {
+	var limit *podexec.OutputLimitError
+	if errors.As(err, &limit) && limit.Stream == "stderr" && limit.Limit > fusedFrameAllowance {
+		limit.Limit -= fusedFrameAllowance
+	}
 }

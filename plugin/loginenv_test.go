@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -384,4 +385,34 @@ func TestLoginEnvFusedProfileExits(t *testing.T) {
 	is.Equal(l.forCommand(context.Background(), log, r, podexec.Request{}, script, nil), (*loginDiff)(nil))
 	is.True(l.fuse(log, podexec.Request{}, script, nil) == nil)
 	is.Equal(profileRuns(t, home), 1)
+}
+
+// The fused exec runs with its stderr cap raised by fusedFrameAllowance
+// for the frames; when the command's own stderr goes past it, the error
+// names the configured cap (execMaxOutputBytes), not the raised one. A
+// stdout cap, never raised, is left as it is.
+func TestLoginEnvFusedOutputCapIsTheConfiguredOne(t *testing.T) {
+	is := is.New(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	const configured = 4096
+	for _, tc := range []struct {
+		stream    string
+		limit     int64 // what the exec ran with
+		wantLimit int64
+	}{
+		{"stderr", configured + fusedFrameAllowance, configured},
+		{"stdout", configured, configured},
+	} {
+		var l loginEnv
+		fu := l.fuse(log, podexec.Request{Namespace: "t", Pod: "p"}, "yes >&2", nil)
+		is.True(fu != nil)
+		// What podexec returns when a stream goes past its cap.
+		var err error = &podexec.OutputLimitError{Stream: tc.stream, Limit: tc.limit}
+		_, rerun := fu.end(context.Background(), &podexec.Result{}, err)
+		is.True(!rerun)
+		var limit *podexec.OutputLimitError
+		is.True(errors.As(err, &limit))
+		is.Equal(limit.Limit, tc.wantLimit)
+		is.True(strings.Contains(err.Error(), fmt.Sprintf("cap of %d bytes", configured)))
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -59,4 +60,31 @@ export PATH="$HOME/bin:$PATH"
 	is.Equal(r.Stdout, "from the profile")
 	r = h.exec(l, `. "$HOME/.profile" >/dev/null; printf '%s' "$FOO"`, nil)
 	is.Equal(r.Stdout, "changed")
+}
+
+// TestLoginEnvironmentFusedOutputCap: a lease's first command sent alone
+// carries the login-environment capture in its exec, whose stderr cap is
+// raised for the capture's frames; a command whose own stderr goes over
+// the cap is reported with the configured execMaxOutputBytes, as any later
+// command is, and the frames still do not count against a command under
+// the cap. Through the binary and the exec node.
+func TestLoginEnvironmentFusedOutputCap(t *testing.T) {
+	is := is.New(t)
+	const limit = 4096
+	h := newHooks(t, "sandbox", map[string]any{"execMaxOutputBytes": limit})
+	want := fmt.Sprintf("exec: stderr exceeded the MaxStderr cap of %d bytes; the command was stopped (raise execMaxOutputBytes in the provider config)", limit)
+	over := `head -c 1100000 /dev/zero | tr '\0' x >&2` // past the cap and the frames' allowance
+
+	l := h.acquire(nil)
+	r := h.exec(l, over, nil) // the fused first command
+	is.Equal(r.code(), 1)
+	is.Equal(r.Stderr, want)
+	r = h.exec(l, over, nil) // a later one, with the capture applied
+	is.Equal(r.code(), 1)
+	is.Equal(r.Stderr, want)
+
+	// Under the cap: the frames (the environment, twice) come on top of it.
+	r = h.exec(h.acquire(nil), `head -c 4000 /dev/zero | tr '\0' y >&2`, nil)
+	is.Equal(r.code(), 0)
+	is.Equal(r.Stderr, strings.Repeat("y", 4000))
 }
