@@ -51,6 +51,8 @@ type cluster struct {
 	tenantFlights flights
 	// identity is who the provider is here (providerIdentity).
 	identity atomic.Value // Identity
+	// standbys are the standby leases held on this cluster (standby.go).
+	standbys standbys
 }
 
 // WrapTransport, when set, wraps the transports of clusters built afterwards (under the apiGate): `paperclip-k8s bench` counts requests with it.
@@ -115,6 +117,20 @@ func RESTConfig(cfg policy.Config, getenv func(string) string) (*rest.Config, er
 	rc.UserAgent = "paperclip-k8s"
 	rc.Wrap(WrapTransport)
 	return rc, nil
+}
+
+// all returns the clusters built so far.
+func (cs *clusters) all() []*cluster {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	out := make([]*cluster, 0, len(cs.m)+1)
+	if cs.fixed != nil {
+		out = append(out, cs.fixed)
+	}
+	for _, c := range cs.m {
+		out = append(out, c)
+	}
+	return out
 }
 
 func (p *Provider) cluster(cfg policy.Config) (*cluster, error) {

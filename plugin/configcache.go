@@ -289,3 +289,15 @@ func deepCopy(dst, src reflect.Value) {
 		dst.Set(src)
 	}
 }
+
+// backendIdlePods are what the loaded backends' files declare under
+// backend.idlePods, backend name → config pointers.
+func (p *Provider) backendIdlePods() map[string][]string {
+	out := map[string][]string{}
+	for _, s := range p.Catalog.Used(resource.UseBackend) {
+		if s.Backend != nil && len(s.Backend.IdlePods) > 0 {
+			out[s.Name] = s.Backend.IdlePods
+		}
+	}
+	return out
+}

@@ -322,6 +322,13 @@ func (p *Provider) runEnv(ctx context.Context, cl *cluster, ref engine.Ref, w *u
 	if !engine.ControlledBy(o, w) {
 		return nil, fmt.Errorf("%s %s/%s is not controlled by %s; refusing to use it as the run's environment (it was replaced since the lease was acquired): release the lease and acquire a new one", s.API.Kind, ref.Namespace, name, ref)
 	}
+	return decodeRunEnv(ref, s, o)
+}
+
+// decodeRunEnv is the run's environment in o, the run object of file s
+// that backend.runEnv names.
+func decodeRunEnv(ref engine.Ref, s *resource.Resource, o *unstructured.Unstructured) (map[string]string, error) {
+	re, name := ref.Resource.Backend.RunEnv, o.GetName()
 	keys, err := resource.SplitPath(re.Path)
 	if err != nil {
 		return nil, &resource.FileError{File: ref.Resource.File, Pointer: "/backend/runEnv/path", Problem: err.Error()}

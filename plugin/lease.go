@@ -107,15 +107,23 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	if in.RequestedExpiresAt != nil {
 		requested = *in.RequestedExpiresAt
 	}
-	name := policy.NewRunName()
 	token := make([]byte, 32)
 	if _, err := rand.Read(token); err != nil {
 		return Lease{}, err
 	}
-	runValues, run, err := BuildValues(cfg, ValuesInput{CompanyID: in.CompanyID, Namespace: ns, Getenv: p.Getenv, Run: &RunInput{
-		RunID: in.RunID, AgentID: in.AgentID, EnvironmentID: in.EnvironmentID, AdapterType: in.AdapterType,
-		ExecutionWorkspaceSettings: in.ExecutionWorkspaceSettings, RequestedExpiresAt: requested,
-		Mode: backend.Backend.Mode, PodLabel: backend.Backend.PodLabel(), Now: p.Now(), Name: name, Token: hex.EncodeToString(token)}})
+	// build makes the run's values for a workload of that name.
+	build := func(name string) (Values, RunFacts, error) {
+		r := &RunInput{
+			RunID: in.RunID, AgentID: in.AgentID, EnvironmentID: in.EnvironmentID, AdapterType: in.AdapterType,
+			ExecutionWorkspaceSettings: in.ExecutionWorkspaceSettings, RequestedExpiresAt: requested,
+			Mode: backend.Backend.Mode, PodLabel: backend.Backend.PodLabel(), Now: p.Now(), Name: name, Token: hex.EncodeToString(token)}
+		if backend.Backend.Standby {
+			r.PodLabelValue = name // the one value a standby's pod can carry
+		}
+		return BuildValues(cfg, ValuesInput{CompanyID: in.CompanyID, Namespace: ns, Getenv: p.Getenv, Run: r})
+	}
+	name := policy.NewRunName()
+	runValues, run, err := build(name)
 	if err != nil {
 		return Lease{}, err
 	}
@@ -139,13 +147,31 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		return Lease{}, err
 	}
 
-	workload, err := cl.engine.Create(ctx, backend, ns, values, nil)
-	if apierrors.IsNotFound(err) {
-		// The tenant was applied earlier but is gone (deleted by hand):
-		// apply it again and claim once more.
-		if err = p.ensureTenant(ctx, cl, ns, tenant, true); err == nil {
-			workload, err = cl.engine.Create(ctx, backend, ns, values, nil)
+	// A standby of this environment, when the worker holds one, becomes
+	// the run's workload with one patch; either way the next is made.
+	var sb *standby
+	if backend.Backend.Standby && cfg.StandbyLeases > 0 {
+		key := newStandbyKey(ns, in.CompanyID, in.EnvironmentID, backend, cfg)
+		defer p.refillStandbys(cl, key, cfg, in.CompanyID, in.EnvironmentID, backend)
+		sb = cl.standbys.take(key, p.Now())
+	}
+	var workload *unstructured.Unstructured
+	if sb != nil {
+		if runValues, run, err = build(sb.obj.GetName()); err != nil {
+			return Lease{}, err
 		}
+		if workload = p.takeStandby(ctx, cl, backend, sb, runValues.Map()); workload != nil {
+			name = sb.obj.GetName()
+		} else {
+			sb = nil
+			if runValues, run, err = build(name); err != nil {
+				return Lease{}, err
+			}
+		}
+		grant, deadline, values = run.Grant, run.Deadline, runValues.Map()
+	}
+	if workload == nil {
+		workload, err = p.createWorkload(ctx, cl, backend, ns, tenant, values)
 	}
 	if err != nil {
 		return Lease{}, err
@@ -189,10 +215,26 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 			meta.ScopedNetworkPolicyName = o.GetName()
 		}
 	}
+	if sb != nil {
+		p.rememberStandbyPod(engine.RefOf(backend, workload), in.BaseParams, sb, runSpecs, objs, &meta)
+	}
 	p.Log.Info("lease acquired", "companyId", in.CompanyID, "runId", in.RunID, "workload", engine.RefOf(backend, workload).String(),
-		"backend", backend.Name, "expiresAt", meta.ExpiresAt)
+		"backend", backend.Name, "expiresAt", meta.ExpiresAt, "standby", sb != nil)
 	exp := meta.ExpiresAt
 	return Lease{ProviderLeaseID: strPtr(name), Metadata: meta.toMap(), ExpiresAt: &exp}, nil
+}
+
+// createWorkload creates a run's workload. When the tenant namespace is
+// gone although it was applied earlier (deleted by hand), it applies the
+// tenant again and creates it once more.
+func (p *Provider) createWorkload(ctx context.Context, cl *cluster, backend *resource.Resource, ns string, tenant, values map[string]any) (*unstructured.Unstructured, error) {
+	workload, err := cl.engine.Create(ctx, backend, ns, values, nil)
+	if apierrors.IsNotFound(err) {
+		if err = p.ensureTenant(ctx, cl, ns, tenant, true); err == nil {
+			workload, err = cl.engine.Create(ctx, backend, ns, values, nil)
+		}
+	}
+	return workload, err
 }
 
 // undoAcquire deletes what a failed acquire created, newest first, and
@@ -393,6 +435,9 @@ func ownedBy(ref engine.Ref, w *unstructured.Unstructured, companyID, environmen
 	}
 	if got, ok := l[policy.LabelEnvironmentID]; ok && got != policy.LabelValue(environmentID) {
 		wrong = append(wrong, fmt.Sprintf("%s is %q (want %q)", policy.LabelEnvironmentID, got, policy.LabelValue(environmentID)))
+	}
+	if _, ok := l[policy.LabelStandby]; ok {
+		wrong = append(wrong, fmt.Sprintf("it is a standby no run has taken (label %s)", policy.LabelStandby))
 	}
 	if len(wrong) > 0 {
 		return fmt.Errorf("%s is not a workload of this company and environment (%s); refusing to use it, nothing was touched", ref, strings.Join(wrong, ", "))

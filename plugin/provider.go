@@ -59,6 +59,9 @@ func (p *Provider) Methods() *rpc.Mux {
 	})
 	m.Register(rpc.MethodShutdown, func(ctx context.Context, _ json.RawMessage) (any, error) {
 		p.closeAllLoginSessions(ctx)
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		p.dropAllStandbys(sctx)
 		return nil, nil
 	})
 	m.Register(rpc.MethodConfigChanged, func(context.Context, json.RawMessage) (any, error) { return nil, nil })
@@ -120,7 +123,7 @@ func (p *Provider) parseConfig(raw map[string]any) (policy.Config, error) {
 // policyOptions are the options of every policy.Validate and Parse: the
 // worker environment, and the aliases the loaded backends' files declare.
 func (p *Provider) policyOptions() []policy.Option {
-	return []policy.Option{policy.WithGetenv(p.Getenv), policy.WithBackendAliases(p.backendAliases())}
+	return []policy.Option{policy.WithGetenv(p.Getenv), policy.WithBackendAliases(p.backendAliases()), policy.WithBackendIdlePods(p.backendIdlePods())}
 }
 
 // backend returns the backend a name (or an alias) selects.

@@ -145,7 +145,11 @@ type RunInput struct {
 	// PodLabel is the backend's run pod label (resource.Backend.PodLabel;
 	// blank: resource.DefaultRunPodLabel).
 	PodLabel string
-	Now      time.Time
+	// PodLabelValue is that label's value; blank: the run id. A backend
+	// whose workloads are made before their run (backend.standby) labels
+	// the pod with the lease's name instead, the one value known then.
+	PodLabelValue string
+	Now           time.Time
 	// Name is the run's name (policy.NewRunName), Token its
 	// BOOTSTRAP_TOKEN.
 	Name  string
@@ -231,9 +235,13 @@ func BuildValues(cfg policy.Config, in ValuesInput) (Values, RunFacts, error) {
 	if podLabel == "" {
 		podLabel = resource.DefaultRunPodLabel
 	}
+	podLabelValue := r.PodLabelValue
+	if podLabelValue == "" {
+		podLabelValue = r.RunID
+	}
 	v.Run = &RunValues{
 		ID:               policy.LabelValue(r.RunID),
-		PodSelector:      map[string]string{podLabel: policy.LabelValue(r.RunID)},
+		PodSelector:      map[string]string{podLabel: policy.LabelValue(podLabelValue)},
 		DefaultAdapter:   facts.AdapterType == policy.ResolveAdapterType("", cfg.AdapterType),
 		Name:             r.Name,
 		SecretName:       r.Name + secretSuffix,

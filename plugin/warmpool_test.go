@@ -21,6 +21,9 @@ func warmConfig() map[string]any {
 	cfg := hookConfig()
 	cfg["backend"] = "sandboxclaim"
 	cfg["warmPoolSize"] = 3
+	// No controller runs here: standby leases are tested on the real
+	// control plane (cmd/paperclip-k8s/standby_test.go).
+	cfg["standbyLeases"] = 0
 	return cfg
 }
 
@@ -105,7 +108,8 @@ func TestSandboxClaimAcquireInProcess(t *testing.T) {
 	ref, _, _ := unstructured.NestedString(claim.Object, "spec", "warmPoolRef", "name")
 	is.Equal(ref, "paperclip-agent")
 	labels, _, _ := unstructured.NestedStringMap(claim.Object, "spec", "additionalPodMetadata", "labels")
-	is.Equal(labels, map[string]string{"sandbox.users.io/paperclip-run-id": "run-1"})
+	// A claim may be made before its run: its pod's label is the lease's name.
+	is.Equal(labels, map[string]string{"sandbox.users.io/paperclip-run-id": m.WorkloadName})
 	np := get("networkpolicy-scoped", m.ScopedNetworkPolicyName)
 	sel, _, _ := unstructured.NestedStringMap(np.Object, "spec", "podSelector", "matchLabels")
 	is.Equal(sel, labels)

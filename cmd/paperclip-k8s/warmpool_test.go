@@ -173,7 +173,12 @@ func TestWarmPoolHooks(t *testing.T) {
 	is.Equal(st, *l.ExpiresAt) // the cluster ends the run at the lease's expiry
 	pol, _, _ := unstructured.NestedString(claim.Object, "spec", "lifecycle", "shutdownPolicy")
 	is.Equal(pol, "Delete")
-	runID := claim.GetLabels()["paperclip.io/run-id"]
+	is.True(claim.GetLabels()["paperclip.io/run-id"] != "") // the run's labels, also on a standby taken
+	_, standbyLabel := claim.GetLabels()["paperclip.io/standby"]
+	is.True(!standbyLabel)
+	// The pod's run label is the lease's name: a claim may be made before
+	// its run (a standby), when the name is the one value known.
+	runID := l.id()
 	want, _, _ := unstructured.NestedStringMap(claim.Object, "spec", "additionalPodMetadata", "labels")
 	is.Equal(want, map[string]string{runPodLabel: runID})
 	sec, err := h.kube().CoreV1().Secrets(ns).Get(ctx, l.id()+"-env", metav1.GetOptions{})
@@ -311,7 +316,7 @@ func TestWarmPoolColdPath(t *testing.T) {
 	claim, sandbox, pod := h.claimPod(l)
 	is.Equal(claimSandbox(claim), l.id()) // the cold path names the Sandbox like the claim
 	is.Equal(sandbox.GetLabels()["agents.x-k8s.io/launch-type"], "cold")
-	is.Equal(pod.Labels[runPodLabel], claim.GetLabels()["paperclip.io/run-id"])
+	is.Equal(pod.Labels[runPodLabel], l.id())
 	var live lease
 	h.w.mustCall("environmentResumeLease", h.leaseParams(l), &live)
 	is.Equal(live.meta("podUid"), string(pod.UID))

@@ -174,6 +174,17 @@ type Backend struct {
 	// Refusal is what acquire says when the file's when conditions do
 	// not hold for a run (this backend cannot serve it).
 	Refusal string `json:"refusal,omitempty"`
+	// Standby says a workload can be made before its run: nothing of a
+	// run is in it but its labels and its deadline (the pod's label is
+	// the lease's name, the run's environment travels with each command:
+	// runEnv). The worker keeps standbyLeases of them per environment,
+	// and a run takes one (engine.Take) instead of waiting for a new one.
+	Standby bool `json:"standby,omitempty"`
+	// IdlePods are JSON pointers into the config to counts of pods this
+	// backend keeps running without a run (a warm pool's size, standby
+	// leases): they count against the tenant's pod quota, so validation
+	// refuses a config whose sum is not below resourceQuota's pods.
+	IdlePods []string `json:"idlePods,omitempty"`
 }
 
 // RunEnv names the run object whose map at Path is the run's environment,
@@ -518,6 +529,10 @@ func (c *Catalog) checkPodRefs(s *Resource) []error {
 			if _, err := SplitPath(b.RunEnv.Path); err != nil {
 				errs = append(errs, &FileError{File: s.File, Pointer: "/backend/runEnv/path", Problem: err.Error()})
 			}
+		}
+		if b.Standby && (b.RunEnv == nil || b.Deadline != "time" || b.DeadlinePath == "") {
+			errs = append(errs, &FileError{File: s.File, Pointer: "/backend/standby",
+				Problem: "a standby workload is made before its run: the run's environment must travel with the commands (backend.runEnv) and a run moves its deadline (backend.deadline: time with deadlinePath)"})
 		}
 		if b.PodSpecPath == "" && s.Pods != nil {
 			for i, f := range s.Pods.Find {

@@ -31,6 +31,7 @@ type wpScenario struct {
 	backend string
 	pool    int   // warmPoolSize; -1: not a pool backend
 	levels  []int // parallelism levels (nil: WarmPoolLevels)
+	standby int   // standbyLeases
 }
 
 type wpRow struct {
@@ -44,6 +45,7 @@ type wpRow struct {
 	runs    int
 	refill  []time.Duration // how long the pool was below its size in a round
 	warmRun int             // runs whose pod was made before the run
+	standby int             // runs that took a standby with its pod known
 }
 
 // runWarmPools prints the warm-pool table.
@@ -59,13 +61,16 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 		return err
 	}
 	scenarios := []wpScenario{
-		{"sandbox", "sandbox", -1, nil},
-		{"sandboxclaim, empty pool", "sandboxclaim", 0, nil},
-		{fmt.Sprintf("sandboxclaim, warm pool of %d", size), "sandboxclaim", size, nil},
+		{"sandbox", "sandbox", -1, nil, 0},
+		{"sandboxclaim, empty pool", "sandboxclaim", 0, nil, 0},
+		{fmt.Sprintf("sandboxclaim, warm pool of %d", size), "sandboxclaim", size, nil, 0},
+		// A claim the worker made and saw Ready before the run: the run
+		// takes it with one patch and its pod is known.
+		{fmt.Sprintf("sandboxclaim, warm pool of %d, 1 standby lease", size), "sandboxclaim", size, WarmPoolLevels[:1], 1},
 	}
 	if drain := max(1, size/4); drain < WarmPoolLevels[len(WarmPoolLevels)-1] {
 		// A burst larger than the pool: the pool drains, the rest go cold.
-		scenarios = append(scenarios, wpScenario{fmt.Sprintf("sandboxclaim, warm pool of %d (drained)", drain), "sandboxclaim", drain, WarmPoolLevels[len(WarmPoolLevels)-1:]})
+		scenarios = append(scenarios, wpScenario{fmt.Sprintf("sandboxclaim, warm pool of %d (drained)", drain), "sandboxclaim", drain, WarmPoolLevels[len(WarmPoolLevels)-1:], 0})
 	}
 	var rows []wpRow
 	for si, sc := range scenarios {
@@ -74,6 +79,7 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 		cfg["adapterType"] = "codex_local"
 		if sc.pool >= 0 {
 			cfg["warmPoolSize"] = sc.pool
+			cfg["standbyLeases"] = sc.standby
 		}
 		company := b.company(fmt.Sprintf("wp%d", si))
 		// The tenant (and its pool) is made by the first acquire: do one,
@@ -112,6 +118,11 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 						return err
 					}
 				}
+				// The standbys the last round's acquires asked for are
+				// Ready (runs come seconds apart, not back to back).
+				if err := b.p.StandbysSettled(ctx); err != nil {
+					return err
+				}
 				var last time.Time
 				warmBefore := row.warmRun
 				err := b.wpRound(ctx, &row, company, cfg, par, &last)
@@ -140,24 +151,24 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 	fmt.Fprintf(out, "\n### Warm pools: acquire → first command (`true`) → bare exec in the same pod\n\n")
 	fmt.Fprintf(out, "%d CPUs, %s/%s; load average %s. Every run: acquire, execute `true` (time to first command = from the acquire's start to that result), then one bare client-go exec of `true` in the same pod.\n\n",
 		runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, loadAvg())
-	fmt.Fprintf(out, "| backend | parallel | runs | warm | acquire p50 | acquire p95 | first execute p50 | first command p50 | first command p95 | bare exec p50 | first command ÷ bare | API requests / run | pool refill p50 | pool refill max |\n")
-	fmt.Fprintf(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(out, "| backend | parallel | runs | warm | standby | acquire p50 | acquire p95 | first execute p50 | first command p50 | first command p95 | bare exec p50 | first command ÷ bare | API requests / run | pool refill p50 | pool refill max |\n")
+	fmt.Fprintf(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {
 		refill50, refillMax := "–", "–"
 		if len(r.refill) > 0 {
 			refill50, refillMax = ms(Percentile(r.refill, 50)), ms(Percentile(r.refill, 100))
 		}
-		warm := "–"
+		warm, standby := "–", "–"
 		if r.sc.pool >= 0 {
-			warm = itoa(r.warmRun)
+			warm, standby = itoa(r.warmRun), itoa(r.standby)
 		}
 		ratio := float64(Percentile(r.ttfc, 50)) / float64(max(Percentile(r.bare, 50), 1))
-		fmt.Fprintf(out, "| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %.1f× | %.1f | %s | %s |\n",
-			r.sc.name, r.par, r.runs, warm, ms(Percentile(r.acq, 50)), ms(Percentile(r.acq, 95)),
+		fmt.Fprintf(out, "| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %.1f× | %.1f | %s | %s |\n",
+			r.sc.name, r.par, r.runs, warm, standby, ms(Percentile(r.acq, 50)), ms(Percentile(r.acq, 95)),
 			ms(Percentile(r.exec1, 50)), ms(Percentile(r.ttfc, 50)), ms(Percentile(r.ttfc, 95)), ms(Percentile(r.bare, 50)), ratio,
 			float64(r.reqs)/float64(max(r.runs, 1)), refill50, refillMax)
 	}
-	fmt.Fprintf(out, "\nwarm: runs whose pod was created before the run's acquire (a pool member). First execute: from the acquire's return to the first command's result (it waits for the pod); first command: from the acquire's start. API requests: the provider's, for the acquire and the first command. Pool refill: how long the pool stayed below its size in a round (from the first status with fewer ready members than spec.replicas to the status with all of them ready again, as watched). These are the provider's figures and the controller's; on the local control plane the controller is the stand-in (internal/sandboxctl) and kwok makes pods Ready in milliseconds, so a real cluster adds image pull and start to every cold row and to the refill.\n")
+	fmt.Fprintf(out, "\nwarm: runs whose pod was created before the run's acquire (a pool member); standby: runs that took a standby lease (a claim the worker made and saw Ready before the run, standbyLeases; before each round the bench waits for the worker's standbys to be Ready, as runs seconds apart find them). First execute: from the acquire's return to the first command's result (it waits for the pod); first command: from the acquire's start. API requests: the provider's, for the acquire and the first command. Pool refill: how long the pool stayed below its size in a round (from the first status with fewer ready members than spec.replicas to the status with all of them ready again, as watched). These are the provider's figures and the controller's; on the local control plane the controller is the stand-in (internal/sandboxctl) and kwok makes pods Ready in milliseconds, so a real cluster adds image pull and start to every cold row and to the refill.\n")
 	return nil
 }
 
@@ -171,6 +182,7 @@ func (b *bench) wpRound(ctx context.Context, row *wpRow, company string, cfg map
 		acq, ttfc, exec1 time.Duration
 		pod, ns          string
 		warm             bool // the pod is not named after the workload: made before
+		standby          bool // the lease names its pod at acquire: a standby taken
 	}
 	samples := make([]sample, par)
 	var lastMu sync.Mutex
@@ -187,7 +199,7 @@ func (b *bench) wpRound(ctx context.Context, row *wpRow, company string, cfg map
 			pod, err = b.executeWith(ctx, company, cfg, l, "true")
 			ns, _ := l.Metadata["namespace"].(string)
 			ttfc := time.Since(start)
-			samples[i] = sample{acq: d, ttfc: ttfc, exec1: ttfc - d, pod: pod, ns: ns, warm: pod != deref(l.ProviderLeaseID)}
+			samples[i] = sample{acq: d, ttfc: ttfc, exec1: ttfc - d, pod: pod, ns: ns, warm: pod != deref(l.ProviderLeaseID), standby: l.Metadata["podUid"] != nil}
 		}
 		if err != nil {
 			failed.CompareAndSwap(nil, &err)
@@ -214,6 +226,9 @@ func (b *bench) wpRound(ctx context.Context, row *wpRow, company string, cfg map
 		row.bare = append(row.bare, d)
 		if s.warm {
 			row.warmRun++
+		}
+		if s.standby {
+			row.standby++
 		}
 	})
 	if e := failed.Load(); e != nil {

@@ -51,8 +51,12 @@ type Config struct {
 	// backend's name.
 	Backend string `json:"backend"`
 	// WarmPoolSize is how many ready pods the tenant's warm pool keeps
-	// (backend sandboxclaim).
+	// (read by resources/sandboxwarmpool.yaml).
 	WarmPoolSize int `json:"warmPoolSize"`
+	// StandbyLeases is how many workloads the worker keeps made and ready
+	// ahead of an environment's next runs (backends whose file declares
+	// backend.standby).
+	StandbyLeases int `json:"standbyLeases"`
 	// AdapterType is the default adapter of a run; it resolves with
 	// Defaults(AdapterType, Adapters).
 	AdapterType      string            `json:"adapterType"`

@@ -150,6 +150,9 @@ const (
 	LabelAdapter       = "paperclip.io/adapter"
 	LabelManagedBy     = "paperclip.io/managed-by"
 	LabelRole          = "paperclip.io/role"
+	// LabelStandby marks a workload made ahead of its run (a standby
+	// lease); a run's take removes it.
+	LabelStandby = "paperclip.io/standby"
 
 	// AnnotationPodUID on a workload is the UID of the pod its lease was
 	// pinned to by its first command.

@@ -26,7 +26,7 @@ var ReservedEnvKeys = []string{"BOOTSTRAP_TOKEN", EnvEgressPolicy, EnvEgressGran
 
 // check applies the rules a JSON Schema cannot express: those that span
 // fields or need real parsing. Each skips a value that already has an error.
-func (v *validation) check(backends []string, aliases map[string]string) {
+func (v *validation) check(backends []string, aliases map[string]string, idle map[string][]string) {
 	c := &v.cfg
 
 	// Credentials (the reference's refine).
@@ -106,7 +106,7 @@ func (v *validation) check(backends []string, aliases map[string]string) {
 	}
 
 	v.checkBackend(backends, aliases)
-	v.checkWarmPool()
+	v.checkIdlePods(idle)
 
 	v.checkAdapters()
 	v.checkImages()

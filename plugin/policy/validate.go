@@ -105,11 +105,11 @@ func Validate(raw any, backends []string, opts ...Option) (cfg Config, normalize
 	applyDefaults(cs.doc, v.m)
 	v.canonicalIntegers()
 	v.cfg = v.decode()
-	o := options{aliases: shippedAliases()}
+	o := options{aliases: shippedAliases(), idlePods: shippedIdlePods()}
 	for _, f := range opts {
 		f(&o)
 	}
-	v.check(backends, o.aliases)
+	v.check(backends, o.aliases, o.idlePods)
 	v.checkKubeconfig(o) // what the operator allows a kubeconfig (kubeconfig.go)
 	v.warn()
 	return v.cfg, v.m, v.scrubAll(v.warnings), v.finish()
@@ -121,6 +121,8 @@ type Option func(*options)
 type options struct {
 	getenv  func(string) string
 	aliases map[string]string // backend alias → name
+	// idlePods are the backends' backend.idlePods, name → config pointers.
+	idlePods map[string][]string
 }
 
 type validation struct {

@@ -121,7 +121,7 @@ func TestSchemaEveryFieldDocumented(t *testing.T) {
 		"adapterType", "adapters", "backend",
 		"paperclipServerNamespace", "paperclipServerPodLabels", "paperclipServerPort", "workspacePath",
 		"sandboxLifetimeSec", "execMaxOutputBytes", "imagePullPolicy", "nodeSelector", "resourceQuota", "reusableLeaseIdleSec",
-		"tenantLimits", "warmPoolSize",
+		"standbyLeases", "tenantLimits", "warmPoolSize",
 	}
 	is := is.New(t)
 	is.Equal(slices.Sorted(maps.Keys(props)), slices.Sorted(slices.Values(want)))
