@@ -37,10 +37,10 @@ type source struct {
 	// has just read), so the first watch starts from its resourceVersion
 	// without a request.
 	first *unstructured.Unstructured
-	// changesOnly: the source is read for its changes, never from its
-	// store: each list asks for one item, only for the resourceVersion
-	// to watch from, and keeps none (the pods of a namespace, which the
-	// wait reads through FindPod).
+	// changesOnly: the source is read for its changes: each list asks
+	// for one item, only for the resourceVersion to watch from, and keeps
+	// none, so its store holds only what changed since (the pods of a
+	// namespace, which the wait reads through FindPod).
 	changesOnly bool
 	// concerns says whether a change to an object calls for a new check.
 	concerns func(*unstructured.Unstructured) bool

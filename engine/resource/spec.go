@@ -138,6 +138,22 @@ type Pods struct {
 	// pod must carry to count as the workload's (e.g. labels a controller
 	// adds to a pod it hands over).
 	LabelsFrom string `json:"labelsFrom,omitempty"`
+	// FailFast makes a wait for the workload (Engine.Wait) read its pod
+	// too, with the pod file's rules: a pod they say is Failed ends the
+	// wait when it passes FailFast's tests.
+	FailFast *PodFailFast `json:"failFast,omitempty"`
+}
+
+// PodFailFast says which Failed pods end a wait for their workload: those
+// that pass every Match test (none: all of them).
+type PodFailFast struct {
+	Match []Match `json:"match,omitempty"`
+}
+
+// Holds reports whether a pod (as JSON) passes the tests.
+func (f *PodFailFast) Holds(pod []byte) bool {
+	ok, err := matchAll(f.Match, pod)
+	return ok && err == nil
 }
 
 // Backend modes.
