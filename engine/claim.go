@@ -28,10 +28,11 @@ func (e *Engine) Claim(ctx context.Context, specs []*resource.Resource, namespac
 // apply would send, so applying it again in the same call changes nothing
 // and costs a request. The next apply of the same specs (a later call)
 // applies them too. Their Applied entries carry the created objects. When
-// the claim has just created the namespace itself (a cluster-scoped object
-// named namespace), nothing in it can be this field manager's yet, so the
-// namespaced specs whose conditions do not hold are not pruned (a read
-// each).
+// the claim has just created the namespace itself (the object of the file
+// whose claim says tenantNamespace), nothing in it can be this field
+// manager's yet, so the namespaced specs whose conditions do not hold are
+// not pruned (a read each). Another created object, even one named like
+// the namespace, says nothing about what the namespace holds.
 func (e *Engine) ClaimApply(ctx context.Context, specs []*resource.Resource, namespace string, values map[string]any) ([]Applied, error) {
 	created, err := e.claimAll(ctx, specs, namespace, values)
 	if err != nil {
@@ -41,8 +42,8 @@ func (e *Engine) ClaimApply(ctx context.Context, specs []*resource.Resource, nam
 		return e.Apply(ctx, specs, namespace, values)
 	}
 	fresh := false
-	for _, o := range created {
-		if o.GetNamespace() == "" && o.GetName() == namespace {
+	for s, o := range created {
+		if s.Claim.TenantNamespace && o.GetName() == namespace {
 			fresh = true
 		}
 	}

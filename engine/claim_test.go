@@ -5,9 +5,11 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"testing/fstest"
 
 	"github.com/matryer/is"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -19,6 +21,8 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/internal/testutil"
+	"github.com/paperclip-k8s/paperclip-k8s/plugin/valuestest"
+	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
 var gvrNamespace = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
@@ -221,4 +225,84 @@ func TestClaimWithoutCreate(t *testing.T) {
 	is.NoErr(err)
 	is.NoErr(dyn.Tracker().Add(namespaceObj(ns, want.GetLabels())))
 	is.NoErr(e.Claim(ctx, tenant, ns, f.values))
+}
+
+// perTenantClusterObject is a tenant file of a cluster-scoped object the
+// claim creates per company, named like the tenant namespace.
+const perTenantClusterObject = `apiVersion: paperclip-k8s.io/v1alpha1
+kind: Resource
+name: tenant-clusterrole
+description: A cluster-scoped object per tenant, named like its namespace.
+scope: tenant
+api: {group: rbac.authorization.k8s.io, kind: ClusterRole, resource: clusterroles, versions: [v1], clusterScoped: true}
+template:
+  metadata:
+    name: ${namespace}
+    labels: ${tenantLabels}
+claim:
+  labels: [paperclip.io/managed-by, paperclip.io/company-id]
+`
+
+// clusterScoped serves the kinds it names as cluster-scoped (the fake
+// client's mapper serves only Namespace so).
+type clusterScoped struct {
+	meta.RESTMapper
+	kinds map[string]bool
+}
+
+func (m clusterScoped) RESTMapping(gk schema.GroupKind, versions ...string) (*meta.RESTMapping, error) {
+	r, err := m.RESTMapper.RESTMapping(gk, versions...)
+	if err == nil && m.kinds[gk.Kind] {
+		r.Scope = meta.RESTScopeRoot
+	}
+	return r, err
+}
+
+// What tells ClaimApply that the namespace is new is the file that says
+// it is the tenant namespace (claim.tenantNamespace), not a name: a
+// cluster-scoped object the claim has just created with the namespace's
+// name, in a namespace that exists, leaves the prune reads in place.
+func TestClaimApplyFreshNamespaceIsTheMarkedFile(t *testing.T) {
+	is := is.New(t)
+	c, err := resource.Load(resources.FS, ".", fstest.MapFS{"tenant-clusterrole.yaml": {Data: []byte(perTenantClusterObject)}})
+	is.NoErr(err)
+	base, dyn := enginetest.New(t, c)
+	e := engine.New(c, dyn, clusterScoped{base.Mapper, map[string]bool{"ClusterRole": true}}, nil, nil)
+	values := valuestest.LoadShipped(t, "standard-job").Values
+	ns := values["namespace"].(string)
+	ctx := context.Background()
+	var tenant []*resource.Resource // the namespace, the cluster object, one object in it and one not wanted (standard egress)
+	for _, name := range []string{"namespace", "tenant-clusterrole", "limitrange", "ciliumnetworkpolicy-egress"} {
+		s, ok := c.Get(name)
+		is.True(ok)
+		tenant = append(tenant, s)
+	}
+	is.NoErr(e.Claim(ctx, tenant[:1], ns, values)) // the namespace exists, the cluster object not yet
+	dyn.ClearActions()
+
+	_, err = e.ClaimApply(ctx, tenant, ns, values)
+	is.NoErr(err)
+	var clusterroles, pruneReads []string
+	for _, a := range dyn.Actions() {
+		switch a.GetResource().Resource {
+		case "clusterroles":
+			clusterroles = append(clusterroles, a.GetVerb())
+		case "ciliumnetworkpolicies":
+			pruneReads = append(pruneReads, a.GetVerb())
+		}
+	}
+	is.Equal(clusterroles, []string{"create"}) // created now, named like the namespace
+	is.Equal(pruneReads, []string{"get"})      // the namespace is not new: what is not wanted is pruned
+}
+
+// A claim may say tenantNamespace only on a cluster-scoped file: Load
+// refuses it on a namespaced one.
+func TestTenantNamespaceIsClusterScoped(t *testing.T) {
+	is := is.New(t)
+	namespaced := strings.Replace(perTenantClusterObject, ", clusterScoped: true}", "}", 1) + "  tenantNamespace: true\n"
+	_, err := resource.Load(resources.FS, ".", fstest.MapFS{"tenant-clusterrole.yaml": {Data: []byte(namespaced)}})
+	is.True(err != nil)
+	t.Log(err)
+	is.True(strings.Contains(err.Error(), "tenant-clusterrole.yaml"))
+	is.True(strings.Contains(err.Error(), "clusterScoped"))
 }

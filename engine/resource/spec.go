@@ -243,6 +243,9 @@ type Owner struct {
 // when it carries the rendered values of all these labels.
 type Claim struct {
 	Labels []string `json:"labels"`
+	// TenantNamespace marks the object that is the tenant namespace itself
+	// (see engine.Engine.ClaimApply).
+	TenantNamespace bool `json:"tenantNamespace,omitempty"`
 }
 
 // Release says how the object is deleted.
