@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"reflect"
+	"slices"
+	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,11 +25,12 @@ import (
 // anywhere but metadata.labels and the deadline (backend.deadlinePath):
 // the standby is not the workload the run asks for. Otherwise one merge
 // patch gives w the run's labels (a standby label the run's lack is
-// removed), the run's deadline and annotations, on the preconditions of
-// w's UID and resourceVersion. When the server refuses it for a newer
-// version (its controller wrote since), Take reads it again and retries
-// while it still carries the standby's labels; one taken by another first
-// is a *StandbyTakenError, one deleted a *GoneError.
+// removed), the run's deadline and annotations, on the conditions of
+// w's UID and the standby's labels as they were made (a JSON patch's
+// tests: the API server checks them on the object as it writes it, so the
+// controller's writes since w was read do not matter). One taken by
+// another first is a *StandbyTakenError, one deleted (or replaced) a
+// *GoneError.
 func (e *Engine) Take(ctx context.Context, s *resource.Resource, w *unstructured.Unstructured, standbyValues, runValues map[string]any, annotations map[string]string) (*unstructured.Unstructured, error) {
 	ref := RefOf(s, w)
 	b := s.Backend
@@ -58,53 +62,69 @@ func (e *Engine) Take(ctx context.Context, s *resource.Resource, w *unstructured
 	if !reflect.DeepEqual(was, want) {
 		return nil, &StandbyMismatchError{Ref: ref, Was: was, Want: want}
 	}
-	labels := map[string]any{}
-	for k := range wasLabels {
-		labels[k] = nil
-	}
-	for k, v := range wantLabels {
-		labels[k] = v
-	}
 	c, _, err := e.client(s, w.GetNamespace())
 	if err != nil {
 		return nil, err
 	}
-	// Its controller writes the standby too (status, annotations): a
-	// conflict reads it again and takes it when it still is the standby
-	// (same UID, the standby's labels), else another took it first.
-	for attempt := 0; ; attempt++ {
-		md := map[string]any{"labels": labels, "uid": string(w.GetUID()), "resourceVersion": w.GetResourceVersion()}
-		if len(annotations) > 0 {
-			md["annotations"] = annotations
+	// A JSON patch whose tests are the standby's UID and labels: the API
+	// server applies it to the object as it is when it writes (its
+	// controller writes status and annotations meanwhile), all or nothing,
+	// so of two takers only the first finds the standby labels.
+	esc := func(k string) string { return strings.NewReplacer("~", "~0", "/", "~1").Replace(k) }
+	ops := []map[string]any{{"op": "test", "path": "/metadata/uid", "value": string(w.GetUID())}}
+	for _, k := range slices.Sorted(maps.Keys(wasLabels)) {
+		ops = append(ops, map[string]any{"op": "test", "path": "/metadata/labels/" + esc(k), "value": wasLabels[k]})
+		if _, keep := wantLabels[k]; !keep {
+			ops = append(ops, map[string]any{"op": "remove", "path": "/metadata/labels/" + esc(k)})
 		}
-		patch := map[string]any{"metadata": md}
-		if err := unstructured.SetNestedField(patch, at, deadline...); err != nil {
-			return nil, err
-		}
-		body, err := json.Marshal(patch)
-		if err != nil {
-			return nil, err
-		}
-		out, err := c.Patch(ctx, w.GetName(), types.MergePatchType, body, metav1.PatchOptions{FieldManager: FieldManager})
-		switch {
-		case err == nil:
-			return out, nil
-		case apierrors.IsNotFound(err):
-			return nil, &GoneError{Ref: ref}
-		case !apierrors.IsConflict(err) || attempt == 3:
-			return nil, fmt.Errorf("taking the standby %s for a run: %w", ref, err)
-		}
-		cur, err := e.Get(ctx, ref)
-		if err != nil {
-			return nil, err
-		}
-		for k, v := range wasLabels {
-			if cur.GetLabels()[k] != v {
-				return nil, &StandbyTakenError{Ref: ref, Label: k}
-			}
-		}
-		w = cur
 	}
+	for _, k := range slices.Sorted(maps.Keys(wantLabels)) {
+		ops = append(ops, map[string]any{"op": "add", "path": "/metadata/labels/" + esc(k), "value": wantLabels[k]})
+	}
+	if len(annotations) > 0 && w.GetAnnotations() == nil {
+		// Adding the whole map would replace one written since w was
+		// read: test that there still is none (a missing member tests
+		// equal to null).
+		ops = append(ops, map[string]any{"op": "test", "path": "/metadata/annotations", "value": nil},
+			map[string]any{"op": "add", "path": "/metadata/annotations", "value": map[string]any{}})
+	}
+	for _, k := range slices.Sorted(maps.Keys(annotations)) {
+		ops = append(ops, map[string]any{"op": "add", "path": "/metadata/annotations/" + esc(k), "value": annotations[k]})
+	}
+	ptr := ""
+	for _, k := range deadline {
+		ptr += "/" + esc(k)
+	}
+	ops = append(ops, map[string]any{"op": "add", "path": ptr, "value": at})
+	body, err := json.Marshal(ops)
+	if err != nil {
+		return nil, err
+	}
+	out, err := c.Patch(ctx, w.GetName(), types.JSONPatchType, body, metav1.PatchOptions{FieldManager: FieldManager})
+	if err == nil {
+		return out, nil
+	}
+	if apierrors.IsNotFound(err) {
+		return nil, &GoneError{Ref: ref}
+	}
+	// A failed test: say which.
+	cur, gerr := e.Get(ctx, ref)
+	if gerr != nil {
+		return nil, gerr
+	}
+	if cur.GetUID() != w.GetUID() {
+		return nil, &GoneError{Ref: ref, Replaced: true}
+	}
+	for _, k := range slices.Sorted(maps.Keys(wasLabels)) {
+		if cur.GetLabels()[k] != wasLabels[k] {
+			return nil, &StandbyTakenError{Ref: ref, Label: k}
+		}
+	}
+	if w.GetAnnotations() == nil && cur.GetAnnotations() != nil {
+		// Still the standby, annotated since w was read: once more.
+		return e.Take(ctx, s, cur, standbyValues, runValues, annotations)
+	}
+	return nil, fmt.Errorf("taking the standby %s for a run: %w", ref, err)
 }
 
 // StandbyTakenError says that a standby was taken (or relabelled) by

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
@@ -34,6 +35,20 @@ func standbyValues(t *testing.T, run map[string]any) map[string]any {
 	return v
 }
 
+// runValuesNamed are the run's values for a workload of that name.
+func runValuesNamed(t *testing.T, values map[string]any, name string) map[string]any {
+	t.Helper()
+	cp, err := resource.Normalize(values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := cp.(map[string]any)
+	run := v["run"].(map[string]any)
+	run["name"] = name
+	run["secretName"], run["egressPolicyName"] = name+"-env", name+"-egress"
+	return v
+}
+
 // TestTakeStandby takes a standby SandboxClaim on the API server: the
 // run's labels replace the standby's (its own label removed), the deadline
 // moves, the annotations land; a second take from the same (now stale)
@@ -51,6 +66,8 @@ func TestTakeStandby(t *testing.T) {
 	w, err := e.Create(ctx, s, ns, sv, nil)
 	is.NoErr(err)
 	is.Equal(w.GetLabels()["paperclip.io/standby"], "true")
+	gvr := schema.GroupVersionResource{Group: s.API.Group, Version: w.GroupVersionKind().Version, Resource: s.API.Resource}
+	c := env.Dynamic().Resource(gvr).Namespace(ns)
 
 	took, err := e.Take(ctx, s, w, sv, runValues, map[string]string{"paperclip.io/pod-uid": "u-1"})
 	is.NoErr(err)
@@ -79,9 +96,22 @@ func TestTakeStandby(t *testing.T) {
 	is.NoErr(err)
 	is.Equal(now.GetLabels(), took.GetLabels()) // its controller writes status, not labels
 
+	// A standby annotated since it was read (by its controller, say)
+	// keeps those annotations when it is taken.
+	rv2 := runValuesNamed(t, runValues, run["name"].(string)+"b")
+	sv2 := standbyValues(t, rv2)
+	w2, err := e.Create(ctx, s, ns, sv2, nil)
+	is.NoErr(err)
+	_, err = c.Patch(ctx, w2.GetName(), types.MergePatchType, []byte(`{"metadata":{"annotations":{"example.com/x":"y"}}}`), metav1.PatchOptions{})
+	is.NoErr(err)
+	stale := w2.DeepCopy()
+	stale.SetAnnotations(nil)
+	took2, err := e.Take(ctx, s, stale, sv2, rv2, map[string]string{"paperclip.io/pod-uid": "u-2"})
+	is.NoErr(err)
+	is.Equal(took2.GetAnnotations()["example.com/x"], "y")
+	is.Equal(took2.GetAnnotations()["paperclip.io/pod-uid"], "u-2")
+
 	// A standby deleted since it was read is gone.
-	gvr := schema.GroupVersionResource{Group: s.API.Group, Version: took.GroupVersionKind().Version, Resource: s.API.Resource}
-	c := env.Dynamic().Resource(gvr).Namespace(ns)
 	is.NoErr(c.Delete(ctx, took.GetName(), metav1.DeleteOptions{}))
 	_, err = e.Take(ctx, s, took, sv, runValues, nil)
 	is.True(engine.IsGone(err))

@@ -62,7 +62,12 @@ type leaseState struct {
 	login loginEnv
 
 	stop context.CancelFunc
-	mu   sync.Mutex
+	// afterFirst, when set, runs once after the lease's first command (or
+	// when the worker forgets the lease first): a standby taken makes the
+	// next one then, not while the run's first command runs.
+	afterFirst     func()
+	afterFirstOnce sync.Once
+	mu             sync.Mutex
 	// lost is why the pod can no longer be used; following says whether
 	// the watch is still running (when it is not and lost is nil, the pod
 	// is checked with a read instead).
@@ -84,6 +89,13 @@ func (st *leaseState) follow(ctx context.Context, e *engine.Engine, podSpec *res
 			st.lost = err
 		}
 	}()
+}
+
+// firstDone runs afterFirst, once.
+func (st *leaseState) firstDone() {
+	if st.afterFirst != nil {
+		st.afterFirstOnce.Do(st.afterFirst) // it only starts goroutines
+	}
 }
 
 func (st *leaseState) status() (lost error, following bool) {
@@ -181,6 +193,7 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 		req.Stdin = strings.NewReader(*in.Stdin)
 	}
 	res, err := cl.exec.Run(ctx, req)
+	st.firstDone()
 	if fu != nil {
 		var rerun bool
 		if res, rerun = fu.end(ctx, res, err); rerun {
@@ -431,6 +444,7 @@ func leaseKey(ref engine.Ref) string { return ref.Namespace + "/" + ref.Name }
 // forget drops what the worker remembers of a lease and stops its watch.
 func (p *Provider) forget(ref engine.Ref) {
 	if v, ok := p.leases.LoadAndDelete(leaseKey(ref)); ok {
+		v.(*leaseState).firstDone()
 		v.(*leaseState).stop()
 	}
 }

@@ -150,9 +150,10 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	// A standby of this environment, when the worker holds one, becomes
 	// the run's workload with one patch; either way the next is made.
 	var sb *standby
+	refill := func() {}
 	if backend.Backend.Standby && cfg.StandbyLeases > 0 {
 		key := newStandbyKey(ns, in.CompanyID, in.EnvironmentID, backend, cfg)
-		defer p.refillStandbys(cl, key, cfg, in.CompanyID, in.EnvironmentID, backend)
+		refill = func() { p.refillStandbys(cl, key, cfg, in.CompanyID, in.EnvironmentID, backend) }
 		sb = cl.standbys.take(key, p.Now())
 	}
 	var workload *unstructured.Unstructured
@@ -204,6 +205,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
+		refill()
 		return Lease{}, p.undoAcquire(ctx, cl, backend, workload, created, err)
 	}
 	for i, o := range objs {
@@ -215,8 +217,11 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 			meta.ScopedNetworkPolicyName = o.GetName()
 		}
 	}
-	if sb != nil {
-		p.rememberStandbyPod(engine.RefOf(backend, workload), in.BaseParams, sb, runSpecs, objs, &meta)
+	// The next standby is made after this run's first command when the
+	// worker knows this one's pod (the two would compete for the API
+	// server and the controller), else now.
+	if sb == nil || !p.rememberStandbyPod(engine.RefOf(backend, workload), in.BaseParams, sb, runSpecs, objs, &meta, refill) {
+		refill()
 	}
 	p.Log.Info("lease acquired", "companyId", in.CompanyID, "runId", in.RunID, "workload", engine.RefOf(backend, workload).String(),
 		"backend", backend.Name, "expiresAt", meta.ExpiresAt, "standby", sb != nil)

@@ -324,14 +324,17 @@ func (p *Provider) takeStandby(ctx context.Context, cl *cluster, backend *resour
 // pod followed since the standby was made, the run's environment from the
 // run object just created. The lease's metadata names the pod. A pod lost
 // meanwhile is not remembered: the first command looks for it as usual.
-func (p *Provider) rememberStandbyPod(ref engine.Ref, base BaseParams, sb *standby, runSpecs []*resource.Resource, objs []*unstructured.Unstructured, meta *LeaseMetadata) {
+//
+// It returns whether it did; afterFirst then runs after the lease's first
+// command (or when the worker forgets the lease).
+func (p *Provider) rememberStandbyPod(ref engine.Ref, base BaseParams, sb *standby, runSpecs []*resource.Resource, objs []*unstructured.Unstructured, meta *LeaseMetadata, afterFirst func()) bool {
 	st := sb.pod
 	if st == nil {
-		return
+		return false
 	}
 	if lost, following := st.status(); lost != nil || !following {
 		sb.stopFollowing()
-		return
+		return false
 	}
 	if re := ref.Resource.Backend.RunEnv; re != nil {
 		found := false
@@ -343,18 +346,20 @@ func (p *Provider) rememberStandbyPod(ref engine.Ref, base BaseParams, sb *stand
 			if err != nil {
 				p.Log.Warn("standby lease: the run's environment is not readable from the object just created; the first command reads it", "workload", ref.String(), "error", err)
 				sb.stopFollowing()
-				return
+				return false
 			}
 			st.env, found = env, true
 		}
 		if !found {
 			sb.stopFollowing() // the first command says what is missing
-			return
+			return false
 		}
 	}
 	st.owner = [2]string{base.CompanyID, base.EnvironmentID}
+	st.afterFirst = afterFirst
 	meta.PodName, meta.PodUID = st.podName, st.podUID
 	if old, loaded := p.leases.Swap(leaseKey(ref), st); loaded {
 		old.(*leaseState).stop()
 	}
+	return true
 }

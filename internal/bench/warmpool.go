@@ -213,7 +213,12 @@ func (b *bench) wpRound(ctx context.Context, row *wpRow, company string, cfg map
 	if spec, ok := b.p.Catalog.Get(row.sc.backend); ok && spec.Pods != nil {
 		container = spec.Pods.Container
 	}
-	// The bare exec, in the same pods, at the same parallelism.
+	// The bare exec, in the same pods, at the same parallelism, once the
+	// standbys these runs asked for are made: it does not compete with
+	// their making, as the first commands did.
+	if err := b.p.StandbysSettled(ctx); err != nil {
+		return err
+	}
 	forEach(par, par, func(i int) {
 		s := &samples[i]
 		d, err := b.bareExec(ctx, s.ns, s.pod, container, []string{"true"})
