@@ -156,26 +156,47 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		refill = func() { p.refillStandbys(cl, key, cfg, in.CompanyID, in.EnvironmentID, backend) }
 		sb = cl.standbys.take(key, p.Now())
 	}
+	runSpecs := p.Catalog.Used(resource.UseRun)
 	var workload *unstructured.Unstructured
+	var objs []*unstructured.Unstructured
 	if sb != nil {
-		if runValues, run, err = build(sb.obj.GetName()); err != nil {
+		// The run objects need only the standby's UID (it owns them): they
+		// are made while the standby is taken, in one round trip. A
+		// standby only this worker made can be taken by no other run, so
+		// their names (the standby's) are free; if the take fails anyway,
+		// they are deleted and the run gets a workload of its own.
+		taken, facts, err := build(sb.obj.GetName())
+		if err != nil {
 			return Lease{}, err
 		}
-		if workload = p.takeStandby(ctx, cl, backend, sb, runValues.Map()); workload != nil {
-			name = sb.obj.GetName()
-		} else {
-			sb = nil
-			if runValues, run, err = build(name); err != nil {
-				return Lease{}, err
-			}
+		tv := taken.Map()
+		var takeErr error
+		var wg sync.WaitGroup
+		wg.Go(func() { workload, takeErr = p.takeStandby(ctx, cl, backend, sb, tv) })
+		tobjs, created, rerr := p.createRunObjects(ctx, cl, runSpecs, ns, tv, sb.obj)
+		wg.Wait()
+		if takeErr == nil && rerr != nil {
+			refill()
+			return Lease{}, p.undoAcquire(ctx, cl, backend, workload, created, rerr)
 		}
-		grant, deadline, values = run.Grant, run.Deadline, runValues.Map()
+		if takeErr != nil {
+			p.undoRunObjects(ctx, cl, created)
+			sb, workload = nil, nil
+		} else {
+			name, runValues, run, objs = sb.obj.GetName(), taken, facts, tobjs
+			grant, deadline, values = run.Grant, run.Deadline, tv
+		}
 	}
 	if workload == nil {
-		workload, err = p.createWorkload(ctx, cl, backend, ns, tenant, values)
-	}
-	if err != nil {
-		return Lease{}, err
+		if workload, err = p.createWorkload(ctx, cl, backend, ns, tenant, values); err != nil {
+			return Lease{}, err
+		}
+		tobjs, created, err := p.createRunObjects(ctx, cl, runSpecs, ns, values, workload)
+		if err != nil {
+			refill()
+			return Lease{}, p.undoAcquire(ctx, cl, backend, workload, created, err)
+		}
+		objs = tobjs
 	}
 	meta := LeaseMetadata{
 		Provider: "kubernetes", Namespace: ns, Backend: backend.Name,
@@ -183,30 +204,6 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		WorkloadUID: string(workload.GetUID()), SandboxName: name, SecretName: runValues.Run.SecretName,
 		ScopedNetworkEgress: grant, RemoteCwd: cfg.WorkspacePath, ExpiresAt: deadline.UTC().Format(time.RFC3339),
 		Phase: "Pending", NativeFileSyncUnsupported: backend.Backend.Mode != resource.ModeExec,
-	}
-	// The run objects depend only on the workload (its UID owns them):
-	// create them at once, in parallel.
-	runSpecs := p.Catalog.Used(resource.UseRun)
-	objs := make([]*unstructured.Unstructured, len(runSpecs))
-	errs := make([]error, len(runSpecs))
-	var wg sync.WaitGroup
-	for i, s := range runSpecs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			objs[i], errs[i] = cl.engine.Create(ctx, s, ns, values, workload)
-		}()
-	}
-	wg.Wait()
-	var created []engine.Ref
-	for i, o := range objs {
-		if o != nil {
-			created = append(created, engine.RefOf(runSpecs[i], o))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		refill()
-		return Lease{}, p.undoAcquire(ctx, cl, backend, workload, created, err)
 	}
 	for i, o := range objs {
 		if o == nil {
@@ -227,6 +224,38 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		"backend", backend.Name, "expiresAt", meta.ExpiresAt, "standby", sb != nil)
 	exp := meta.ExpiresAt
 	return Lease{ProviderLeaseID: strPtr(name), Metadata: meta.toMap(), ExpiresAt: &exp}, nil
+}
+
+// createRunObjects creates the run objects of the values, owned by
+// workload, at once and in parallel (they depend on nothing but its UID).
+// objs is indexed like specs (nil: not wanted); created lists what exists
+// when err is not nil.
+func (p *Provider) createRunObjects(ctx context.Context, cl *cluster, specs []*resource.Resource, ns string, values map[string]any, workload *unstructured.Unstructured) (objs []*unstructured.Unstructured, created []engine.Ref, err error) {
+	objs = make([]*unstructured.Unstructured, len(specs))
+	errs := make([]error, len(specs))
+	var wg sync.WaitGroup
+	for i, s := range specs {
+		wg.Go(func() { objs[i], errs[i] = cl.engine.Create(ctx, s, ns, values, workload) })
+	}
+	wg.Wait()
+	for i, o := range objs {
+		if o != nil {
+			created = append(created, engine.RefOf(specs[i], o))
+		}
+	}
+	return objs, created, errors.Join(errs...)
+}
+
+// undoRunObjects deletes run objects made for a standby that could not be
+// taken.
+func (p *Provider) undoRunObjects(ctx context.Context, cl *cluster, created []engine.Ref) {
+	ctx, cancel := engine.CleanupContext(ctx)
+	defer cancel()
+	for _, r := range created {
+		if _, err := cl.engine.Release(ctx, r); err != nil && !engine.IsGone(err) {
+			p.Log.Warn("standby lease: a run object made for it was not deleted; its owner's deletion takes it", "object", r.String(), "error", err)
+		}
+	}
 }
 
 // createWorkload creates a run's workload. When the tenant namespace is

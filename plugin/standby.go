@@ -13,6 +13,7 @@ import (
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 	"github.com/paperclip-k8s/paperclip-k8s/plugin/policy"
+	"github.com/paperclip-k8s/paperclip-k8s/podexec"
 )
 
 // Standby leases. A backend whose workloads hold nothing of a run but their
@@ -247,6 +248,9 @@ func (p *Provider) makeStandby(cl *cluster, key standbyKey, cfg policy.Config, c
 	}
 	sb.obj = w2
 	st := &leaseState{workloadUID: string(w2.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID())}
+	// The login environment is the pod's (its image's profile), not a
+	// run's: read it now, and the run's first command is the command alone.
+	st.login.get(ctx, captureFunc(p.Log, cl.exec, podexec.Request{Namespace: key.namespace, Pod: pod.GetName(), Container: backend.Pods.Container}))
 	podSpec, _ := p.Catalog.Pod()
 	// It follows the pod for as long as a lease's would (execute.go).
 	fctx, stop := context.WithTimeout(context.Background(), 24*time.Hour+time.Duration(cfg.SandboxLifetimeSec)*time.Second)
@@ -295,11 +299,11 @@ func (p *Provider) dropAllStandbys(ctx context.Context) {
 	}
 }
 
-// takeStandby hands a standby to the run whose values are runValues: nil
-// (and the standby deleted unless a run took it) when it cannot be taken.
-// The pod UID is pinned on the workload in the same patch when the pod is
-// known.
-func (p *Provider) takeStandby(ctx context.Context, cl *cluster, backend *resource.Resource, sb *standby, runValues map[string]any) *unstructured.Unstructured {
+// takeStandby hands a standby to the run whose values are runValues; when
+// it cannot be taken, it says why (and deletes the standby unless a run
+// took it). The pod UID is pinned on the workload in the same patch when
+// the pod is known.
+func (p *Provider) takeStandby(ctx context.Context, cl *cluster, backend *resource.Resource, sb *standby, runValues map[string]any) (*unstructured.Unstructured, error) {
 	var ann map[string]string
 	if sb.pod != nil {
 		ann = map[string]string{policy.AnnotationPodUID: sb.pod.podUID}
@@ -314,9 +318,9 @@ func (p *Provider) takeStandby(ctx context.Context, cl *cluster, backend *resour
 		} else {
 			sb.stopFollowing()
 		}
-		return nil
+		return nil, err
 	}
-	return w
+	return w, nil
 }
 
 // rememberStandbyPod makes the pod of a standby just taken the lease's, as

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"maps"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -124,15 +126,19 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 					return err
 				}
 				var last time.Time
-				warmBefore := row.warmRun
-				err := b.wpRound(ctx, &row, company, cfg, par, &last)
+				samples, err := b.wpRound(ctx, &row, company, cfg, par, &last)
 				if err == nil && pw != nil {
 					var d time.Duration
 					// A round that took a member must see the pool go below
 					// its size and back.
-					if d, err = pw.refill(ctx, row.warmRun > warmBefore); err == nil && d > 0 {
+					if d, err = pw.refill(ctx, warmRuns(samples) > 0); err == nil && d > 0 {
 						row.refill = append(row.refill, d)
 					}
+				}
+				if err == nil {
+					// The bare execs once the pool is full again and the
+					// standbys asked for are made: nothing competes with them.
+					err = b.wpBare(ctx, &row, samples, par)
 				}
 				if pw != nil {
 					pw.stop()
@@ -143,13 +149,18 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 				if err := b.releaseAll(ctx); err != nil {
 					return err
 				}
+				// Runs come seconds apart: the next round does not compete
+				// with these pods' deletion.
+				if err := b.waitPodsGone(ctx, samples); err != nil {
+					return err
+				}
 			}
 			rows = append(rows, row)
 		}
 	}
 
 	fmt.Fprintf(out, "\n### Warm pools: acquire → first command (`true`) → bare exec in the same pod\n\n")
-	fmt.Fprintf(out, "%d CPUs, %s/%s; load average %s. Every run: acquire, execute `true` (time to first command = from the acquire's start to that result), then one bare client-go exec of `true` in the same pod.\n\n",
+	fmt.Fprintf(out, "%d CPUs, %s/%s; load average %s. Every run: acquire, execute `true` (time to first command = from the acquire's start to that result); once the round's runs have their first results, the pool has refilled and the worker's standbys are made, one bare client-go exec of `true` in each run's pod.\n\n",
 		runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, loadAvg())
 	fmt.Fprintf(out, "| backend | parallel | runs | warm | standby | acquire p50 | acquire p95 | first execute p50 | first command p50 | first command p95 | bare exec p50 | first command ÷ bare | API requests / run | pool refill p50 | pool refill max |\n")
 	fmt.Fprintf(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -172,19 +183,32 @@ func (b *bench) runWarmPools(ctx context.Context, out *strings.Builder) error {
 	return nil
 }
 
-// wpRound runs par runs at once and adds them to row.
-// lastAcquire is set to when the round's last acquire returned.
-func (b *bench) wpRound(ctx context.Context, row *wpRow, company string, cfg map[string]any, par int, lastAcquire *time.Time) error {
-	b.counter.Take()
-	var mu sync.Mutex
-	var failed atomic.Pointer[error]
-	type sample struct {
-		acq, ttfc, exec1 time.Duration
-		pod, ns          string
-		warm             bool // the pod is not named after the workload: made before
-		standby          bool // the lease names its pod at acquire: a standby taken
+// wpSample is one run of a round.
+type wpSample struct {
+	acq, ttfc, exec1 time.Duration
+	pod, ns          string
+	warm             bool // the pod is not named after the workload: made before
+	standby          bool // the lease names its pod at acquire: a standby taken
+}
+
+// warmRuns counts the samples whose pod was made before the run.
+func warmRuns(samples []wpSample) int {
+	n := 0
+	for _, s := range samples {
+		if s.warm {
+			n++
+		}
 	}
-	samples := make([]sample, par)
+	return n
+}
+
+// wpRound runs par runs at once (acquire, first command) and adds them to
+// row; wpBare adds their bare execs. lastAcquire is set to when the
+// round's last acquire returned.
+func (b *bench) wpRound(ctx context.Context, row *wpRow, company string, cfg map[string]any, par int, lastAcquire *time.Time) ([]wpSample, error) {
+	b.counter.Take()
+	var failed atomic.Pointer[error]
+	samples := make([]wpSample, par)
 	var lastMu sync.Mutex
 	forEach(par, par, func(i int) {
 		start := time.Now()
@@ -199,7 +223,7 @@ func (b *bench) wpRound(ctx context.Context, row *wpRow, company string, cfg map
 			pod, err = b.executeWith(ctx, company, cfg, l, "true")
 			ns, _ := l.Metadata["namespace"].(string)
 			ttfc := time.Since(start)
-			samples[i] = sample{acq: d, ttfc: ttfc, exec1: ttfc - d, pod: pod, ns: ns, warm: pod != deref(l.ProviderLeaseID), standby: l.Metadata["podUid"] != nil}
+			samples[i] = wpSample{acq: d, ttfc: ttfc, exec1: ttfc - d, pod: pod, ns: ns, warm: pod != deref(l.ProviderLeaseID), standby: l.Metadata["podUid"] != nil}
 		}
 		if err != nil {
 			failed.CompareAndSwap(nil, &err)
@@ -207,18 +231,87 @@ func (b *bench) wpRound(ctx context.Context, row *wpRow, company string, cfg map
 	})
 	reqs := len(b.counter.Take())
 	if e := failed.Load(); e != nil {
-		return *e
+		return nil, *e
+	}
+	for _, s := range samples {
+		row.acq = append(row.acq, s.acq)
+		row.ttfc = append(row.ttfc, s.ttfc)
+		row.exec1 = append(row.exec1, s.exec1)
+		if s.warm {
+			row.warmRun++
+		}
+		if s.standby {
+			row.standby++
+		}
+	}
+	row.reqs += reqs
+	row.runs += par
+	return samples, nil
+}
+
+// waitPodsGone waits (list, then watch) until none of the samples' pods
+// exists.
+func (b *bench) waitPodsGone(ctx context.Context, samples []wpSample) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	byNS := map[string]map[string]bool{}
+	for _, s := range samples {
+		if byNS[s.ns] == nil {
+			byNS[s.ns] = map[string]bool{}
+		}
+		byNS[s.ns][s.pod] = true
+	}
+	for ns, names := range byNS {
+		for {
+			l, err := b.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return fmt.Errorf("waiting for the released runs' pods to go: %w", err)
+			}
+			left := map[string]bool{}
+			for _, p := range l.Items {
+				if names[p.Name] {
+					left[p.Name] = true
+				}
+			}
+			if len(left) == 0 {
+				break
+			}
+			w, err := b.kube.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{ResourceVersion: l.ResourceVersion})
+			if err != nil {
+				return fmt.Errorf("waiting for the released runs' pods to go: %w", err)
+			}
+			for ev := range w.ResultChan() {
+				if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type == watch.Deleted {
+					delete(left, p.Name)
+				}
+				if len(left) == 0 {
+					break
+				}
+			}
+			w.Stop()
+			if len(left) == 0 {
+				break
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("the released runs' pods %v are still there: %w", slices.Sorted(maps.Keys(left)), ctx.Err())
+			}
+		}
+	}
+	return nil
+}
+
+// wpBare runs a bare exec of `true` in each sample's pod, at the round's
+// parallelism, once the standbys the round asked for are made.
+func (b *bench) wpBare(ctx context.Context, row *wpRow, samples []wpSample, par int) error {
+	if err := b.p.StandbysSettled(ctx); err != nil {
+		return err
 	}
 	container := ""
 	if spec, ok := b.p.Catalog.Get(row.sc.backend); ok && spec.Pods != nil {
 		container = spec.Pods.Container
 	}
-	// The bare exec, in the same pods, at the same parallelism, once the
-	// standbys these runs asked for are made: it does not compete with
-	// their making, as the first commands did.
-	if err := b.p.StandbysSettled(ctx); err != nil {
-		return err
-	}
+	var mu sync.Mutex
+	var failed atomic.Pointer[error]
 	forEach(par, par, func(i int) {
 		s := &samples[i]
 		d, err := b.bareExec(ctx, s.ns, s.pod, container, []string{"true"})
@@ -229,23 +322,10 @@ func (b *bench) wpRound(ctx context.Context, row *wpRow, company string, cfg map
 		mu.Lock()
 		defer mu.Unlock()
 		row.bare = append(row.bare, d)
-		if s.warm {
-			row.warmRun++
-		}
-		if s.standby {
-			row.standby++
-		}
 	})
 	if e := failed.Load(); e != nil {
 		return *e
 	}
-	for _, s := range samples {
-		row.acq = append(row.acq, s.acq)
-		row.ttfc = append(row.ttfc, s.ttfc)
-		row.exec1 = append(row.exec1, s.exec1)
-	}
-	row.reqs += reqs
-	row.runs += par
 	return nil
 }
 
