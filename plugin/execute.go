@@ -155,7 +155,14 @@ func (p *Provider) Execute(ctx context.Context, in ExecuteParams) (ExecuteResult
 	meta["podName"] = st.podName
 	pod := podexec.Request{Namespace: ref.Namespace, Pod: st.podName, Container: ref.Resource.Pods.Container}
 	// The lease's first command sent alone captures the login environment
-	// in its own exec (fused); the later ones get the capture.
+	// in its own exec (fused); the later ones get the capture. A capture
+	// read before the run (a standby) serves only when no other command
+	// ran first.
+	if commandOnly(in.Command, in.Args) {
+		st.login.use()
+	} else {
+		st.login.dropAhead()
+	}
 	fu := st.login.fuse(p.Log, pod, in.Command, in.Args)
 	var login *loginDiff
 	if fu == nil {

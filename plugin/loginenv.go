@@ -58,6 +58,40 @@ type loginEnv struct {
 	// started, or the last one was cut short by its caller's context.
 	done chan struct{}
 	diff *loginDiff // nil until captured, or when the capture failed
+	// ahead: the capture was read before the lease's run (a standby's
+	// pod, standby.go) and no command has used it yet.
+	ahead bool
+}
+
+// readAhead captures the login environment before the lease has a run
+// (a standby's pod, whose profile is its image's): the run's first command
+// sent alone is then the command alone. Any other command that runs on the
+// lease first drops it (dropAhead), since it may change the profile.
+func (l *loginEnv) readAhead(ctx context.Context, capture func(context.Context) (*loginDiff, error)) {
+	if l.get(ctx, capture) == nil {
+		return // failed or cut short: the first command captures, as always
+	}
+	l.mu.Lock()
+	l.ahead = true
+	l.mu.Unlock()
+}
+
+// dropAhead forgets a capture read ahead that no command used yet: the
+// lease's first command sent alone captures again, as on any lease. A
+// command that uses the capture keeps it (use).
+func (l *loginEnv) dropAhead() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ahead {
+		l.ahead, l.done, l.diff = false, nil, nil
+	}
+}
+
+// use marks a capture read ahead as the lease's own.
+func (l *loginEnv) use() {
+	l.mu.Lock()
+	l.ahead = false
+	l.mu.Unlock()
 }
 
 // loginDiff is what a login shell exports on top of a plain shell.

@@ -249,8 +249,9 @@ func (p *Provider) makeStandby(cl *cluster, key standbyKey, cfg policy.Config, c
 	sb.obj = w2
 	st := &leaseState{workloadUID: string(w2.GetUID()), podName: pod.GetName(), podUID: string(pod.GetUID())}
 	// The login environment is the pod's (its image's profile), not a
-	// run's: read it now, and the run's first command is the command alone.
-	st.login.get(ctx, captureFunc(p.Log, cl.exec, podexec.Request{Namespace: key.namespace, Pod: pod.GetName(), Container: backend.Pods.Container}))
+	// run's: read it now, and a run whose first command is one sent alone
+	// runs it alone (another command first drops it: loginEnv.dropAhead).
+	st.login.readAhead(ctx, captureFunc(p.Log, cl.exec, podexec.Request{Namespace: key.namespace, Pod: pod.GetName(), Container: backend.Pods.Container}))
 	podSpec, _ := p.Catalog.Pod()
 	// It follows the pod for as long as a lease's would (execute.go).
 	fctx, stop := context.WithTimeout(context.Background(), 24*time.Hour+time.Duration(cfg.SandboxLifetimeSec)*time.Second)

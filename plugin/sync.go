@@ -116,6 +116,7 @@ func (p *Provider) sync(ctx context.Context, in SyncParams, dir filesync.Directi
 func (p *Provider) syncExec(cl *cluster, ref engine.Ref, st *leaseState) filesync.Exec {
 	return func(ctx context.Context, req podexec.Request) (*podexec.Result, error) {
 		req.Namespace, req.Pod, req.Container = ref.Namespace, st.podName, ref.Resource.Pods.Container
+		st.login.dropAhead() // files written before the first command
 		res, err := cl.exec.Run(ctx, req)
 		if err == nil {
 			return res, nil

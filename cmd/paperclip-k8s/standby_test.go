@@ -162,3 +162,20 @@ func TestStandbyConfigChange(t *testing.T) {
 	is.Equal(len(now), 1)
 	is.True(now[0].GetName() != old.GetName())
 }
+
+// A standby's login environment is read when it is made, and serves a
+// taken lease whose first command is sent alone; when another command
+// runs first (it may write the profile, as here), the first command sent
+// alone reads it again, as on any lease.
+func TestStandbyLoginEnvironment(t *testing.T) {
+	is := is.New(t)
+	h := newHooks(t, "sandboxclaim", map[string]any{"warmPoolSize": 1})
+	h.acquire(nil)
+	h.w.waitLog(t, "standby lease ready", 1)
+	l := h.acquire(nil)
+	is.True(l.meta("podUid") != "") // a standby taken with its pod known
+	r := h.exec(l, "sh", map[string]any{"stdin": "export FOO='from the profile'\n", "args": []string{"-c", `cat > "$HOME/.profile"`}})
+	is.Equal(r.code(), 0)
+	r = h.exec(l, `printf %s "$FOO"`, nil)
+	is.Equal(r.Stdout, "from the profile")
+}
