@@ -113,10 +113,44 @@ func TestPaperclipWarmPool(t *testing.T) {
 		}
 	}
 
+	// standbyReady waits until the worker logged n standby claims of this
+	// tenant ready, and returns the n-th one's name (the probe's acquire
+	// and each run make one; a run takes the one made before it).
+	standbyReady := func(n int) string {
+		t.Helper()
+		prefix := `workload="SandboxClaim ` + c.tenant + "/"
+		var name string
+		err := waitFor(ctx, 2*time.Minute, func() error {
+			lines, err := srv.PluginLines(s.plugin.ID)
+			if err != nil {
+				return err
+			}
+			var ready []string
+			for _, l := range lines {
+				m := l.Text()
+				if i := strings.Index(m, prefix); i >= 0 && strings.Contains(m, `msg="standby lease ready"`) {
+					name, _, _ := strings.Cut(m[i+len(prefix):], `"`)
+					ready = append(ready, name)
+				}
+			}
+			if len(ready) < n {
+				return fmt.Errorf("%d standby leases ready for %s, want %d", len(ready), c.tenant, n)
+			}
+			name = ready[n-1]
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("the worker's standby lease: %v", err)
+		}
+		return name
+	}
+
 	for i, name := range []string{"e2e-warm-first", "e2e-warm"} {
 		before := c.leaseIDs(ctx, t, e.ID)
+		standby := ""
 		if i > 0 {
-			poolReady(2) // refilled after the first run took one
+			poolReady(2)                  // refilled after the first run took one
+			standby = standbyReady(i + 1) // made after the first run's first command
 		}
 		run := s.runAgent(t, company.ID, e.ID, name, 3*time.Minute)
 		if run.Status != "succeeded" {
@@ -159,6 +193,12 @@ func TestPaperclipWarmPool(t *testing.T) {
 		t.Logf("run %s: claim %s ran in Sandbox %s (warm %t)", run.ID, claim, sandbox, warm)
 		if i > 0 && !warm {
 			t.Errorf("run %s: the pool had 2 ready pods, yet claim %s started cold", run.ID, claim)
+		}
+		if i > 0 {
+			// The second run took the standby the worker made after the
+			// first acquire, its pod known at acquire.
+			is.Equal(claim, standby)
+			is.True(md("podUid") != "")
 		}
 
 		// The agent's commands ran in the claim's pod (named like its
