@@ -46,6 +46,12 @@ func ShellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
+// envReader reads the preamble's lines (%d: how many) from stdin, one
+// byte at a time as the shell's read does on a pipe, evals them and checks
+// the marker (%s, twice).
+const envReader = `__paperclip_env= __paperclip_n=%d; while [ "$__paperclip_n" -gt 0 ] && IFS= read -r __paperclip_l; do __paperclip_env="$__paperclip_env$__paperclip_l
+"; __paperclip_n=$((__paperclip_n - 1)); done; [ "$__paperclip_n" = 0 ] && eval "$__paperclip_env" && [ "${%s:-}" = 1 ] || { echo "paperclip-k8s: could not read the command's environment from stdin" >&2; exit 127; }; unset __paperclip_env __paperclip_n __paperclip_l %s; `
+
 // ErrEmptyCommand is returned when a request has no command.
 var ErrEmptyCommand = errors.New("exec: empty command")
 
@@ -83,10 +89,13 @@ const envReady = "__paperclip_env_ok"
 // reaches API server audit logs and /proc/<pid>/cmdline, so the values do
 // not travel in the argv: the preamble, `export K='v'` lines quoted with
 // ShellQuote and a last line setting a marker, goes first on stdin; the
-// wrapper reads exactly its length with `dd bs=1` (which never reads past
-// it, so the rest of stdin is left for the command), evals it, and refuses
-// to run the command (exit 127, with a message) if the marker is missing.
-// The image needs dd, as the Paperclip host's own transfers do.
+// wrapper reads exactly its lines with the shell's own `read -r` (which,
+// on a pipe, never reads past the newline, so the rest of stdin is left for
+// the command; no process is started for it), evals them, and refuses to
+// run the command (exit 127, with a message) if they or the marker are
+// missing. A script for the wrapper's own shell (/bin/sh -c script, as a
+// command sent alone with the lease's login environment is) runs in the
+// wrapper itself, without a second shell.
 //
 // cwd and argv travel as positional parameters and are never parsed by the
 // shell. env is applied before cd so that the shell's cd sets PWD/OLDPWD
@@ -154,7 +163,7 @@ func BuildCommand(command string, args []string, env map[string]string, cwd stri
 		}
 		pre.WriteString(envReady + "=1\n")
 		c.Preamble = []byte(pre.String())
-		fmt.Fprintf(&script, `__paperclip_env=$(dd bs=1 count=%d 2>/dev/null) && eval "$__paperclip_env" && [ "${%s:-}" = 1 ] || { echo "paperclip-k8s: could not read the command's environment from stdin (the image needs dd)" >&2; exit 127; }; unset __paperclip_env %s; `, len(c.Preamble), envReady, envReady)
+		fmt.Fprintf(&script, envReader, strings.Count(pre.String(), "\n"), envReady, envReady)
 	}
 	wrapped := []string{Shell, "-c", "", "sh"}
 	if cwd != "" {
@@ -163,6 +172,14 @@ func BuildCommand(command string, args []string, env map[string]string, cwd stri
 			cwd = "./" + cwd
 		}
 		wrapped = append(wrapped, cwd)
+	}
+	if len(argv) == 3 && argv[0] == Shell && argv[1] == "-c" {
+		// A script for this same shell runs in the wrapper itself: one
+		// shell's start less on every command with an env or a cwd.
+		script.WriteString(`__paperclip_cmd=$1; shift; eval "$__paperclip_cmd"`)
+		wrapped[2] = script.String()
+		c.Argv = append(wrapped, argv[2])
+		return c, nil
 	}
 	script.WriteString(`exec "$@"`)
 	wrapped[2] = script.String()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,7 +90,7 @@ func TestBuildCommandShapes(t *testing.T) {
 		{
 			name: "env only", command: "sh", args: []string{"-c", "x"},
 			env:   map[string]string{"B": "2", "A": "it's"},
-			want:  []string{"/bin/sh", "-c", envScript(len("export A='it'\\''s'\nexport B='2'\n__paperclip_env_ok=1\n")) + `exec "$@"`, "sh", "sh", "-c", "x"},
+			want:  []string{"/bin/sh", "-c", envScript("export A='it'\\''s'\nexport B='2'\n__paperclip_env_ok=1\n") + `exec "$@"`, "sh", "sh", "-c", "x"},
 			stdin: "export A='it'\\''s'\nexport B='2'\n__paperclip_env_ok=1\n",
 		},
 		{
@@ -103,9 +104,16 @@ func TestBuildCommandShapes(t *testing.T) {
 		{
 			name: "skipped names", command: "true", args: []string{},
 			env:     map[string]string{"PATH": "/host/bin", "1BAD": "x", "BAD-NAME": "x", "A=B": "x", "": "x", "UID": "0", "OK_1": "y"},
-			want:    []string{"/bin/sh", "-c", envScript(len("export OK_1='y'\n__paperclip_env_ok=1\n")) + `exec "$@"`, "sh", "/bin/sh", "-lc", "true"},
+			want:    []string{"/bin/sh", "-c", envScript("export OK_1='y'\n__paperclip_env_ok=1\n") + `exec "$@"`, "sh", "/bin/sh", "-lc", "true"},
 			stdin:   "export OK_1='y'\n__paperclip_env_ok=1\n",
 			skipped: []string{"", "1BAD", "A=B", "BAD-NAME", "PATH", "UID"},
+		},
+		{
+			name: "a script for this shell runs in the wrapper", command: "/bin/sh", args: []string{"-c", "x"},
+			env: map[string]string{"A": "1"}, cwd: "/w",
+			want: []string{"/bin/sh", "-c", envScript("export A='1'\n__paperclip_env_ok=1\n") + `cd -- "$1" || exit 1; shift; __paperclip_cmd=$1; shift; eval "$__paperclip_cmd"`,
+				"sh", "/w", "x"},
+			stdin: "export A='1'\n__paperclip_env_ok=1\n",
 		},
 		{
 			name: "everything skipped, no wrapper", command: "true",
@@ -124,8 +132,9 @@ func TestBuildCommandShapes(t *testing.T) {
 	}
 }
 
-func envScript(n int) string {
-	return fmt.Sprintf(`__paperclip_env=$(dd bs=1 count=%d 2>/dev/null) && eval "$__paperclip_env" && [ "${__paperclip_env_ok:-}" = 1 ] || { echo "paperclip-k8s: could not read the command's environment from stdin (the image needs dd)" >&2; exit 127; }; unset __paperclip_env __paperclip_env_ok; `, n)
+// envScript is the wrapper's env reader for a preamble of n bytes.
+func envScript(pre string) string {
+	return fmt.Sprintf(envReader, strings.Count(pre, "\n"), "__paperclip_env_ok", "__paperclip_env_ok")
 }
 
 func TestBuildCommandErrors(t *testing.T) {
@@ -234,4 +243,68 @@ func TestBuildCommandRoundTripLocalShell(t *testing.T) {
 	is.True(errors.As(err, &ee))
 	is.Equal(ee.ExitCode(), 1)
 	is.True(stderr.Len() > 0)
+}
+
+// A script for the wrapper's own shell (/bin/sh -c script: a command sent
+// alone with the login environment) runs in the wrapper, and sees what it
+// would see in a shell of its own: the env, the cwd, no positional
+// parameters, the caller's stdin after the preamble, its exit status.
+func TestBuildCommandScriptRunsInTheWrapper(t *testing.T) {
+	is := is.New(t)
+	dir := t.TempDir()
+	script := `read -r line; printf '%s|%s|%s|%s|%s' "$line" "$#" "$*" "$A" "$(pwd -P)"; exit 3`
+	built, err := BuildCommand(Shell, []string{"-c", script}, map[string]string{"A": "it's"}, dir)
+	is.NoErr(err)
+	is.Equal(built.Argv[len(built.Argv)-1], script) // inlined: no second shell in the argv
+	cmd := exec.Command(built.Argv[0], built.Argv[1:]...)
+	cmd.Stdin = io.MultiReader(bytes.NewReader(built.Preamble), strings.NewReader("from stdin\n"))
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	out, err := cmd.Output()
+	var exit *exec.ExitError
+	is.True(errors.As(err, &exit))
+	is.Equal(exit.ExitCode(), 3)
+	real, err := filepath.EvalSymlinks(dir)
+	is.NoErr(err)
+	is.Equal(string(out), "from stdin|0||it's|"+real)
+}
+
+// The wrapper's env reader works the same under the shells images have as
+// /bin/sh (dash, bash, BusyBox ash): every tricky value arrives exactly,
+// and the caller's stdin after the preamble is left whole for the command.
+func TestEnvReaderShells(t *testing.T) {
+	shells := map[string][]string{"dash": {"/bin/sh"}}
+	if p, err := exec.LookPath("bash"); err == nil {
+		shells["bash"] = []string{p}
+	}
+	if p, err := exec.LookPath("busybox"); err == nil {
+		shells["busybox"] = []string{p, "sh"}
+	} else if os.Getenv("CI") == "true" {
+		t.Fatal("CI=true and busybox is missing (hack/test.sh installs busybox-static)")
+	}
+	env := trickyEnv()
+	command, args, names := envRequest(env)
+	// The command prints the values, then what is left of stdin.
+	args[1] += `; printf '\0'; cat`
+	built, err := BuildCommand(command, args, env, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest := "the caller's stdin\nline two, no newline at the end"
+	for name, sh := range shells {
+		t.Run(name, func(t *testing.T) {
+			is := is.New(t)
+			cmd := exec.Command(sh[0], append(sh[1:], built.Argv[1:]...)...)
+			cmd.Stdin = io.MultiReader(bytes.NewReader(built.Preamble), strings.NewReader(rest))
+			cmd.Env = []string{"PATH=/usr/bin:/bin"}
+			cmd.Dir = t.TempDir()
+			out, err := cmd.Output()
+			is.NoErr(err)
+			i := bytes.LastIndexByte(out, 0)
+			is.True(i > 0)
+			is.Equal(string(out[i+1:]), rest)
+			dir, err := filepath.EvalSymlinks(cmd.Dir)
+			is.NoErr(err)
+			checkEnvOutput(t, out[:i], env, names, dir)
+		})
+	}
 }
