@@ -47,6 +47,8 @@ type cluster struct {
 	gate *apiGate
 	// tenants remembers which tenant values were applied when.
 	tenants sync.Map
+	// tenantKeys maps a hash of tenant values to their tenantKey.
+	tenantKeys sync.Map
 	// tenantFlights keeps one tenant apply per tenant in flight.
 	tenantFlights flights
 	// identity is who the provider is here (providerIdentity).
