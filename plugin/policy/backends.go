@@ -20,25 +20,40 @@ func WithBackendAliases(aliases map[string]string) Option {
 	return func(o *options) { o.aliases = aliases }
 }
 
-// shippedAliases are the aliases the files of resources/ declare, alias →
-// name. A file that does not parse is skipped: engine.Load reports it.
-var shippedAliases = sync.OnceValue(func() map[string]string {
-	out := map[string]string{}
+// shippedHead is what validation reads of a shipped resource file.
+type shippedHead struct {
+	Name    string   `json:"name"`
+	Aliases []string `json:"aliases"`
+	Backend struct {
+		IdlePods []string `json:"idlePods"`
+	} `json:"backend"`
+}
+
+// shippedHeads are the heads of the files of resources/. A file that does
+// not parse is skipped: engine.Load reports it.
+var shippedHeads = sync.OnceValue(func() []shippedHead {
+	var out []shippedHead
 	files, _ := fs.Glob(resources.FS, "*.yaml")
 	for _, f := range files {
 		b, err := fs.ReadFile(resources.FS, f)
 		if err != nil {
 			continue
 		}
-		var head struct {
-			Name    string   `json:"name"`
-			Aliases []string `json:"aliases"`
+		var head shippedHead
+		if yaml.Unmarshal(b, &head) == nil {
+			out = append(out, head)
 		}
-		if yaml.Unmarshal(b, &head) != nil {
-			continue
-		}
-		for _, a := range head.Aliases {
-			out[a] = head.Name
+	}
+	return out
+})
+
+// shippedAliases are the aliases the files of resources/ declare, alias →
+// name.
+var shippedAliases = sync.OnceValue(func() map[string]string {
+	out := map[string]string{}
+	for _, h := range shippedHeads() {
+		for _, a := range h.Aliases {
+			out[a] = h.Name
 		}
 	}
 	return out

@@ -3,15 +3,11 @@ package policy
 import (
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"strconv"
 	"strings"
 	"sync"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/paperclip-k8s/paperclip-k8s/internal/jsonpointer"
-	"github.com/paperclip-k8s/paperclip-k8s/resources"
 )
 
 // WithBackendIdlePods gives Validate what each loaded backend's file
@@ -22,26 +18,13 @@ func WithBackendIdlePods(idle map[string][]string) Option {
 	return func(o *options) { o.idlePods = idle }
 }
 
-// shippedIdlePods are the idlePods the files of resources/ declare. A file
-// that does not parse is skipped: engine.Load reports it.
+// shippedIdlePods are the idlePods the files of resources/ declare.
 var shippedIdlePods = sync.OnceValue(func() map[string][]string {
 	out := map[string][]string{}
-	files, _ := fs.Glob(resources.FS, "*.yaml")
-	for _, f := range files {
-		b, err := fs.ReadFile(resources.FS, f)
-		if err != nil {
-			continue
+	for _, h := range shippedHeads() {
+		if len(h.Backend.IdlePods) > 0 {
+			out[h.Name] = h.Backend.IdlePods
 		}
-		var head struct {
-			Name    string `json:"name"`
-			Backend struct {
-				IdlePods []string `json:"idlePods"`
-			} `json:"backend"`
-		}
-		if yaml.Unmarshal(b, &head) != nil || len(head.Backend.IdlePods) == 0 {
-			continue
-		}
-		out[head.Name] = head.Backend.IdlePods
 	}
 	return out
 })
