@@ -172,10 +172,11 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		tv := taken.Map()
 		var takeErr error
 		var wg sync.WaitGroup
-		wg.Go(func() { workload, takeErr = p.takeStandby(ctx, cl, backend, sb, tv) })
+		wg.Go(func() { workload, takeErr = p.takeStandby(ctx, cl, backend, sb, tv, taken.Run.Labels) })
 		tobjs, created, rerr := p.createRunObjects(ctx, cl, runSpecs, ns, tv, sb.obj)
 		wg.Wait()
 		if takeErr == nil && rerr != nil {
+			sb.stopFollowing() // the lease is undone: nobody uses its pod
 			refill()
 			return Lease{}, p.undoAcquire(ctx, cl, backend, workload, created, rerr)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"sync"
 	"time"
 
@@ -211,7 +210,7 @@ func (p *Provider) standbyValues(cfg policy.Config, companyID, environmentID, ns
 func (p *Provider) refillStandbys(cl *cluster, key standbyKey, cfg policy.Config, companyID, environmentID string, backend *resource.Resource) {
 	n, stale := cl.standbys.due(key, cfg.StandbyLeases)
 	for _, sb := range stale {
-		go p.dropStandby(cl, backend, sb, "the environment's config changed")
+		go p.dropStandby(cl, backend, sb, "the environment's config changed", nil)
 	}
 	for range n {
 		go func() {
@@ -243,7 +242,7 @@ func (p *Provider) makeStandby(cl *cluster, key standbyKey, cfg policy.Config, c
 	sb := &standby{key: key, obj: w, values: values, ends: ends}
 	w2, pod, err := cl.engine.AwaitPod(ctx, backend, w)
 	if err != nil {
-		p.dropStandby(cl, backend, sb, "its pod did not become ready: "+err.Error())
+		p.dropStandby(cl, backend, sb, "its pod did not become ready: "+err.Error(), nil)
 		return nil
 	}
 	sb.obj = w2
@@ -262,15 +261,21 @@ func (p *Provider) makeStandby(cl *cluster, key standbyKey, cfg policy.Config, c
 }
 
 // dropStandby deletes a standby nobody took (UID-pinned), unless a run
-// took it since (its standby label is gone).
-func (p *Provider) dropStandby(cl *cluster, backend *resource.Resource, sb *standby, why string) {
+// took it since (its standby label is gone). ours, when not nil, are the
+// labels of a run whose take of it failed: one that carries them was taken
+// by that take all the same (its answer was lost), and that run uses a
+// workload of its own, so it is deleted too.
+func (p *Provider) dropStandby(cl *cluster, backend *resource.Resource, sb *standby, why string, ours map[string]string) {
 	sb.stopFollowing()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ref := engine.RefOf(backend, sb.obj)
 	cur, err := cl.engine.Get(ctx, ref)
-	if err != nil || cur.GetLabels()[policy.LabelStandby] == "" {
-		return // gone, or a run's now
+	if err != nil || cur.GetUID() != sb.obj.GetUID() {
+		return // gone
+	}
+	if cur.GetLabels()[policy.LabelStandby] == "" && (ours == nil || !hasLabels(cur, ours)) {
+		return // another run's now
 	}
 	if _, err := cl.engine.Release(ctx, ref); err != nil && !engine.IsGone(err) {
 		p.Log.Warn("standby lease: not deleted; it ends at its deadline", "workload", ref.String(), "error", err)
@@ -289,7 +294,7 @@ func (p *Provider) dropAllStandbys(ctx context.Context) {
 			if err != nil {
 				continue
 			}
-			wg.Go(func() { p.dropStandby(cl, backend, sb, "the worker is shutting down") })
+			wg.Go(func() { p.dropStandby(cl, backend, sb, "the worker is shutting down", nil) })
 		}
 	}
 	done := make(chan struct{})
@@ -300,11 +305,12 @@ func (p *Provider) dropAllStandbys(ctx context.Context) {
 	}
 }
 
-// takeStandby hands a standby to the run whose values are runValues; when
-// it cannot be taken, it says why (and deletes the standby unless a run
-// took it). The pod UID is pinned on the workload in the same patch when
-// the pod is known.
-func (p *Provider) takeStandby(ctx context.Context, cl *cluster, backend *resource.Resource, sb *standby, runValues map[string]any) (*unstructured.Unstructured, error) {
+// takeStandby hands a standby to the run whose values are runValues (its
+// labels runLabels); when it cannot be taken, it says why (and deletes the
+// standby unless another run took it: one this take relabelled although
+// its answer was lost is deleted too). The pod UID is pinned on the
+// workload in the same patch when the pod is known.
+func (p *Provider) takeStandby(ctx context.Context, cl *cluster, backend *resource.Resource, sb *standby, runValues map[string]any, runLabels map[string]string) (*unstructured.Unstructured, error) {
 	var ann map[string]string
 	if sb.pod != nil {
 		ann = map[string]string{policy.AnnotationPodUID: sb.pod.podUID}
@@ -313,15 +319,21 @@ func (p *Provider) takeStandby(ctx context.Context, cl *cluster, backend *resour
 	if err != nil {
 		ref := engine.RefOf(backend, sb.obj)
 		p.Log.Info("standby lease not taken; acquiring a workload of the run's own", "workload", ref.String(), "reason", err.Error())
-		var taken *engine.StandbyTakenError
-		if !errors.As(err, &taken) {
-			go p.dropStandby(cl, backend, sb, "it could not be taken: "+err.Error())
-		} else {
-			sb.stopFollowing()
-		}
+		go p.dropStandby(cl, backend, sb, "it could not be taken: "+err.Error(), runLabels)
 		return nil, err
 	}
 	return w, nil
+}
+
+// hasLabels reports whether o carries every label of want.
+func hasLabels(o *unstructured.Unstructured, want map[string]string) bool {
+	got := o.GetLabels()
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			return false
+		}
+	}
+	return true
 }
 
 // rememberStandbyPod makes the pod of a standby just taken the lease's, as
