@@ -175,9 +175,11 @@ func BuildCommand(command string, args []string, env map[string]string, cwd stri
 	}
 	if len(argv) == 3 && argv[0] == Shell && argv[1] == "-c" {
 		// A script for this same shell runs in the wrapper itself: one
-		// shell's start less on every command with an env or a cwd.
-		script.WriteString(`__paperclip_cmd=$1; shift; eval "$__paperclip_cmd"`)
-		wrapped[2] = script.String()
+		// shell's start less on every command with an env or a cwd. It
+		// sees what `/bin/sh -c script` shows it: $0 is the shell's path,
+		// no positional parameters, none of the wrapper's variables.
+		script.WriteString(`__paperclip_cmd=$1; shift; eval "unset __paperclip_cmd; $__paperclip_cmd"`)
+		wrapped[2], wrapped[3] = script.String(), Shell
 		c.Argv = append(wrapped, argv[2])
 		return c, nil
 	}

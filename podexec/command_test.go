@@ -111,8 +111,8 @@ func TestBuildCommandShapes(t *testing.T) {
 		{
 			name: "a script for this shell runs in the wrapper", command: "/bin/sh", args: []string{"-c", "x"},
 			env: map[string]string{"A": "1"}, cwd: "/w",
-			want: []string{"/bin/sh", "-c", envScript("export A='1'\n__paperclip_env_ok=1\n") + `cd -- "$1" || exit 1; shift; __paperclip_cmd=$1; shift; eval "$__paperclip_cmd"`,
-				"sh", "/w", "x"},
+			want: []string{"/bin/sh", "-c", envScript("export A='1'\n__paperclip_env_ok=1\n") + `cd -- "$1" || exit 1; shift; __paperclip_cmd=$1; shift; eval "unset __paperclip_cmd; $__paperclip_cmd"`,
+				"/bin/sh", "/w", "x"},
 			stdin: "export A='1'\n__paperclip_env_ok=1\n",
 		},
 		{
