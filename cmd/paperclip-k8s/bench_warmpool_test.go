@@ -10,21 +10,25 @@ import (
 
 // TestBenchWarmPools runs `paperclip-k8s bench -warm-pools` through the
 // built binary on the local control plane (stand-in extensions controller)
-// and checks that it prints the warm-pool table with every row, and that
-// the warm rows' runs all got a pod made before them (its figures are not
-// checked: the benchmark asserts nothing).
+// and checks that it prints the warm-pool table with every row, that the
+// warm rows' runs all got a pod made before them, and that the standby
+// row's runs all took a standby (its figures are not checked: the
+// benchmark asserts nothing).
 func TestBenchWarmPools(t *testing.T) {
 	is := is.New(t)
 	out := benchBinary(t, "-warm-pools", "-n", "2", "-pool-size", "4", "-no-worker")
 	for _, h := range []string{
 		"paperclip-k8s bench -warm-pools: n=2, pool size 4;",
 		"### Warm pools: acquire → first command (`true`) → bare exec in the same pod",
-		"| backend | parallel | runs | warm | acquire p50 | acquire p95 | first execute p50 | first command p50 | first command p95 | bare exec p50 | first command ÷ bare | API requests / run | pool refill p50 | pool refill max |",
+		"| backend | parallel | runs | warm | standby | acquire p50 | acquire p95 | first execute p50 | first command p50 | first command p95 | bare exec p50 | first command ÷ bare | API requests / run | pool refill p50 | pool refill max |",
 		"| sandbox | 1 | 2 | – |",
 		"| sandbox | 20 | 20 | – |",
 		"| sandboxclaim, empty pool | 1 | 2 | 0 |",
 		"| sandboxclaim, empty pool | 20 | 20 | 0 |",
-		"| sandboxclaim, warm pool of 4 | 1 | 2 | 2 |", // every run warm
+		"| sandboxclaim, warm pool of 4 | 1 | 2 | 2 | 0 |", // every run warm, none took a standby
+		// Every run takes the standby the worker made (the bench waits
+		// for it before each round).
+		"| sandboxclaim, warm pool of 4, 1 standby lease | 1 | 2 | 2 | 2 |",
 		"| sandboxclaim, warm pool of 1 (drained) | 20 | 20 |",
 	} {
 		is.True(strings.Contains(out, h)) // bench -warm-pools output lacks a line (see the test's list)
