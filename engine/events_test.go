@@ -9,7 +9,6 @@ import (
 	"github.com/matryer/is"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	k8stesting "k8s.io/client-go/testing"
@@ -43,18 +42,8 @@ func unschedulableSince(since time.Time) map[string]any {
 
 // firstGet reports the first GET of a pod (FindPod): the wait evaluates
 // the pod it read before it looks at anything else.
-func firstGet(dyn interface {
-	PrependReactor(string, string, k8stesting.ReactionFunc)
-}) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	dyn.PrependReactor("get", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-		return false, nil, nil
-	})
-	return ch
+func firstGet(dyn reactorChain) <-chan struct{} {
+	return firstAction(dyn, "get", "pods", nil)
 }
 
 // An Unschedulable pod long past the autoscalers' grace still waits

@@ -8,8 +8,10 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	dynfake "k8s.io/client-go/dynamic/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
 	"github.com/paperclip-k8s/paperclip-k8s/engine/enginetest"
@@ -176,4 +178,26 @@ func terminalSays(t *testing.T, err error, wants ...string) *engine.TerminalErro
 // expire ends fw as an API server ends an expired watch (410 Gone).
 func expire(fw *watch.FakeWatcher) {
 	fw.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired, Message: "too old resource version"})
+}
+
+// reactorChain is the fake dynamic client's reactor chain.
+type reactorChain interface {
+	PrependReactor(string, string, k8stesting.ReactionFunc)
+}
+
+// firstAction returns a channel that gets a value when the fake client
+// first serves verb on resource (and match, when set, holds for the
+// action); the action itself goes on to the fake.
+func firstAction(dyn reactorChain, verb, resource string, match func(k8stesting.Action) bool) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	dyn.PrependReactor(verb, resource, func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if match == nil || match(a) {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+		return false, nil, nil
+	})
+	return ch
 }

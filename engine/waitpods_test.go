@@ -10,7 +10,6 @@ import (
 	"github.com/matryer/is"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/paperclip-k8s/paperclip-k8s/engine"
@@ -118,20 +117,11 @@ func TestWaitFailsAJobWhosePodNoNodeCanTake(t *testing.T) {
 
 // firstPodList reports the first list of pods by label selector
 // (FindPod's for a Job; the wait's own pod source lists without one).
-func firstPodList(dyn interface {
-	PrependReactor(string, string, k8stesting.ReactionFunc)
-}) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	dyn.PrependReactor("list", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		if l, ok := a.(k8stesting.ListAction); ok && !l.GetListRestrictions().Labels.Empty() {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
-		}
-		return false, nil, nil
+func firstPodList(dyn reactorChain) <-chan struct{} {
+	return firstAction(dyn, "list", "pods", func(a k8stesting.Action) bool {
+		l, ok := a.(k8stesting.ListAction)
+		return ok && !l.GetListRestrictions().Labels.Empty()
 	})
-	return ch
 }
 
 // When the context ends while the Job waits for a pod that is not Ready,
