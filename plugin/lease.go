@@ -167,6 +167,8 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		// they are deleted and the run gets a workload of its own.
 		taken, facts, err := build(sb.obj.GetName())
 		if err != nil {
+			go p.dropStandby(cl, backend, sb, "the run's values for it failed: "+err.Error(), nil)
+			refill()
 			return Lease{}, err
 		}
 		tv := taken.Map()
