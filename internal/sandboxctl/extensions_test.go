@@ -1156,6 +1156,9 @@ func TestClaimWaitsForWarmPodIPsThenGoesCold(t *testing.T) {
 	member := poolMembers(t, ctx, ns, "pool-unsched")[0]
 	// Its pod exists and is unschedulable: no IP, ever.
 	_, err := devcluster.WaitPod(ctx, cluster.Kube(), ns, member.GetName(), func(p *corev1.Pod) bool {
+		if p == nil {
+			return false // not created yet
+		}
 		for _, c := range p.Status.Conditions {
 			if c.Type == corev1.PodScheduled && c.Reason == corev1.PodReasonUnschedulable {
 				return true
