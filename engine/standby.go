@@ -26,9 +26,10 @@ import (
 // the standby is not the workload the run asks for. Otherwise one merge
 // patch gives w the run's labels (a standby label the run's lack is
 // removed), the run's deadline and annotations, on the conditions of
-// w's UID and the standby's labels as they were made (a JSON patch's
-// tests: the API server checks them on the object as it writes it, so the
-// controller's writes since w was read do not matter). One taken by
+// w's UID, the standby's labels as they were made, and the absence of the
+// labels only the run adds (a JSON patch's tests: the API server checks
+// them on the object as it writes it, so the controller's writes since w
+// was read do not matter; a standby that carries a run's labels was taken). One taken by
 // another first is a *StandbyTakenError, one deleted (or replaced) a
 // *GoneError.
 func (e *Engine) Take(ctx context.Context, s *resource.Resource, w *unstructured.Unstructured, standbyValues, runValues map[string]any, annotations map[string]string) (*unstructured.Unstructured, error) {
@@ -79,6 +80,11 @@ func (e *Engine) Take(ctx context.Context, s *resource.Resource, w *unstructured
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(wantLabels)) {
+		if _, had := wasLabels[k]; !had {
+			// A label only a run adds is absent from a standby (a missing
+			// member tests equal to null): one that has it was taken.
+			ops = append(ops, map[string]any{"op": "test", "path": "/metadata/labels/" + esc(k), "value": nil})
+		}
 		ops = append(ops, map[string]any{"op": "add", "path": "/metadata/labels/" + esc(k), "value": wantLabels[k]})
 	}
 	if len(annotations) > 0 && w.GetAnnotations() == nil {
@@ -118,6 +124,13 @@ func (e *Engine) Take(ctx context.Context, s *resource.Resource, w *unstructured
 	for _, k := range slices.Sorted(maps.Keys(wasLabels)) {
 		if cur.GetLabels()[k] != wasLabels[k] {
 			return nil, &StandbyTakenError{Ref: ref, Label: k}
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(wantLabels)) {
+		if _, had := wasLabels[k]; !had {
+			if _, has := cur.GetLabels()[k]; has {
+				return nil, &StandbyTakenError{Ref: ref, Label: k}
+			}
 		}
 	}
 	if w.GetAnnotations() == nil && cur.GetAnnotations() != nil {

@@ -18,7 +18,7 @@ import (
 )
 
 // standbyValues are a run's values as a standby of it is made: no run id
-// in its labels, a standby label, an hour's less deadline.
+// in its labels, an hour's less deadline.
 func standbyValues(t *testing.T, run map[string]any) map[string]any {
 	t.Helper()
 	sv, err := resource.Normalize(run)
@@ -29,7 +29,6 @@ func standbyValues(t *testing.T, run map[string]any) map[string]any {
 	r := v["run"].(map[string]any)
 	labels := maps.Clone(r["labels"].(map[string]any))
 	delete(labels, "paperclip.io/run-id")
-	labels["paperclip.io/standby"] = "true"
 	r["labels"] = labels
 	r["deadlineTime"] = time.Now().Add(10 * time.Minute).UTC().Format(time.RFC3339)
 	return v
@@ -50,9 +49,9 @@ func runValuesNamed(t *testing.T, values map[string]any, name string) map[string
 }
 
 // TestTakeStandby takes a standby SandboxClaim on the API server: the
-// run's labels replace the standby's (its own label removed), the deadline
+// run's labels are added to the standby's (it had none of them), the deadline
 // moves, the annotations land; a second take from the same (now stale)
-// read is refused by the server's resourceVersion precondition, a deleted
+// read is refused by the patch's test that the run's labels are absent, a deleted
 // standby is gone, and a run whose rendering differs beyond labels and
 // deadline is refused without a write.
 func TestTakeStandby(t *testing.T) {
@@ -65,7 +64,8 @@ func TestTakeStandby(t *testing.T) {
 	sv := standbyValues(t, runValues)
 	w, err := e.Create(ctx, s, ns, sv, nil)
 	is.NoErr(err)
-	is.Equal(w.GetLabels()["paperclip.io/standby"], "true")
+	_, hasRun := w.GetLabels()["paperclip.io/run-id"]
+	is.True(!hasRun) // a standby: no run's labels
 	gvr := schema.GroupVersionResource{Group: s.API.Group, Version: w.GroupVersionKind().Version, Resource: s.API.Resource}
 	c := env.Dynamic().Resource(gvr).Namespace(ns)
 
@@ -73,8 +73,6 @@ func TestTakeStandby(t *testing.T) {
 	is.NoErr(err)
 	run := runValues["run"].(map[string]any)
 	is.Equal(took.GetLabels()["paperclip.io/run-id"], run["labels"].(map[string]any)["paperclip.io/run-id"])
-	_, has := took.GetLabels()["paperclip.io/standby"]
-	is.True(!has) // the standby's own label is gone
 	at, _, _ := unstructured.NestedString(took.Object, "spec", "lifecycle", "shutdownTime")
 	is.Equal(at, run["deadlineTime"])
 	is.Equal(took.GetAnnotations()["paperclip.io/pod-uid"], "u-1")

@@ -111,19 +111,20 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	if _, err := rand.Read(token); err != nil {
 		return Lease{}, err
 	}
-	// build makes the run's values for a workload of that name.
-	build := func(name string) (Values, RunFacts, error) {
+	// build makes the run's values for a workload of that name and
+	// BOOTSTRAP_TOKEN.
+	build := func(name, token string) (Values, RunFacts, error) {
 		r := &RunInput{
 			RunID: in.RunID, AgentID: in.AgentID, EnvironmentID: in.EnvironmentID, AdapterType: in.AdapterType,
 			ExecutionWorkspaceSettings: in.ExecutionWorkspaceSettings, RequestedExpiresAt: requested,
-			Mode: backend.Backend.Mode, PodLabel: backend.Backend.PodLabel(), Now: p.Now(), Name: name, Token: hex.EncodeToString(token)}
+			Mode: backend.Backend.Mode, PodLabel: backend.Backend.PodLabel(), Now: p.Now(), Name: name, Token: token}
 		if backend.Backend.Standby {
 			r.PodLabelValue = name // the one value a standby's pod can carry
 		}
 		return BuildValues(cfg, ValuesInput{CompanyID: in.CompanyID, Namespace: ns, Getenv: p.Getenv, Run: r})
 	}
 	name := policy.NewRunName()
-	runValues, run, err := build(name)
+	runValues, run, err := build(name, hex.EncodeToString(token))
 	if err != nil {
 		return Lease{}, err
 	}
@@ -160,33 +161,25 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 	var workload *unstructured.Unstructured
 	var objs []*unstructured.Unstructured
 	if sb != nil {
-		// The run objects need only the standby's UID (it owns them): they
-		// are made while the standby is taken, in one round trip. A
-		// standby only this worker made can be taken by no other run, so
-		// their names (the standby's) are free; if the take fails anyway,
-		// they are deleted and the run gets a workload of its own.
-		taken, facts, err := build(sb.obj.GetName())
+		// The standby has its run objects (Secret, scoped policy) already,
+		// made for a run of the default adapter with no task grant: it
+		// serves a run whose run objects render the same (labels aside),
+		// with one write; another run leaves it to the next.
+		taken, facts, err := build(sb.obj.GetName(), sb.token)
 		if err != nil {
 			go p.dropStandby(cl, backend, sb, "the run's values for it failed: "+err.Error(), nil)
 			refill()
 			return Lease{}, err
 		}
 		tv := taken.Map()
-		var takeErr error
-		var wg sync.WaitGroup
-		wg.Go(func() { workload, takeErr = p.takeStandby(ctx, cl, backend, sb, tv, taken.Run.Labels) })
-		tobjs, created, rerr := p.createRunObjects(ctx, cl, runSpecs, ns, tv, sb.obj)
-		wg.Wait()
-		if takeErr == nil && rerr != nil {
-			sb.stopFollowing() // the lease is undone: nobody uses its pod
-			refill()
-			return Lease{}, p.undoAcquire(ctx, cl, backend, workload, created, rerr)
-		}
-		if takeErr != nil {
-			p.undoRunObjects(ctx, cl, created)
+		if fits, why := standbyFits(runSpecs, sb.values, tv); !fits {
+			p.Log.Info("standby lease not taken: made for another run", "workload", engine.RefOf(backend, sb.obj).String(), "reason", why)
+			cl.standbys.putBack(sb)
+			sb = nil
+		} else if workload, err = p.takeStandby(ctx, cl, backend, sb, tv, taken.Run.Labels); err != nil {
 			sb, workload = nil, nil
 		} else {
-			name, runValues, run, objs = sb.obj.GetName(), taken, facts, tobjs
+			name, runValues, run, objs = sb.obj.GetName(), taken, facts, sb.runObjs
 			grant, deadline, values = run.Grant, run.Deadline, tv
 		}
 	}
@@ -247,18 +240,6 @@ func (p *Provider) createRunObjects(ctx context.Context, cl *cluster, specs []*r
 		}
 	}
 	return objs, created, errors.Join(errs...)
-}
-
-// undoRunObjects deletes run objects made for a standby that could not be
-// taken.
-func (p *Provider) undoRunObjects(ctx context.Context, cl *cluster, created []engine.Ref) {
-	ctx, cancel := engine.CleanupContext(ctx)
-	defer cancel()
-	for _, r := range created {
-		if _, err := cl.engine.Release(ctx, r); err != nil && !engine.IsGone(err) {
-			p.Log.Warn("standby lease: a run object made for it was not deleted; its owner's deletion takes it", "object", r.String(), "error", err)
-		}
-	}
 }
 
 // createWorkload creates a run's workload. When the tenant namespace is
@@ -489,8 +470,8 @@ func ownedBy(ref engine.Ref, w *unstructured.Unstructured, companyID, environmen
 	if got, ok := l[policy.LabelEnvironmentID]; ok && got != policy.LabelValue(environmentID) {
 		wrong = append(wrong, fmt.Sprintf("%s is %q (want %q)", policy.LabelEnvironmentID, got, policy.LabelValue(environmentID)))
 	}
-	if _, ok := l[policy.LabelStandby]; ok {
-		wrong = append(wrong, fmt.Sprintf("it is a standby no run has taken (label %s)", policy.LabelStandby))
+	if _, ok := l[policy.LabelRunID]; !ok {
+		wrong = append(wrong, fmt.Sprintf("it is a standby no run has taken (no label %s)", policy.LabelRunID))
 	}
 	if len(wrong) > 0 {
 		return fmt.Errorf("%s is not a workload of this company and environment (%s); refusing to use it, nothing was touched", ref, strings.Join(wrong, ", "))

@@ -2,8 +2,11 @@ package plugin
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"reflect"
 	"sync"
 	"time"
 
@@ -64,6 +67,11 @@ type standby struct {
 	obj    *unstructured.Unstructured // as last read
 	values map[string]any             // what it was made from (engine.Take compares)
 	ends   time.Time                  // its deadline
+	token  string                     // its run Secret's BOOTSTRAP_TOKEN
+	// runObjs are its run objects (the run Secret, the scoped policy),
+	// made with it and owned by it, indexed like the catalog's run files
+	// (nil: not wanted).
+	runObjs []*unstructured.Unstructured
 	// pod is its Ready pod once found, followed (watched) while it waits:
 	// a pod lost in the meantime is not handed to a run as ready.
 	pod *leaseState
@@ -169,6 +177,13 @@ func (p *Provider) StandbysSettled(ctx context.Context) error {
 	}
 }
 
+// putBack returns a standby take handed out and the run did not use.
+func (s *standbys) putBack(sb *standby) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.idle[sb.key] = append([]*standby{sb}, s.idle[sb.key]...)
+}
+
 // drain takes every standby out of the set.
 func (s *standbys) drain() []*standby {
 	s.mu.Lock()
@@ -188,20 +203,53 @@ func (sb *standby) stopFollowing() {
 }
 
 // standbyValues are what a standby is made from: a run of the
-// environment's default adapter with no run id yet, its pod labelled with
-// the lease's name, a deadline standbyIdle away and the standby label.
-func (p *Provider) standbyValues(cfg policy.Config, companyID, environmentID, ns string, backend *resource.Resource) (map[string]any, time.Time, error) {
+// environment's default adapter with no run id yet (so none of a run's
+// labels), no task grant, its pod labelled with the lease's name, a fresh
+// BOOTSTRAP_TOKEN and a deadline standbyIdle away. Its run objects are
+// made from them too.
+func (p *Provider) standbyValues(cfg policy.Config, companyID, environmentID, ns string, backend *resource.Resource) (map[string]any, string, time.Time, error) {
 	now := p.Now()
 	name := policy.NewRunName()
+	tok := make([]byte, 32)
+	if _, err := rand.Read(tok); err != nil {
+		return nil, "", time.Time{}, err
+	}
+	token := hex.EncodeToString(tok)
 	v, run, err := BuildValues(cfg, ValuesInput{CompanyID: companyID, Namespace: ns, Getenv: p.Getenv, Run: &RunInput{
 		EnvironmentID: environmentID, RequestedExpiresAt: now.Add(standbyIdle).UTC().Format(time.RFC3339),
-		Mode: backend.Backend.Mode, PodLabel: backend.Backend.PodLabel(), PodLabelValue: name, Now: now, Name: name}})
+		Mode: backend.Backend.Mode, PodLabel: backend.Backend.PodLabel(), PodLabelValue: name, Now: now, Name: name, Token: token}})
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, "", time.Time{}, err
 	}
-	v.Run.Labels[policy.LabelStandby] = "true"
-	v.Run.Env = nil // a standby has no run Secret: nothing of it is rendered
-	return v.Map(), run.Deadline, nil
+	return v.Map(), token, run.Deadline, nil
+}
+
+// standbyFits reports whether a run's run objects render as the
+// standby's did (their labels aside): then the standby's serve the run.
+// A run with a task egress grant, say, has another Secret and policy.
+func standbyFits(specs []*resource.Resource, standbyValues, runValues map[string]any) (bool, string) {
+	for _, s := range specs {
+		was, wasWanted, err := s.Render(standbyValues)
+		if err != nil {
+			return false, err.Error()
+		}
+		want, wanted, err := s.Render(runValues)
+		if err != nil {
+			return false, err.Error()
+		}
+		if wasWanted != wanted {
+			return false, s.File + " is wanted for one and not the other"
+		}
+		if !wanted {
+			continue
+		}
+		unstructured.RemoveNestedField(was, "metadata", "labels")
+		unstructured.RemoveNestedField(want, "metadata", "labels")
+		if !reflect.DeepEqual(was, want) {
+			return false, s.File + " differs (a task egress grant, another adapter's keys)"
+		}
+	}
+	return true, ""
 }
 
 // refillStandbys starts making the standbys key lacks (up to
@@ -229,7 +277,7 @@ func (p *Provider) refillStandbys(cl *cluster, key standbyKey, cfg policy.Config
 func (p *Provider) makeStandby(cl *cluster, key standbyKey, cfg policy.Config, companyID, environmentID string, backend *resource.Resource) *standby {
 	ctx, cancel := context.WithTimeout(context.Background(), standbyReady)
 	defer cancel()
-	values, ends, err := p.standbyValues(cfg, companyID, environmentID, key.namespace, backend)
+	values, token, ends, err := p.standbyValues(cfg, companyID, environmentID, key.namespace, backend)
 	if err != nil {
 		p.Log.Warn("standby lease: not made", "namespace", key.namespace, "environmentId", environmentID, "error", err)
 		return nil
@@ -239,7 +287,12 @@ func (p *Provider) makeStandby(cl *cluster, key standbyKey, cfg policy.Config, c
 		p.Log.Warn("standby lease: not made", "namespace", key.namespace, "environmentId", environmentID, "error", err)
 		return nil
 	}
-	sb := &standby{key: key, obj: w, values: values, ends: ends}
+	sb := &standby{key: key, obj: w, values: values, ends: ends, token: token}
+	// Its run objects, owned by it: a run it serves makes none.
+	if sb.runObjs, _, err = p.createRunObjects(ctx, cl, p.Catalog.Used(resource.UseRun), key.namespace, values, w); err != nil {
+		p.dropStandby(cl, backend, sb, "its run objects were not made: "+err.Error(), nil)
+		return nil
+	}
 	w2, pod, err := cl.engine.AwaitPod(ctx, backend, w)
 	if err != nil {
 		p.dropStandby(cl, backend, sb, "its pod did not become ready: "+err.Error(), nil)
@@ -260,8 +313,8 @@ func (p *Provider) makeStandby(cl *cluster, key standbyKey, cfg policy.Config, c
 	return sb
 }
 
-// dropStandby deletes a standby nobody took (UID-pinned), unless a run
-// took it since (its standby label is gone). ours, when not nil, are the
+// dropStandby deletes a standby nobody took (UID-pinned; its run objects
+// go with it), unless a run took it since (it carries a run id). ours, when not nil, are the
 // labels of a run whose take of it failed: one that carries them was taken
 // by that take all the same (its answer was lost), and that run uses a
 // workload of its own, so it is deleted too.
@@ -274,7 +327,7 @@ func (p *Provider) dropStandby(cl *cluster, backend *resource.Resource, sb *stan
 	if err != nil || cur.GetUID() != sb.obj.GetUID() {
 		return // gone
 	}
-	if cur.GetLabels()[policy.LabelStandby] == "" && (ours == nil || !hasLabels(cur, ours)) {
+	if _, taken := cur.GetLabels()[policy.LabelRunID]; taken && (ours == nil || !hasLabels(cur, ours)) {
 		return // another run's now
 	}
 	if _, err := cl.engine.Release(ctx, ref); err != nil && !engine.IsGone(err) {

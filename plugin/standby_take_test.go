@@ -15,7 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/paperclip-k8s/paperclip-k8s/engine"
+	"github.com/paperclip-k8s/paperclip-k8s/engine/resource"
 )
 
 // The standby branch of an acquire in process. No controller runs here:
@@ -50,11 +50,13 @@ func injectStandbys(t *testing.T, f *fakeCluster) (ns string, sbs []*standby, st
 	is.Equal(n, 2)
 	stops = &atomic.Int32{}
 	for range n {
-		values, ends, err := f.p.standbyValues(cfg, "acme", "env-1", ns, backend)
+		values, token, ends, err := f.p.standbyValues(cfg, "acme", "env-1", ns, backend)
 		is.NoErr(err)
 		w, err := f.e.Create(ctx, backend, ns, values, nil)
 		is.NoErr(err)
-		sb := &standby{key: key, obj: w, values: values, ends: ends,
+		objs, _, err := f.p.createRunObjects(ctx, f.cl, f.p.Catalog.Used(resource.UseRun), ns, values, w)
+		is.NoErr(err)
+		sb := &standby{key: key, obj: w, values: values, ends: ends, token: token, runObjs: objs,
 			pod: &leaseState{podName: w.GetName() + "-pod", podUID: "pod-uid-" + w.GetName(), stop: func() { stops.Add(1) }}}
 		f.cl.standbys.made(key, sb)
 		sbs = append(sbs, sb)
@@ -62,29 +64,60 @@ func injectStandbys(t *testing.T, f *fakeCluster) (ns string, sbs []*standby, st
 	return ns, sbs, stops
 }
 
-// A standby taken whose run objects then fail: the acquire is undone, and
-// the standby's pod is no longer followed (nobody will use it).
-func TestStandbyTakenThenRunObjectsFailStopsTheFollow(t *testing.T) {
+// A standby whose run objects cannot be made is deleted, not kept: a run
+// that took it would have none.
+func TestStandbyWithoutItsRunObjectsIsDeleted(t *testing.T) {
 	is := is.New(t)
 	f := fakeProvider(t)
-	_, sbs, stops := injectStandbys(t, f)
+	ctx := context.Background()
+	cfg, err := f.p.parseConfig(standbyFakeConfig())
+	is.NoErr(err)
+	backend, err := f.p.backend("sandboxclaim")
+	is.NoErr(err)
+	ns, err := f.p.tenantNamespace(cfg, "acme")
+	is.NoErr(err)
 	f.dyn.PrependReactor("create", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "x", errFake)
 	})
+	var deleted []string
+	f.dyn.PrependReactor("delete", "sandboxclaims", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		deleted = append(deleted, a.(k8stesting.DeleteAction).GetName())
+		return false, nil, nil
+	})
+	sb := f.p.makeStandby(f.cl, newStandbyKey(ns, "acme", "env-1", backend, cfg), cfg, "acme", "env-1", backend)
+	is.True(sb == nil)
+	claims, _ := f.p.Catalog.Get("sandboxclaim")
+	left, err := f.e.List(ctx, claims, ns, "")
+	is.NoErr(err)
+	is.Equal(len(left), 0)    // nothing left behind
+	is.Equal(len(deleted), 1) // the claim it made
+}
+
+// A run with a task egress grant has other run objects than the
+// standby's: it gets a workload of its own, and the standby stays for the
+// next run.
+func TestStandbyNotTakenForARunOfOtherRunObjects(t *testing.T) {
+	is := is.New(t)
+	f := fakeProvider(t)
+	_, sbs, stops := injectStandbys(t, f)
 	in := acquireParams("acme")
 	in.Config = standbyFakeConfig()
-	_, err := f.p.AcquireLease(context.Background(), in)
-	is.True(err != nil)
-	claims, _ := f.p.Catalog.Get("sandboxclaim")
-	_, gerr := f.e.Get(context.Background(), engine.RefOf(claims, sbs[0].obj))
-	is.True(gerr != nil) // the taken standby was deleted with the acquire
-	is.Equal(stops.Load(), int32(1))
+	in.ExecutionWorkspaceSettings = map[string]any{"networkEgress": map[string]any{"allowFqdns": []any{"example.com"}}}
+	l, err := f.p.AcquireLease(context.Background(), in)
+	is.NoErr(err)
+	is.True(*l.ProviderLeaseID != sbs[0].obj.GetName())
+	is.True(*l.ProviderLeaseID != sbs[1].obj.GetName())
+	is.Equal(stops.Load(), int32(0)) // both still followed, still there to take
+	in.ExecutionWorkspaceSettings = nil
+	l, err = f.p.AcquireLease(context.Background(), in)
+	is.NoErr(err)
+	is.Equal(*l.ProviderLeaseID, sbs[0].obj.GetName()) // the next run takes the first
 }
 
 // A take whose patch landed but whose answer was lost (the standby now
 // carries this run's labels, and the take says it was taken by another):
 // the run gets a workload of its own, and the standby, which no lease
-// holds, is deleted, as are the run objects made for it.
+// holds, is deleted.
 func TestStandbyTakeWithALostAnswerIsDeleted(t *testing.T) {
 	is := is.New(t)
 	f := fakeProvider(t)
@@ -106,6 +139,7 @@ func TestStandbyTakeWithALostAnswerIsDeleted(t *testing.T) {
 
 	in := acquireParams("acme")
 	in.Config = standbyFakeConfig()
+	in.ExecutionWorkspaceSettings = nil // no task grant: the standby serves it
 	l, err := f.p.AcquireLease(ctx, in)
 	is.NoErr(err)
 	is.True(*l.ProviderLeaseID != lost) // a workload of its own
@@ -121,6 +155,6 @@ func TestStandbyTakeWithALostAnswerIsDeleted(t *testing.T) {
 			t.Fatalf("the standby %s, taken by a take whose answer was lost, was not deleted", lost)
 		}
 	}
-	_, err = f.dyn.Resource(gvrSecret).Namespace(ns).Get(ctx, lost+secretSuffix, metav1.GetOptions{})
-	is.True(apierrors.IsNotFound(err)) // the run Secret made for it too
+	// Its run Secret and policy go with it through their owner reference
+	// (the garbage collector's, on a cluster).
 }

@@ -43,10 +43,11 @@ func (w *proc) waitLog(t testing.TB, msg string, n int) map[string]any {
 	return meta
 }
 
-// standbyClaims lists the tenant's claims that are still standbys.
+// standbyClaims lists the tenant's claims that are still standbys (no
+// run's labels).
 func (h *hooks) standbyClaims() []unstructured.Unstructured {
 	h.t.Helper()
-	l, err := h.dyn().Resource(gvrClaim).Namespace(h.namespace()).List(context.Background(), metav1.ListOptions{LabelSelector: "paperclip.io/standby=true"})
+	l, err := h.dyn().Resource(gvrClaim).Namespace(h.namespace()).List(context.Background(), metav1.ListOptions{LabelSelector: "!paperclip.io/run-id"})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -86,9 +87,7 @@ func TestStandbyLease(t *testing.T) {
 	is.Equal(l.meta("workloadUid"), string(sb.GetUID()))
 	claim, err := h.dyn().Resource(gvrClaim).Namespace(h.namespace()).Get(ctx, l.id(), metav1.GetOptions{})
 	is.NoErr(err)
-	_, stillStandby := claim.GetLabels()["paperclip.io/standby"]
-	is.True(!stillStandby)
-	is.True(claim.GetLabels()["paperclip.io/run-id"] != "")
+	is.True(claim.GetLabels()["paperclip.io/run-id"] != "") // the run's labels: no standby any more
 	at, _, _ := unstructured.NestedString(claim.Object, "spec", "lifecycle", "shutdownTime")
 	is.Equal(at, *l.ExpiresAt)
 	exp, err := time.Parse(time.RFC3339, at)
@@ -102,6 +101,9 @@ func TestStandbyLease(t *testing.T) {
 	// Its first command runs in that pod with the run's environment.
 	sec, err := h.kube().CoreV1().Secrets(h.namespace()).Get(ctx, l.id()+"-env", metav1.GetOptions{})
 	is.NoErr(err)
+	_, secRun := sec.Labels["paperclip.io/run-id"]
+	is.True(!secRun) // made with the standby, before the run: the acquire made none
+	is.Equal(controller(sec.OwnerReferences), string(sb.GetUID()))
 	r := h.exec(l, `printf %s "$BOOTSTRAP_TOKEN"`, nil)
 	is.Equal(r.code(), 0)
 	is.Equal(r.Stdout, string(sec.Data["BOOTSTRAP_TOKEN"]))
@@ -121,7 +123,7 @@ func TestStandbyLease(t *testing.T) {
 	h.waitObject(gvrClaim, h.namespace(), left[0].GetName(), time.Minute, "deleted at shutdown", func(u *unstructured.Unstructured) bool { return u == nil })
 }
 
-// A standby another worker took first (its standby label gone) is not
+// A standby another worker took first (it carries a run id) is not
 // taken again: the acquire makes a claim of its own and leaves that one
 // alone.
 func TestStandbyTakenByAnother(t *testing.T) {
@@ -131,7 +133,7 @@ func TestStandbyTakenByAnother(t *testing.T) {
 	h.acquire(nil)
 	h.w.waitLog(t, "standby lease ready", 1)
 	sb := h.standbyClaims()[0]
-	patch := []byte(`{"metadata":{"labels":{"paperclip.io/standby":null,"paperclip.io/run-id":"someone-elses"}}}`)
+	patch := []byte(`{"metadata":{"labels":{"paperclip.io/run-id":"someone-elses"}}}`)
 	_, err := h.dyn().Resource(gvrClaim).Namespace(h.namespace()).Patch(ctx, sb.GetName(), types.MergePatchType, patch, metav1.PatchOptions{})
 	is.NoErr(err)
 

@@ -174,8 +174,6 @@ func TestWarmPoolHooks(t *testing.T) {
 	pol, _, _ := unstructured.NestedString(claim.Object, "spec", "lifecycle", "shutdownPolicy")
 	is.Equal(pol, "Delete")
 	is.True(claim.GetLabels()["paperclip.io/run-id"] != "") // the run's labels, also on a standby taken
-	_, standbyLabel := claim.GetLabels()["paperclip.io/standby"]
-	is.True(!standbyLabel)
 	// The pod's run label is the lease's name: a claim may be made before
 	// its run (a standby), when the name is the one value known.
 	runID := l.id()

@@ -141,6 +141,8 @@ func newULID(now time.Time, r io.Reader) string {
 
 // Label keys and values used on every object the provider creates.
 const (
+	// LabelRunID is on every workload a run acquired; a workload without
+	// it is a standby no run has taken yet (made ahead of its run).
 	LabelRunID     = "paperclip.io/run-id"
 	LabelAgentID   = "paperclip.io/agent-id"
 	LabelCompanyID = "paperclip.io/company-id"
@@ -150,9 +152,6 @@ const (
 	LabelAdapter       = "paperclip.io/adapter"
 	LabelManagedBy     = "paperclip.io/managed-by"
 	LabelRole          = "paperclip.io/role"
-	// LabelStandby marks a workload made ahead of its run (a standby
-	// lease); a run's take removes it.
-	LabelStandby = "paperclip.io/standby"
 
 	// AnnotationPodUID on a workload is the UID of the pod its lease was
 	// pinned to by its first command.
