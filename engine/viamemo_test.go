@@ -131,8 +131,11 @@ func TestAwaitPodViaReadsTheSandboxOnce(t *testing.T) {
 	is.Equal(r.pod.GetUID(), v.pod.GetUID())
 	sandboxes, pods := countOf(v.dyn, "get", "sandboxes"), countOf(v.dyn, "get", "pods")
 	t.Logf("%d pod changes: %d Sandbox reads, %d pod reads", len(steps), sandboxes, pods)
-	is.Equal(sandboxes, 2)       // readyNow's walk, and the check that ends the wait
-	is.Equal(pods, 2+len(steps)) // readyNow, the first check, one per change
+	is.Equal(sandboxes, 2) // readyNow's walk, and the check that ends the wait
+	// readyNow, the first check, one per change: each check reads the pod.
+	// An informer that lists again (its watch closed under load) adds a
+	// check, which reads the pod and, with the memo, not the Sandbox.
+	is.True(pods >= 2+len(steps))
 }
 
 // A Sandbox replaced under the same name (another UID) while the wait

@@ -27,11 +27,18 @@ func TestBenchWarmPools(t *testing.T) {
 		"| sandboxclaim, empty pool | 20 | 20 | 0 |",
 		"| sandboxclaim, warm pool of 4 | 1 | 2 | 2 | 0 |", // every run warm, none took a standby
 		// Every run takes the standby the worker made (the bench waits
-		// for it before each round).
-		"| sandboxclaim, warm pool of 4, 1 standby lease | 1 | 2 | 2 | 2 |",
+		// for it before each round); a standby made while the pool was
+		// still filling (the tenant's first acquire) is a cold one, so
+		// the warm column is not checked.
+		"| sandboxclaim, warm pool of 4, 1 standby lease | 1 | 2 |",
 		"| sandboxclaim, warm pool of 1 (drained) | 20 | 20 |",
 	} {
 		is.True(strings.Contains(out, h)) // bench -warm-pools output lacks a line (see the test's list)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "| sandboxclaim, warm pool of 4, 1 standby lease | 1 | 2 |") {
+			is.Equal(strings.TrimSpace(strings.Split(line, "|")[5]), "2") // both runs took a standby
+		}
 	}
 	// A burst of 20 on a pool of 4 (of 1): at least its members were handed
 	// out (refill members may come in time for more).
