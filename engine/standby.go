@@ -29,9 +29,9 @@ import (
 // w's UID, the standby's labels as they were made, and the absence of the
 // labels only the run adds (a JSON patch's tests: the API server checks
 // them on the object as it writes it, so the controller's writes since w
-// was read do not matter; a standby that carries a run's labels was taken). One taken by
-// another first is a *StandbyTakenError, one deleted (or replaced) a
-// *GoneError.
+// was read do not matter; a standby that carries a run's labels was
+// taken). One taken by another first is a *StandbyTakenError, one deleted
+// (or replaced) a *GoneError.
 func (e *Engine) Take(ctx context.Context, s *resource.Resource, w *unstructured.Unstructured, standbyValues, runValues map[string]any, annotations map[string]string) (*unstructured.Unstructured, error) {
 	ref := RefOf(s, w)
 	b := s.Backend

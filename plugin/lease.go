@@ -165,7 +165,7 @@ func (p *Provider) AcquireLease(ctx context.Context, in AcquireParams) (Lease, e
 		// made for a run of the default adapter with no task grant: it
 		// serves a run whose run objects render the same (labels aside),
 		// with one write; another run leaves it to the next.
-		taken, facts, err := build(sb.obj.GetName(), sb.token)
+		taken, facts, err := build(sb.obj.GetName(), sb.token())
 		if err != nil {
 			go p.dropStandby(cl, backend, sb, "the run's values for it failed: "+err.Error(), nil)
 			refill()

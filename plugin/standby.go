@@ -67,7 +67,6 @@ type standby struct {
 	obj    *unstructured.Unstructured // as last read
 	values map[string]any             // what it was made from (engine.Take compares)
 	ends   time.Time                  // its deadline
-	token  string                     // its run Secret's BOOTSTRAP_TOKEN
 	// runObjs are its run objects (the run Secret, the scoped policy),
 	// made with it and owned by it, indexed like the catalog's run files
 	// (nil: not wanted).
@@ -207,21 +206,30 @@ func (sb *standby) stopFollowing() {
 // labels), no task grant, its pod labelled with the lease's name, a fresh
 // BOOTSTRAP_TOKEN and a deadline standbyIdle away. Its run objects are
 // made from them too.
-func (p *Provider) standbyValues(cfg policy.Config, companyID, environmentID, ns string, backend *resource.Resource) (map[string]any, string, time.Time, error) {
+func (p *Provider) standbyValues(cfg policy.Config, companyID, environmentID, ns string, backend *resource.Resource) (map[string]any, time.Time, error) {
 	now := p.Now()
 	name := policy.NewRunName()
 	tok := make([]byte, 32)
 	if _, err := rand.Read(tok); err != nil {
-		return nil, "", time.Time{}, err
+		return nil, time.Time{}, err
 	}
 	token := hex.EncodeToString(tok)
 	v, run, err := BuildValues(cfg, ValuesInput{CompanyID: companyID, Namespace: ns, Getenv: p.Getenv, Run: &RunInput{
 		EnvironmentID: environmentID, RequestedExpiresAt: now.Add(standbyIdle).UTC().Format(time.RFC3339),
 		Mode: backend.Backend.Mode, PodLabel: backend.Backend.PodLabel(), PodLabelValue: name, Now: now, Name: name, Token: token}})
 	if err != nil {
-		return nil, "", time.Time{}, err
+		return nil, time.Time{}, err
 	}
-	return v.Map(), token, run.Deadline, nil
+	return v.Map(), run.Deadline, nil
+}
+
+// token is the BOOTSTRAP_TOKEN of the standby's run Secret (its values'
+// run.env): a run it serves keeps it.
+func (sb *standby) token() string {
+	run, _ := sb.values["run"].(map[string]any)
+	env, _ := run["env"].(map[string]any)
+	t, _ := env["BOOTSTRAP_TOKEN"].(string)
+	return t
 }
 
 // standbyFits reports whether a run's run objects render as the
@@ -277,7 +285,7 @@ func (p *Provider) refillStandbys(cl *cluster, key standbyKey, cfg policy.Config
 func (p *Provider) makeStandby(cl *cluster, key standbyKey, cfg policy.Config, companyID, environmentID string, backend *resource.Resource) *standby {
 	ctx, cancel := context.WithTimeout(context.Background(), standbyReady)
 	defer cancel()
-	values, token, ends, err := p.standbyValues(cfg, companyID, environmentID, key.namespace, backend)
+	values, ends, err := p.standbyValues(cfg, companyID, environmentID, key.namespace, backend)
 	if err != nil {
 		p.Log.Warn("standby lease: not made", "namespace", key.namespace, "environmentId", environmentID, "error", err)
 		return nil
@@ -287,7 +295,7 @@ func (p *Provider) makeStandby(cl *cluster, key standbyKey, cfg policy.Config, c
 		p.Log.Warn("standby lease: not made", "namespace", key.namespace, "environmentId", environmentID, "error", err)
 		return nil
 	}
-	sb := &standby{key: key, obj: w, values: values, ends: ends, token: token}
+	sb := &standby{key: key, obj: w, values: values, ends: ends}
 	// Its run objects, owned by it: a run it serves makes none.
 	if sb.runObjs, _, err = p.createRunObjects(ctx, cl, p.Catalog.Used(resource.UseRun), key.namespace, values, w); err != nil {
 		p.dropStandby(cl, backend, sb, "its run objects were not made: "+err.Error(), nil)
@@ -392,8 +400,9 @@ func hasLabels(o *unstructured.Unstructured, want map[string]string) bool {
 // rememberStandbyPod makes the pod of a standby just taken the lease's, as
 // a first command would (readyPod): the owner it was checked against, the
 // pod followed since the standby was made, the run's environment from the
-// run object just created. The lease's metadata names the pod. A pod lost
-// meanwhile is not remembered: the first command looks for it as usual.
+// standby's own run object (made with it, owned by it). The lease's
+// metadata names the pod. A pod lost meanwhile is not remembered: the
+// first command looks for it as usual.
 //
 // It returns whether it did; afterFirst then runs after the lease's first
 // command (or when the worker forgets the lease).
@@ -414,7 +423,7 @@ func (p *Provider) rememberStandbyPod(ref engine.Ref, base BaseParams, sb *stand
 			}
 			env, err := decodeRunEnv(ref, runSpecs[i], o)
 			if err != nil {
-				p.Log.Warn("standby lease: the run's environment is not readable from the object just created; the first command reads it", "workload", ref.String(), "error", err)
+				p.Log.Warn("standby lease: the run's environment is not readable from the standby's run object; the first command reads it again", "workload", ref.String(), "error", err)
 				sb.stopFollowing()
 				return false
 			}

@@ -50,13 +50,13 @@ func injectStandbys(t *testing.T, f *fakeCluster) (ns string, sbs []*standby, st
 	is.Equal(n, 2)
 	stops = &atomic.Int32{}
 	for range n {
-		values, token, ends, err := f.p.standbyValues(cfg, "acme", "env-1", ns, backend)
+		values, ends, err := f.p.standbyValues(cfg, "acme", "env-1", ns, backend)
 		is.NoErr(err)
 		w, err := f.e.Create(ctx, backend, ns, values, nil)
 		is.NoErr(err)
 		objs, _, err := f.p.createRunObjects(ctx, f.cl, f.p.Catalog.Used(resource.UseRun), ns, values, w)
 		is.NoErr(err)
-		sb := &standby{key: key, obj: w, values: values, ends: ends, token: token, runObjs: objs,
+		sb := &standby{key: key, obj: w, values: values, ends: ends, runObjs: objs,
 			pod: &leaseState{podName: w.GetName() + "-pod", podUID: "pod-uid-" + w.GetName(), stop: func() { stops.Add(1) }}}
 		f.cl.standbys.made(key, sb)
 		sbs = append(sbs, sb)
